@@ -1,0 +1,43 @@
+# edgeproxy — two commands for a newcomer: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := docker.io busybox-static nginx-light haproxy wrk nghttp2-client pebble certbot slowhttptest iproute2
+ONCE ?=
+
+.PHONY: demo test lint bench system-deps venv clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(PY) -m edgeproxy.demo $(if $(ONCE),--once,)
+
+test: system-deps $(STAMP)
+	$(PY) tests/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edgeproxy switchctl certs tests bench
+	$(VENV)/bin/ruff format --check edgeproxy switchctl certs tests bench
+	$(VENV)/bin/mypy
+
+bench: system-deps $(STAMP)
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
