@@ -1,0 +1,352 @@
+"""The runtime holder of every app's switch state.
+
+The data plane reads `board.states[app]` on every request (a plain dict
+lookup). A change is: validate → compute the new state (pure, `state.py`) →
+check the health of any color whose share grows → persist (fsync'd) → swap the
+`states` dict → notify listeners. If persisting fails, nothing changes.
+
+A drain supervisor task finishes drains: as soon as a draining color has
+nothing in flight, or, at its deadline, after cutting what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from edgeproxy.config import Config
+from edgeproxy.control.store import CorruptStateFile, StateFileError, StateStore
+from edgeproxy.errors import NotFoundError, SwitchError, UnhealthyTarget
+from edgeproxy.switching import state as sw
+from edgeproxy.switching.state import AppState
+
+log = logging.getLogger("edgeproxy.state")
+
+HealthFn = Callable[[str, str], tuple[bool, list[str]]]
+"""(app, color) → (healthy?, descriptions of the failing checks)."""
+InflightFn = Callable[[str, str], tuple[int, int]]
+"""(app, color) → (requests in flight, open tunnels)."""
+CutFn = Callable[[str, str], None]
+"""(app, color): a drain deadline passed; close what the color is still serving."""
+StatsFn = Callable[[str, str], dict[str, Any]]
+"""(app, color) → extra per-color figures for the view (requests, error_rate, p99_ms, …)."""
+Listener = Callable[[str, AppState, AppState], None]
+"""(app, old, new), called after every change."""
+
+
+def no_health_checks(app: str, color: str) -> tuple[bool, list[str]]:
+    return True, []
+
+
+def nothing_in_flight(app: str, color: str) -> tuple[int, int]:
+    return 0, 0
+
+
+def nothing_to_cut(app: str, color: str) -> None:
+    return None
+
+
+def no_stats(app: str, color: str) -> dict[str, Any]:
+    return {}
+
+
+def reconcile(
+    config: Config, restored: Mapping[str, AppState], now: float
+) -> tuple[dict[str, AppState], list[str]]:
+    """Fit restored states to the configured apps and colors; say what was dropped."""
+    warnings = [
+        f"dropping the saved state of app {name!r}: it is no longer in the config"
+        for name in restored
+        if name not in config.apps
+    ]
+    states: dict[str, AppState] = {}
+    for name, app in config.apps.items():
+        colors = tuple(app.colors)
+        old = restored.get(name)
+        if old is None:
+            states[name] = sw.initial(name, colors, app.first_color, now)
+            continue
+        if old.active not in colors:
+            warnings.append(
+                f"{name}: saved active color {old.active!r} is no longer configured; "
+                f"starting on {app.first_color!r}"
+            )
+            states[name] = sw.initial(name, colors, app.first_color, now)
+            continue
+        candidate = old.candidate if old.candidate in colors else None
+        gone = {old.candidate, old.previous, *old.draining} - set(colors) - {None}
+        if gone:
+            warnings.append(
+                f"{name}: dropping saved references to colors no longer configured: "
+                + ", ".join(sorted(c for c in gone if c is not None))
+            )
+        states[name] = replace(
+            old,
+            colors=colors,
+            candidate=candidate,
+            weight=old.weight if candidate else 0,
+            previous=old.previous if old.previous in colors else None,
+            draining={c: d for c, d in old.draining.items() if c in colors},
+        )
+    return states, warnings
+
+
+class SwitchBoard:
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        states: dict[str, AppState],
+        *,
+        health: HealthFn = no_health_checks,
+        inflight: InflightFn = nothing_in_flight,
+        cut: CutFn = nothing_to_cut,
+        color_stats: StatsFn = no_stats,
+        clock: Callable[[], float] = time.time,
+        drain_poll: float = 0.1,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.states = states
+        # Injected by the data plane (they may be replaced after construction).
+        self.health = health
+        self.inflight = inflight
+        self.cut = cut
+        self.color_stats = color_stats
+        self.clock = clock
+        self.drain_poll = drain_poll
+        self._listeners: list[Listener] = []
+        self._lock = asyncio.Lock()
+        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def load(cls, config: Config, store: StateStore, **kwargs: Any) -> SwitchBoard:
+        """Restore the saved state (or start every app on its default color)."""
+        now = time.time()
+        try:
+            restored = store.load()
+        except CorruptStateFile as e:
+            moved = store.quarantine(now)
+            log.error(
+                "%s; moved it aside to %s and starting every app on its default color",
+                e,
+                moved or "(could not move it)",
+            )
+            restored = None
+        states, warnings = reconcile(config, restored or {}, now)
+        for w in warnings:
+            log.warning("%s", w)
+        if restored != states:
+            try:
+                store.save(states)
+            except StateFileError as e:
+                log.error("%s; switching will fail until this is fixed", e)
+        return cls(config, store, states, **kwargs)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get(self, app: str) -> AppState:
+        try:
+            return self.states[app]
+        except KeyError:
+            raise NotFoundError(
+                f"unknown app {app!r} (apps: {', '.join(self.states) or 'none configured'})"
+            ) from None
+
+    def view(self, app: str) -> dict[str, Any]:
+        """The AppView of docs/control-api.md."""
+        s = self.get(app)
+        shares = sw.weights(s)
+        colors: dict[str, Any] = {}
+        for c in s.colors:
+            healthy, failing = self.health(app, c)
+            requests, tunnels = self.inflight(app, c)
+            colors[c] = {
+                "weight": shares[c],
+                "in_flight": requests,
+                "tunnels": tunnels,
+                "healthy": healthy,
+                "failing_checks": failing,
+                **self.color_stats(app, c),
+            }
+        return {
+            "app": app,
+            "active": s.active,
+            "candidate": s.candidate,
+            "weight": s.weight,
+            "weights": shares,
+            "previous": s.previous,
+            "draining": {c: {"deadline": d} for c, d in s.draining.items()},
+            "paused": s.paused,
+            "generation": s.generation,
+            "changed_at": s.changed_at,
+            "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},
+            "colors": colors,
+        }
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def wait_unpaused(self, app: str, timeout: float) -> bool:  # noqa: ASYNC109 - the data plane's API
+        """Wait while `app` is paused; released in arrival order. False on timeout."""
+        s = self.states.get(app)
+        if s is None or not s.paused:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiters.setdefault(app, collections.deque())
+        queue.append(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if not fut.done():
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                queue.remove(fut)
+
+    # --- changes -------------------------------------------------------------------------
+
+    async def set(self, app: str, color: str, weight: int, *, force: bool = False) -> AppState:
+        return await self._apply(
+            app, "set", lambda s, now: sw.set_color(s, color, weight, now), force
+        )
+
+    async def promote(self, app: str, *, force: bool = False) -> AppState:
+        return await self._apply(app, "promote", sw.promote, force)
+
+    async def rollback(self, app: str, *, force: bool = False) -> AppState:
+        return await self._apply(app, "roll back", sw.rollback, force)
+
+    async def drain(self, app: str, color: str, seconds: float | None = None) -> AppState:
+        """Drain `color`; cut what is left after `seconds` (default: the app's drain_timeout)."""
+        self.get(app)
+        if seconds is None:
+            seconds = self.config.apps[app].drain_timeout
+        s = await self._apply(
+            app, "drain", lambda s, now: sw.drain(s, color, now + seconds, now), False
+        )
+        self._wake.set()
+        return s
+
+    async def finish_drain(self, app: str, color: str) -> AppState:
+        return await self._apply(
+            app, "finish draining", lambda s, now: sw.finish_drain(s, color, now), False
+        )
+
+    async def pause(self, app: str) -> AppState:
+        return await self._apply(app, "pause", sw.pause, False)
+
+    async def resume(self, app: str) -> AppState:
+        new = await self._apply(app, "resume", sw.resume, False)
+        queue = self._waiters.get(app, collections.deque())
+        while queue:
+            fut = queue.popleft()
+            if not fut.done():
+                fut.set_result(None)
+        return new
+
+    async def guard_trip(self, app: str, reason: str) -> AppState:
+        return await self._apply(
+            app, "trip the guard", lambda s, now: sw.guard_trip(s, reason, now), True
+        )
+
+    async def _apply(
+        self, app: str, verb: str, transition: Callable[[AppState, float], AppState], force: bool
+    ) -> AppState:
+        async with self._lock:
+            old = self.get(app)
+            new = transition(old, self.clock())
+            if not force:
+                self._check_health(verb, old, new)
+            states = {**self.states, app: new}
+            await asyncio.to_thread(self.store.save, states)
+            self.states = states
+        log.info("%s: %s → %s", app, old.summary(), new.summary())
+        for listener in self._listeners:
+            try:
+                listener(app, old, new)
+            except Exception:
+                log.exception("switch listener %r failed for %s", listener, app)
+        return new
+
+    def _check_health(self, verb: str, old: AppState, new: AppState) -> None:
+        """A color whose share of requests grows must be healthy."""
+        before, after = sw.weights(old), sw.weights(new)
+        for color in new.colors:
+            if after[color] > before[color]:
+                healthy, failing = self.health(new.app, color)
+                if not healthy:
+                    raise UnhealthyTarget(
+                        f"cannot {verb} {new.app}: {color} is unhealthy "
+                        f"({'; '.join(failing) or 'no passing health check yet'}); "
+                        "fix it, or use --force to switch anyway"
+                    )
+
+    # --- drain supervisor -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._supervise(), name="edgeproxy.drain-supervisor"
+            )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def poke(self) -> None:
+        """Re-check drains now (e.g. the last request of a draining color finished)."""
+        self._wake.set()
+
+    async def _supervise(self) -> None:
+        while True:
+            self._wake.clear()
+            pending = await self._check_drains()
+            # Polling keeps this simple: drains are rare and 0.1 s is precise enough.
+            timeout = self.drain_poll if pending else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def _check_drains(self) -> list[float]:
+        """Finish what can be finished; return the deadlines still pending."""
+        pending: list[float] = []
+        for app, s in list(self.states.items()):
+            for color, deadline in s.draining.items():
+                try:
+                    requests, tunnels = self.inflight(app, color)
+                    if requests == 0 and tunnels == 0:
+                        log.info("%s/%s drained: nothing left in flight", app, color)
+                    elif self.clock() >= deadline:
+                        log.warning(
+                            "%s/%s drain deadline passed: cutting %d requests and %d tunnels",
+                            app,
+                            color,
+                            requests,
+                            tunnels,
+                        )
+                        self.cut(app, color)
+                    else:
+                        pending.append(deadline)
+                        continue
+                    await self.finish_drain(app, color)
+                except SwitchError as e:  # e.g. a set/rollback cancelled the drain meanwhile
+                    log.debug("drain supervisor: %s", e)
+                except Exception:
+                    log.exception("drain supervisor: %s/%s", app, color)
+                    pending.append(deadline)
+        return pending

@@ -1,0 +1,333 @@
+"""The blue/green switch state of one app and its transitions. Pure: no I/O, no asyncio.
+
+Everything that decides who gets traffic lives here. A state is a frozen value;
+each transition is a small function that returns a new state with
+`generation + 1`, or raises a `SwitchError` whose message names the state and
+leaves the old one untouched. The runtime holder (`board.py`) swaps the pointer.
+
+Vocabulary: `active` always receives `100 - weight` percent of new requests; an
+optional `candidate` receives `weight` percent (0-99, a candidate at 100 becomes
+the active color); `previous` is the last active color (rollback target);
+`draining` maps colors that get no new requests to the deadline (epoch seconds)
+after which their remaining requests are cut.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeproxy.errors import EdgeproxyError, InvalidRequest, NotFoundError, SwitchError
+
+STATE_VERSION = 1
+_EMPTY: Mapping[str, float] = MappingProxyType({})
+
+
+class StateFormatError(EdgeproxyError):
+    """Persisted switch state is malformed; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Why the canary guard took the candidate's traffic away, and when."""
+
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    app: str
+    colors: tuple[str, ...]
+    active: str
+    candidate: str | None = None
+    weight: int = 0
+    previous: str | None = None
+    draining: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+    paused: bool = False
+    generation: int = 0
+    changed_at: float = 0.0
+    guard: Guard | None = None
+
+    def __post_init__(self) -> None:
+        problem = _invariant_problem(self)
+        if problem:
+            raise ValueError(f"inconsistent switch state for {self.app}: {problem}")
+        if not isinstance(self.draining, MappingProxyType):
+            object.__setattr__(self, "draining", MappingProxyType(dict(self.draining)))
+
+    @property
+    def live_candidate(self) -> str | None:
+        """The candidate when it takes a share of new requests, else None."""
+        return self.candidate if self.weight > 0 else None
+
+    def summary(self) -> str:
+        """One line for logs: `active=blue candidate=green@10 gen=7`."""
+        parts = [f"active={self.active}"]
+        if self.candidate:
+            parts.append(f"candidate={self.candidate}@{self.weight}")
+        if self.draining:
+            parts.append("draining=" + ",".join(sorted(self.draining)))
+        if self.paused:
+            parts.append("paused")
+        parts.append(f"gen={self.generation}")
+        return " ".join(parts)
+
+
+def _invariant_problem(s: AppState) -> str | None:
+    if not s.colors or len(set(s.colors)) != len(s.colors):
+        return f"colors {list(s.colors)!r} must be a non-empty list of distinct names"
+    if s.active not in s.colors:
+        return f"active color {s.active!r} is not one of {list(s.colors)}"
+    if s.candidate is None:
+        if s.weight != 0:
+            return "a weight needs a candidate color"
+    elif s.candidate not in s.colors or s.candidate == s.active:
+        return f"candidate {s.candidate!r} must be a configured color other than the active one"
+    if not 0 <= s.weight <= 99:
+        return f"candidate weight {s.weight} must be 0-99 (100 makes it the active color)"
+    if s.previous is not None and (s.previous not in s.colors or s.previous == s.active):
+        return f"previous color {s.previous!r} must be a configured color other than the active one"
+    for color in s.draining:
+        if color not in s.colors or color in (s.active, s.candidate):
+            return f"draining color {color!r} must be configured and neither active nor candidate"
+    if s.generation < 0:
+        return "generation cannot be negative"
+    return None
+
+
+def initial(app: str, colors: tuple[str, ...], active: str, now: float = 0.0) -> AppState:
+    """A fresh app: all traffic on `active`, nothing else going on."""
+    return AppState(app=app, colors=colors, active=active, changed_at=now)
+
+
+def weights(state: AppState) -> dict[str, int]:
+    """Each color's share of new requests; sums to 100, the active color has > 0."""
+    out = dict.fromkeys(state.colors, 0)
+    out[state.active] = 100 - state.weight
+    if state.candidate is not None:
+        out[state.candidate] = state.weight
+    return out
+
+
+def _check_color(state: AppState, color: str) -> None:
+    if color not in state.colors:
+        raise NotFoundError(
+            f"unknown color {state.app}/{color} (colors: {', '.join(state.colors)})"
+        )
+
+
+def _next(state: AppState, now: float, **changes: Any) -> AppState:
+    return replace(state, generation=state.generation + 1, changed_at=now, **changes)
+
+
+def _undrained(state: AppState, *colors: str | None) -> Mapping[str, float]:
+    """`draining` without `colors`: sending traffic to a color cancels its drain."""
+    return {c: d for c, d in state.draining.items() if c not in colors}
+
+
+def set_color(state: AppState, color: str, weight: int, now: float) -> AppState:
+    """Give `color` `weight` percent: 100 makes it active, less makes it the candidate."""
+    _check_color(state, color)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise InvalidRequest(f"weight: must be between 0 and 100, got {weight!r}")
+    if color == state.active:
+        if weight != 100:
+            raise SwitchError(
+                f"cannot set {state.app}/{color} to weight {weight}: it is the active color; "
+                "give the candidate a weight instead, or make another color active with weight 100"
+            )
+        return _next(state, now, candidate=None, weight=0, guard=None)
+    if weight == 100:
+        return _next(
+            state,
+            now,
+            active=color,
+            previous=state.active,
+            candidate=None,
+            weight=0,
+            draining=_undrained(state, color),
+            guard=None,
+        )
+    return _next(
+        state,
+        now,
+        candidate=color,
+        weight=weight,
+        draining=_undrained(state, color),
+        guard=None,
+    )
+
+
+def promote(state: AppState, now: float) -> AppState:
+    """The candidate becomes active at 100%; the old active color becomes `previous`."""
+    if state.candidate is None:
+        raise SwitchError(
+            f"cannot promote {state.app}: no candidate color "
+            "(start one with `switchctl set COLOR --weight N`)"
+        )
+    return _next(
+        state,
+        now,
+        active=state.candidate,
+        previous=state.active,
+        candidate=None,
+        weight=0,
+        guard=None,
+    )
+
+
+def rollback(state: AppState, now: float) -> AppState:
+    """`previous` becomes active at 100% (cancelling its drain); any candidate is dropped."""
+    if state.previous is None:
+        raise SwitchError(f"cannot roll back {state.app}: no previous color is recorded")
+    return _next(
+        state,
+        now,
+        active=state.previous,
+        previous=state.active,
+        candidate=None,
+        weight=0,
+        draining=_undrained(state, state.previous),
+        guard=None,
+    )
+
+
+def drain(state: AppState, color: str, deadline: float, now: float) -> AppState:
+    """Stop `color` taking new requests; what it is serving may run until `deadline`."""
+    _check_color(state, color)
+    if color == state.active:
+        raise SwitchError(
+            f"cannot drain {state.app}/{color}: it is the active color; switch traffic away first"
+        )
+    if color == state.candidate and state.weight > 0:
+        raise SwitchError(
+            f"cannot drain {state.app}/{color}: it is the candidate with weight {state.weight}; "
+            f"set its weight to 0 first (`switchctl set {color} --weight 0`)"
+        )
+    extra: dict[str, Any] = {}
+    if color == state.candidate:
+        extra = {"candidate": None, "weight": 0}
+    return _next(state, now, draining={**state.draining, color: deadline}, **extra)
+
+
+def finish_drain(state: AppState, color: str, now: float) -> AppState:
+    """`color` has nothing left in flight (or was cut at its deadline)."""
+    _check_color(state, color)
+    if color not in state.draining:
+        raise SwitchError(f"cannot finish draining {state.app}/{color}: it is not draining")
+    return _next(state, now, draining=_undrained(state, color))
+
+
+def pause(state: AppState, now: float) -> AppState:
+    """Hold new requests (they wait for resume, up to the app's pause_max_wait)."""
+    if state.paused:
+        raise SwitchError(f"cannot pause {state.app}: it is already paused")
+    return _next(state, now, paused=True)
+
+
+def resume(state: AppState, now: float) -> AppState:
+    if not state.paused:
+        raise SwitchError(f"cannot resume {state.app}: it is not paused")
+    return _next(state, now, paused=False)
+
+
+def guard_trip(state: AppState, reason: str, now: float) -> AppState:
+    """The canary guard backs the candidate out: weight 0, reason recorded."""
+    if state.live_candidate is None:
+        raise SwitchError(
+            f"cannot trip the canary guard for {state.app}: no candidate is taking traffic"
+        )
+    return _next(state, now, weight=0, guard=Guard(reason=reason, at=now))
+
+
+# --- persistence ---------------------------------------------------------------------------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    colors: list[str] = Field(min_length=1)
+    active: str
+    candidate: str | None = None
+    weight: int = Field(default=0, ge=0, le=99)
+    previous: str | None = None
+    draining: dict[str, float] = {}
+    paused: bool = False
+    generation: int = Field(default=0, ge=0)
+    changed_at: float = 0.0
+    guard: dict[str, Any] | None = None
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: int
+    apps: dict[str, _Record]
+
+
+def to_json(states: Mapping[str, AppState]) -> str:
+    """The versioned state file: `{"version": 1, "apps": {NAME: {...}}}`."""
+    apps = {}
+    for name, s in sorted(states.items()):
+        apps[name] = {
+            "colors": list(s.colors),
+            "active": s.active,
+            "candidate": s.candidate,
+            "weight": s.weight,
+            "previous": s.previous,
+            "draining": dict(s.draining),
+            "paused": s.paused,
+            "generation": s.generation,
+            "changed_at": s.changed_at,
+            "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},
+        }
+    return json.dumps({"version": STATE_VERSION, "apps": apps}, indent=2, sort_keys=True) + "\n"
+
+
+def from_json(text: str | bytes) -> dict[str, AppState]:
+    """Parse a state file; raise StateFormatError naming the first problem."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateFormatError(f"not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise StateFormatError("the top level must be an object with `version` and `apps`")
+    if data.get("version") != STATE_VERSION:
+        raise StateFormatError(
+            f"unsupported version {data.get('version')!r} (this edgeproxy reads version "
+            f"{STATE_VERSION})"
+        )
+    try:
+        parsed = _File.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise StateFormatError(f"{loc}: {first['msg']}") from e
+    out: dict[str, AppState] = {}
+    for name, r in parsed.apps.items():
+        try:
+            guard = None
+            if r.guard is not None:
+                guard = Guard(reason=str(r.guard["reason"]), at=float(r.guard["at"]))
+            out[name] = AppState(
+                app=name,
+                colors=tuple(r.colors),
+                active=r.active,
+                candidate=r.candidate,
+                weight=r.weight,
+                previous=r.previous,
+                draining=r.draining,
+                paused=r.paused,
+                generation=r.generation,
+                changed_at=r.changed_at,
+                guard=guard,
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateFormatError(f"apps.{name}: {e}") from e
+    return out

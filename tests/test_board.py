@@ -1,0 +1,309 @@
+"""The SwitchBoard: restore at boot, persist-then-swap, health refusals, pause, drains."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgeproxy.config import Config
+from edgeproxy.control.store import StateFileError, StateStore
+from edgeproxy.errors import NotFoundError, SwitchError, UnhealthyTarget
+from edgeproxy.switching import state as sw
+from edgeproxy.switching.board import SwitchBoard
+from edgeproxy.switching.state import AppState
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    return StateStore(tmp_path / "state.json")
+
+
+def saved(store: StateStore) -> dict[str, dict[str, object]]:
+    apps: dict[str, dict[str, object]] = json.loads(store.path.read_text())["apps"]
+    return apps
+
+
+async def test_a_first_boot_puts_every_app_on_its_default_color_and_saves_it(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green"), blog=("a", "b")), store)
+    assert {a: s.active for a, s in board.states.items()} == {"shop": "blue", "blog": "a"}
+    assert saved(store)["shop"]["active"] == "blue"
+
+
+async def test_a_restart_restores_the_saved_state(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    config = make_config(shop=("blue", "green"))
+    board = SwitchBoard.load(config, store)
+    await board.set("shop", "green", 25)
+    await board.pause("shop")
+    again = SwitchBoard.load(config, store)
+    assert again.states == board.states
+    assert (again.states["shop"].candidate, again.states["shop"].weight) == ("green", 25)
+
+
+async def test_a_corrupt_state_file_is_moved_aside_and_apps_start_on_defaults(
+    make_config: MakeConfig, store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.path.write_text("{not json")
+    with caplog.at_level(logging.ERROR, logger="edgeproxy.state"):
+        board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    assert board.states["shop"] == sw.initial(
+        "shop", ("blue", "green"), "blue", board.states["shop"].changed_at
+    )
+    aside = [p for p in store.path.parent.iterdir() if p.name.startswith("state.json.corrupt-")]
+    assert len(aside) == 1
+    assert aside[0].read_text() == "{not json"
+    assert "not valid JSON" in caplog.text
+    assert str(aside[0]) in caplog.text
+    assert saved(store)["shop"]["active"] == "blue"
+
+
+async def test_saved_apps_and_colors_that_left_the_config_are_dropped_with_warnings(
+    make_config: MakeConfig, store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = SwitchBoard.load(make_config(shop=("blue", "green", "red"), gone=("x",)), store)
+    await old.set("shop", "red", 100)
+    await old.set("shop", "green", 10)
+    await old.set("shop", "blue", 100)  # previous: red, candidate dropped
+    await old.set("shop", "red", 20)
+    with caplog.at_level(logging.WARNING, logger="edgeproxy.state"):
+        board = SwitchBoard.load(make_config(shop=("blue", "green"), new=("a", "b")), store)
+    shop = board.states["shop"]
+    assert (shop.active, shop.candidate, shop.weight, shop.colors) == (
+        "blue",
+        None,
+        0,
+        ("blue", "green"),
+    )
+    assert board.states["new"].active == "a"
+    assert "gone" not in board.states
+    assert "'gone': it is no longer in the config" in caplog.text
+    assert "no longer configured: red" in caplog.text
+
+
+async def test_every_mutation_is_persisted_before_it_is_visible(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    seen: list[tuple[int, int]] = []
+
+    def listener(app: str, old: AppState, new: AppState) -> None:
+        generation = saved(store)["shop"]["generation"]
+        assert isinstance(generation, int)
+        seen.append((new.generation, generation))
+
+    board.add_listener(listener)
+    await board.set("shop", "green", 10)
+    await board.promote("shop")
+    await board.drain("shop", "blue", seconds=60)
+    await board.rollback("shop")
+    await board.pause("shop")
+    await board.resume("shop")
+    await board.set("shop", "green", 5)
+    await board.guard_trip("shop", "too many 5xx")
+    assert [new for new, _ in seen] == list(range(1, 9))
+    assert all(new == on_disk for new, on_disk in seen)
+    assert saved(store)["shop"]["guard"] == {
+        "reason": "too many 5xx",
+        "at": pytest.approx(0, abs=1e10),
+    }
+
+
+async def test_when_the_state_cannot_be_saved_nothing_changes(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    calls: list[str] = []
+    board.add_listener(lambda app, old, new: calls.append(app))
+    before = board.states
+    store.path.unlink()
+    store.path.mkdir()
+    with pytest.raises(StateFileError):
+        await board.set("shop", "green", 100)
+    assert board.states is before
+    assert calls == []
+
+
+async def test_switching_to_an_unhealthy_color_is_refused_unless_forced(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    def health(app: str, color: str) -> tuple[bool, list[str]]:
+        if color == "green":
+            return False, ["GET /health: 503 (3 in a row)"]
+        return True, []
+
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store, health=health)
+    with pytest.raises(
+        UnhealthyTarget, match=r"cannot set shop: green is unhealthy \(GET /health: 503"
+    ):
+        await board.set("shop", "green", 10)
+    await board.set("shop", "green", 0)  # no traffic: allowed
+    with pytest.raises(UnhealthyTarget, match="cannot promote shop: green is unhealthy"):
+        await board.promote("shop")
+    await board.promote("shop", force=True)
+    assert board.states["shop"].active == "green"
+    await board.rollback("shop")  # blue is healthy
+    assert board.states["shop"].active == "blue"
+
+
+async def test_unknown_apps_and_colors_raise_not_found(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    with pytest.raises(NotFoundError, match=r"unknown app 'blog' \(apps: shop\)"):
+        await board.pause("blog")
+    with pytest.raises(NotFoundError, match="unknown color shop/red"):
+        await board.drain("shop", "red")
+    with pytest.raises(NotFoundError):
+        board.view("blog")
+
+
+async def test_paused_requests_are_released_in_arrival_order_on_resume(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    assert await board.wait_unpaused("shop", timeout=0.01)
+    await board.pause("shop")
+    order: list[int] = []
+
+    async def request(i: int) -> None:
+        assert await board.wait_unpaused("shop", timeout=30)
+        order.append(i)
+
+    tasks = []
+    for i in range(10):
+        tasks.append(asyncio.create_task(request(i)))
+        await asyncio.sleep(0)  # let it queue before the next one arrives
+    assert order == []
+    await board.resume("shop")
+    await asyncio.gather(*tasks)
+    assert order == list(range(10))
+
+
+async def test_a_paused_request_gives_up_after_its_timeout(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    await board.pause("shop")
+    assert not await board.wait_unpaused("shop", timeout=0.05)
+    await board.resume("shop")  # nothing left queued for the one that gave up
+    assert await board.wait_unpaused("shop", timeout=0.05)
+
+
+async def test_the_supervisor_finishes_a_drain_when_nothing_is_left_in_flight(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    inflight = {"blue": (2, 1)}
+    cut: list[str] = []
+    board = SwitchBoard.load(
+        make_config(shop=("blue", "green")),
+        store,
+        inflight=lambda app, color: inflight.get(color, (0, 0)),
+        cut=lambda app, color: cut.append(color),
+        drain_poll=0.01,
+    )
+    finished = asyncio.Event()
+    board.add_listener(
+        lambda app, old, new: finished.set() if old.draining and not new.draining else None
+    )
+    board.start()
+    try:
+        await board.set("shop", "green", 100)
+        await board.drain("shop", "blue", seconds=3600)
+        await asyncio.sleep(0.05)
+        assert "blue" in board.states["shop"].draining
+        inflight["blue"] = (0, 0)
+        board.poke()
+        await asyncio.wait_for(finished.wait(), 10)
+    finally:
+        await board.stop()
+    assert cut == []
+    assert "blue" not in saved(store)["shop"]["draining"]  # type: ignore[operator]
+
+
+async def test_the_supervisor_cuts_what_is_left_at_the_deadline(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    cut: list[tuple[str, str]] = []
+    board = SwitchBoard.load(
+        make_config(shop=("blue", "green")),
+        store,
+        inflight=lambda app, color: (1, 0) if color == "blue" else (0, 0),
+        cut=lambda app, color: cut.append((app, color)),
+        drain_poll=0.01,
+    )
+    finished = asyncio.Event()
+    board.add_listener(lambda app, old, new: finished.set() if old.draining else None)
+    board.start()
+    try:
+        await board.set("shop", "green", 100)
+        await board.drain("shop", "blue", seconds=0.1)
+        await asyncio.wait_for(finished.wait(), 10)
+    finally:
+        await board.stop()
+    assert cut == [("shop", "blue")]
+    assert not board.states["shop"].draining
+
+
+async def test_a_failing_listener_does_not_undo_a_change(
+    make_config: MakeConfig, store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+
+    def broken(app: str, old: AppState, new: AppState) -> None:
+        raise RuntimeError("boom")
+
+    board.add_listener(broken)
+    with caplog.at_level(logging.ERROR, logger="edgeproxy.state"):
+        await board.set("shop", "green", 100)
+    assert board.states["shop"].active == "green"
+    assert "switch listener" in caplog.text
+
+
+async def test_the_view_merges_weights_health_in_flight_and_stats(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(
+        make_config(shop=("blue", "green")),
+        store,
+        health=lambda app, color: (color == "blue", [] if color == "blue" else ["refused"]),
+        inflight=lambda app, color: (3, 1) if color == "blue" else (0, 0),
+        color_stats=lambda app, color: {"requests": 10, "p99_ms": 2.5},
+    )
+    await board.set("shop", "green", 0, force=True)
+    view = board.view("shop")
+    assert view["weights"] == {"blue": 100, "green": 0}
+    assert (view["active"], view["candidate"], view["weight"], view["generation"]) == (
+        "blue",
+        "green",
+        0,
+        1,
+    )
+    assert view["colors"]["blue"] == {
+        "weight": 100,
+        "in_flight": 3,
+        "tunnels": 1,
+        "healthy": True,
+        "failing_checks": [],
+        "requests": 10,
+        "p99_ms": 2.5,
+    }
+    assert view["colors"]["green"]["failing_checks"] == ["refused"]
+
+
+async def test_refused_transitions_surface_as_switch_errors(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    with pytest.raises(SwitchError, match="cannot drain shop/blue: it is the active color"):
+        await board.drain("shop", "blue")
+    assert board.states["shop"].generation == 0
