@@ -1,0 +1,400 @@
+"""The deploy config: one YAML file per app, validated once (`switchctl deploy --check`).
+
+Every key is declared (unknown keys are errors). The env file it names is read
+here too, checked for its mode and for the variables the app requires, and
+never printed: `EnvFile.__repr__` hides the values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeproxy.config import COLOR_RE
+from switchctl.deploy.errors import DeployConfigError
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Command = list[str]
+
+
+def _argv(v: Any) -> Any:
+    """A command is an argv list, or a string run by `sh -c`."""
+    if isinstance(v, str):
+        return ["sh", "-c", v]
+    return v
+
+
+class Build(Model):
+    context: Path
+    dockerfile: str = "Dockerfile"
+    args: dict[str, str] = {}
+
+
+class Role(Model):
+    traffic: bool = False
+    """True for the role edgeproxy routes to (the server); workers get no traffic."""
+    ports: dict[str, int]
+    """Port per color, e.g. {blue: 9000, green: 9002}; the app listens on it (env `port_env`)."""
+    command: Command | None = None
+    env: dict[str, str] = {}
+    health_path: str | None = None
+    """Checked on 127.0.0.1:PORT before the color takes traffic (None: running is enough)."""
+
+    _cmd = field_validator("command", mode="before")(lambda cls, v: _argv(v))
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: dict[str, int]) -> dict[str, int]:
+        for color, port in v.items():
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} for {color} is not between 1 and 65535")
+        return v
+
+
+class HealthWait(Model):
+    deadline: float = Field(default=120.0, gt=0)
+    """Longest wait for the new color to become healthy, in seconds."""
+    first_delay: float = Field(default=0.25, gt=0)
+    max_delay: float = Field(default=5.0, gt=0)
+    request_timeout: float = Field(default=2.0, gt=0)
+
+
+class SmokeCheck(Model):
+    path: str = "/"
+    host: str | None = None
+    method: str = "GET"
+    status: int = 200
+    contains: str | None = None
+
+
+class Smoke(Model):
+    url: str = "http://127.0.0.1:80"
+    """edgeproxy's HTTP listener as seen from this server."""
+    header: str = "X-Edgeproxy-Color"
+    """The tester override header (edgeproxy `apps.*.override.header`)."""
+    checks: list[SmokeCheck] = []
+    timeout: float = Field(default=5.0, gt=0)
+
+
+class Gates(Model):
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    p99_factor: float = Field(default=3.0, ge=1)
+    """Fail when the new color's p99 exceeds this multiple of the active color's."""
+    p99_min_ms: float = Field(default=50.0, ge=0)
+    """...and exceeds this floor (tiny p99s are noise)."""
+    min_requests: int = Field(default=20, ge=0)
+    """Below this many requests in a step, the gates cannot judge and pass."""
+
+
+class Canary(Model):
+    steps: list[int] = [10, 25, 50, 100]
+    dwell: float = Field(default=30.0, ge=0)
+    poll: float = Field(default=1.0, gt=0)
+    gates: Gates = Gates()
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if not v or v[-1] != 100:
+            raise ValueError("canary steps must end at 100")
+        if any(not 0 < w <= 100 for w in v) or v != sorted(set(v)):
+            raise ValueError("canary steps must be increasing weights between 1 and 100")
+        return v
+
+
+class Hook(Model):
+    command: Command
+    timeout: float = Field(default=600.0, gt=0)
+    where: Literal["container", "host"] = "container"
+    """`container`: a one-off container of the new image with the app's env; `host`: here."""
+
+    _cmd = field_validator("command", mode="before")(lambda cls, v: _argv(v))
+
+
+class Hooks(Model):
+    pre_deploy: Hook | None = None
+    post_deploy: Hook | None = None
+
+
+class Webhook(Model):
+    url: str
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class Smtp(Model):
+    host: str
+    port: int = 587
+    starttls: bool = True
+    username: str | None = None
+    password_env: str | None = None
+    """Name of the variable (process env, else the env file) holding the SMTP password."""
+    from_addr: str
+    to: list[str] = Field(min_length=1)
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class Notify(Model):
+    webhook: Webhook | None = None
+    smtp: Smtp | None = None
+    on: list[Literal["success", "failure", "rollback"]] = ["success", "failure", "rollback"]
+
+
+class Proxy(Model):
+    """How edgeproxy runs on this server and how to reach it."""
+
+    socket: Path = Path("/run/edgeproxy/control.sock")
+    container: str | None = None
+    systemd_unit: str | None = None
+    config: Path = Path("/etc/edgeproxy/edgeproxy.yml")
+    """Config path; with a container, mount its directory at the same path inside."""
+    config_source: Path | None = None
+    """A known-good config (e.g. from the app repo) installed when the live one is invalid."""
+    state_file: Path | None = None
+    start_timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> Proxy:
+        if (self.container is None) == (self.systemd_unit is None):
+            raise ValueError("edgeproxy: set exactly one of `container` or `systemd_unit`")
+        return self
+
+
+class DeployConfig(Model):
+    app: str
+    image: str | None = None
+    """Image to pull; `{ref}` is replaced by --ref (e.g. ghcr.io/acme/shop:{ref})."""
+    build: Build | None = None
+    env_file: Path
+    required_env: list[str] = []
+    colors: list[str] = ["blue", "green"]
+    roles: dict[str, Role] = Field(min_length=1)
+    container_name: str = "{app}-{role}-{color}"
+    network: str = "host"
+    """`host` (ports are the app's own) or a docker network (ports published on 127.0.0.1)."""
+    container_port: int | None = None
+    """With a network other than host: the port the app listens on inside its container."""
+    port_env: str = "PORT"
+    health: HealthWait = HealthWait()
+    smoke: Smoke = Smoke()
+    canary: Canary = Canary()
+    drain_timeout: float = Field(default=30.0, gt=0)
+    stop_timeout: int = Field(default=10, ge=0)
+    hooks: Hooks = Hooks()
+    notify: Notify = Notify()
+    base_services: list[str] = []
+    """Containers that must be running (started if stopped, never recreated)."""
+    edgeproxy: Proxy
+    state_dir: Path = Path("/var/lib/switchctl")
+    """History file and retained release tags live here (per app)."""
+    lock_file: Path | None = None
+    keep_releases: int = Field(default=5, ge=1)
+    extra_labels: dict[str, str] = {}
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"app name {v!r} must be letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("colors")
+    @classmethod
+    def _colors(cls, v: list[str]) -> list[str]:
+        if len(v) != 2 or len(set(v)) != 2:
+            raise ValueError("exactly two colors are needed, e.g. [blue, green]")
+        for c in v:
+            if not COLOR_RE.match(c):
+                raise ValueError(f"color {c!r} must be lowercase letters, digits, - or _")
+        return v
+
+    @field_validator("required_env")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        bad = [k for k in v if not ENV_KEY_RE.match(k)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an environment variable name")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> DeployConfig:
+        if (self.image is None) == (self.build is None):
+            raise ValueError("set exactly one of `image` (to pull) or `build` (to build here)")
+        servers = [n for n, r in self.roles.items() if r.traffic]
+        if len(servers) != 1:
+            raise ValueError(
+                "roles: exactly one role must have `traffic: true` (the server), "
+                f"found {len(servers)}"
+            )
+        used: dict[int, str] = {}
+        for name, role in self.roles.items():
+            if set(role.ports) != set(self.colors):
+                raise ValueError(
+                    f"roles.{name}.ports: give one port for each color ({', '.join(self.colors)})"
+                )
+            for color, port in role.ports.items():
+                if port in used:
+                    raise ValueError(
+                        f"roles.{name}.ports.{color}: port {port} is already used by {used[port]}"
+                    )
+                used[port] = f"{name}/{color}"
+        if self.network != "host" and self.container_port is None:
+            raise ValueError("container_port: required when network is not `host`")
+        return self
+
+    # -- derived names -------------------------------------------------------------------
+
+    @property
+    def server_role(self) -> str:
+        return next(n for n, r in self.roles.items() if r.traffic)
+
+    def container_for(self, role: str, color: str) -> str:
+        return self.container_name.format(app=self.app, role=role, color=color)
+
+    def other(self, color: str) -> str:
+        return self.colors[1] if color == self.colors[0] else self.colors[0]
+
+    @property
+    def history_file(self) -> Path:
+        return self.state_dir / self.app / "releases.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.lock_file or self.state_dir / self.app / "deploy.lock"
+
+    def image_for(self, ref: str | None) -> str:
+        if self.image is not None:
+            if "{ref}" in self.image and not ref:
+                raise DeployConfigError([f"image {self.image!r} needs --ref to fill in {{ref}}"])
+            return self.image.replace("{ref}", ref or "")
+        return f"switchctl/{self.app}:{ref or 'latest'}"
+
+    def release_tag(self, release_id: str) -> str:
+        """Every deployed image is also tagged with this, so rollback finds it later."""
+        return f"switchctl/{self.app}-release:{release_id}"
+
+
+class EnvFile:
+    """KEY=VALUE lines (comments, blank lines, `export`, quotes allowed). Values are secrets."""
+
+    def __init__(self, path: Path, values: dict[str, str]) -> None:
+        self.path = path
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"EnvFile({str(self.path)!r}, {len(self.values)} variables)"
+
+    def as_list(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.values.items()]
+
+
+def read_env_file(path: Path, required: list[str], check_mode: bool = True) -> EnvFile:
+    """Read the env file; its mode must be 0600 (or stricter) and every required key set."""
+    try:
+        st = path.stat()
+        text = path.read_text()
+    except OSError as e:
+        raise DeployConfigError(
+            [f"env_file {path}: cannot read it ({e.strerror}); create it with mode 0600"]
+        ) from e
+    problems = []
+    if check_mode and stat.S_IMODE(st.st_mode) & 0o077:
+        problems.append(
+            f"env_file {path}: mode is {stat.S_IMODE(st.st_mode):04o}; it holds secrets, "
+            f"run `chmod 600 {path}`"
+        )
+    values: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not ENV_KEY_RE.match(key):
+            problems.append(f"env_file {path}:{n}: expected KEY=VALUE (the value is not shown)")
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    for key in required:
+        if not values.get(key):
+            problems.append(f"{key} is missing from {path}")
+    if problems:
+        raise DeployConfigError(problems)
+    return EnvFile(path, values)
+
+
+def _format(source: str, err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling against compose/deploy.example.yml"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        out.append(f"{source}: {loc}: {msg}")
+    return out
+
+
+def parse_deploy_config(
+    text: str, source: str = "<deploy config>", base: Path | None = None
+) -> DeployConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DeployConfigError([f"{source}: not valid YAML: {e}"]) from e
+    if not isinstance(data, dict):
+        raise DeployConfigError([f"{source}: the top level must be a mapping of keys"])
+    if base is not None:
+        _resolve_paths(data, base)
+    try:
+        return DeployConfig.model_validate(data)
+    except ValidationError as e:
+        raise DeployConfigError(_format(source, e)) from e
+
+
+def load_deploy_config(path: str | Path) -> DeployConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DeployConfigError([f"{path}: cannot read the deploy config: {e.strerror}"]) from e
+    return parse_deploy_config(text, str(path), base=path.parent.resolve())
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative paths are relative to the config file's folder."""
+
+    def fix(d: Any, key: str) -> None:
+        if isinstance(d, dict) and isinstance(d.get(key), str) and not d[key].startswith("/"):
+            d[key] = str(base / d[key])
+
+    for key in ("env_file", "state_dir", "lock_file"):
+        fix(data, key)
+    fix(data.get("build"), "context")
+    for key in ("socket", "config", "config_source", "state_file"):
+        fix(data.get("edgeproxy"), key)
+
+
+def describe_command(argv: list[str]) -> str:
+    return shlex.join(argv)
+
+
+def process_env_or_file(name: str, env: EnvFile | None) -> str | None:
+    return os.environ.get(name) or (env.values.get(name) if env else None)
