@@ -1,0 +1,3 @@
+from edgeproxy.cli import main
+
+main()

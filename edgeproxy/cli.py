@@ -1,0 +1,108 @@
+"""`edgeproxy serve --config FILE` and `edgeproxy check-config FILE`.
+
+Exit codes: 0 ok; 1 could not start (the message says why and what to do);
+2 the config is invalid (every problem is printed with its key path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from edgeproxy import __version__
+from edgeproxy.config import load_config
+from edgeproxy.errors import ConfigError, StartupError
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (errors and state changes; not the access log)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeproxy")
+def cli() -> None:
+    """edgeproxy: a TLS edge proxy with blue/green switching for Docker apps."""
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(path_type=Path))
+def check_config(file: Path) -> None:
+    """Validate FILE; exit 0, or exit 2 printing every problem with its key path."""
+    try:
+        config = load_config(file)
+    except ConfigError as e:
+        for p in e.problems:
+            click.echo(p, err=True)
+        sys.exit(2)
+    apps = ", ".join(config.apps) or "none"
+    click.echo(f"{file}: ok ({len(config.sites)} sites, apps: {apps})")
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    envvar="EDGEPROXY_CONFIG",
+    help="The YAML config file.",
+)
+@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
+def serve(config_path: Path, log_level: str, log_format: str) -> None:
+    """Run the proxy until SIGTERM/SIGINT (graceful) ; SIGHUP reloads certificates."""
+    setup_logging(log_level, log_format)
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        for p in e.problems:
+            click.echo(p, err=True)
+        sys.exit(2)
+    from edgeproxy.app import build_server
+
+    try:
+        import uvloop
+
+        uvloop.run(build_server(config, config_path).run())
+    except StartupError as e:
+        click.echo(f"edgeproxy: cannot start: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""What every connection shares: config, router, pools, color choice, tracking.
+
+Built once per server (and rebuilt on config reload); connections keep a
+reference to the context they started with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeproxy.config import Config, Upstream
+from edgeproxy.proxy.upstream import UpstreamPool
+from edgeproxy.routing.router import Router
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.client import ClientConnection
+    from edgeproxy.proxy.exchange import Exchange
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(slots=True)
+class ColorTargets:
+    """The upstream pools of one color of one app, chosen round-robin."""
+
+    app: str
+    color: str
+    pools: list[UpstreamPool]
+    _next: int = 0
+
+    def pick(self, healthy: Callable[[UpstreamPool], bool] | None = None) -> UpstreamPool | None:
+        pools = self.pools
+        n = len(pools)
+        for _ in range(n):
+            self._next = (self._next + 1) % n
+            pool = pools[self._next]
+            if healthy is None or healthy(pool):
+                return pool
+        return None
+
+
+@dataclass(slots=True)
+class Tracker:
+    """In-flight exchanges per (app, color), so drains can count and cut them."""
+
+    live: dict[tuple[str, str], set[Exchange]] = field(default_factory=dict)
+    tunnels: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, ex: Exchange) -> None:
+        key = (ex.app or "", ex.color or "")
+        s = self.live.get(key)
+        if s is None:
+            s = self.live[key] = set()
+        s.add(ex)
+
+    def discard(self, ex: Exchange) -> None:
+        s = self.live.get((ex.app or "", ex.color or ""))
+        if s is not None:
+            s.discard(ex)
+
+    def counts(self, app: str, color: str) -> tuple[int, int]:
+        s = self.live.get((app, color), ())
+        tunnels = sum(1 for ex in s if ex.tunnel)
+        return len(s) - tunnels, tunnels
+
+    def cut(self, app: str, color: str) -> int:
+        s = list(self.live.get((app, color), ()))
+        for ex in s:
+            ex.cut()
+        return len(s)
+
+
+def _networks(cidrs: list[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def in_networks(ip: str, nets: tuple[Network, ...]) -> bool:
+    if not nets or not ip:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in n for n in nets)
+
+
+class ProxyContext:
+    """Shared state of the data plane (one per loaded config)."""
+
+    def __init__(self, config: Config, *, picker: Any = None) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        self.pools: dict[tuple[str, int], UpstreamPool] = {}
+        self.colors: dict[tuple[str, str], ColorTargets] = {}
+        for app_name, app in config.apps.items():
+            for color, spec in app.colors.items():
+                pools = [self.pool_for(Upstream.parse(u)) for u in spec.upstreams]
+                self.colors[(app_name, color)] = ColorTargets(app_name, color, pools)
+        for site in self.router.sites:
+            for route in site.routes:
+                if route.upstream is not None:
+                    self.pool_for(route.upstream)
+        self.trusted = _networks(config.forwarding.trusted_proxies)
+        self.override_nets = {
+            name: _networks(app.override.allow_from) for name, app in config.apps.items()
+        }
+        self.request_id_header = config.forwarding.request_id_header.lower().encode()
+        self.webroot: Path | None = config.acme.webroot
+        self.tracker = Tracker()
+        self.picker = picker
+        """Chooses a color per request: `picker.choose(app, ex) -> color` (switching)."""
+        self.connections: set[ClientConnection] = set()
+        self.draining_server = False
+        self.https_port_suffix = b""
+        """`:8443` when the HTTPS listener is not on 443 (for redirects)."""
+        self._rid_prefix = os.urandom(6).hex()
+        self._rid_counter = itertools.count(1)
+        self.on_exchange_done: Callable[[Exchange], None] | None = None
+        self.health_ok: Callable[[UpstreamPool], bool] | None = None
+
+    def pool_for(self, upstream: Upstream) -> UpstreamPool:
+        key = (upstream.host, upstream.port)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = UpstreamPool(
+                upstream,
+                idle_timeout=self.timeouts.upstream_idle,
+                connect_timeout=self.timeouts.connect,
+            )
+        return pool
+
+    def new_request_id(self) -> bytes:
+        # Cheap and unique per process: a random prefix and a counter.
+        return b"%s-%x" % (self._rid_prefix.encode(), next(self._rid_counter))
+
+    def is_trusted(self, ip: str) -> bool:
+        return in_networks(ip, self.trusted)
+
+    def close_idle_of_color(self, app: str, color: str) -> int:
+        targets = self.colors.get((app, color))
+        if targets is None:
+            return 0
+        return sum(p.close_idle() for p in targets.pools)

@@ -1,0 +1,422 @@
+"""One request/response exchange: its state, and its relay to an upstream.
+
+Created by the client connection when a request head is parsed; validated and
+routed in `prepare()`; started when it reaches the head of the connection's
+pipeline; finished when both the request and the response are complete. A
+request keeps the color and upstream it started on, whatever the switch does
+meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from edgeproxy.errors import ClientProtocolError
+from edgeproxy.proxy import headers as h
+from edgeproxy.proxy.responses import build_response, redirect
+from edgeproxy.proxy.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.client import ClientConnection
+    from edgeproxy.routing.router import RouteEntry
+
+log = logging.getLogger("edgeproxy.proxy")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+# Response framing towards the client.
+LENGTH, CHUNKED, RECHUNK, UNTIL_CLOSE, NOBODY = range(5)
+
+
+class Exchange:
+    __slots__ = (
+        "app",
+        "body_buffer",
+        "body_buffered",
+        "body_sent",
+        "chunked_req",
+        "client",
+        "color",
+        "content_length",
+        "done",
+        "expect_continue",
+        "finished_at",
+        "headers",
+        "host",
+        "keep_alive",
+        "last_upstream",
+        "local",
+        "loop",
+        "method",
+        "path",
+        "pool",
+        "reported",
+        "req_done",
+        "request_id",
+        "resp_bytes",
+        "resp_mode",
+        "resp_started",
+        "retried",
+        "route",
+        "started_at",
+        "status",
+        "target",
+        "timer",
+        "tunnel",
+        "up_head",
+        "upgrade",
+        "up_keep",
+        "upstream",
+        "version",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.loop = client.loop
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.target = b""
+        self.path = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
+        self.host = b""
+        self.route: RouteEntry | None = None
+        self.app: str | None = None
+        self.color: str | None = None
+        self.pool: UpstreamPool | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.local: bytes | None = None
+        """A response edgeproxy answers itself (error, redirect, ACME, preflight)."""
+        self.up_head = b""
+        self.content_length: int | None = None
+        self.chunked_req = False
+        self.expect_continue = False
+        self.body_buffer: list[bytes] = []
+        self.body_buffered = 0
+        self.body_sent = 0
+        self.req_done = False
+        self.resp_started = False
+        self.resp_mode = LENGTH
+        self.resp_bytes = 0
+        self.status = 0
+        self.done = False
+        self.retried = False
+        self.tunnel = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self.last_upstream = 0.0
+        self.request_id = b""
+        self.up_keep = True
+        self.reported = False
+
+    # -- set-up ---------------------------------------------------------
+    def prepare(self) -> None:
+        """Validate, route and build the upstream head; may set `local` instead."""
+        client = self.client
+        ctx = client.ctx
+        info = h.validate_request(self, ctx.limits)
+        self.started_at = self.loop.time()
+        host = self.host
+        if self.method == b"CONNECT":
+            raise ClientProtocolError(405, "CONNECT is not supported")
+        site = ctx.router.site_for(host)
+        if site is None:
+            self.local = build_response(404, close=not self.keep_alive)
+            return
+        if client.tls and client.sni_site is not None and client.sni_site is not site:
+            self.local = build_response(421, close=True)
+            self.keep_alive = False
+            return
+        if not client.tls:
+            if self.path.startswith(h.ACME_PREFIX) and ctx.webroot is not None:
+                self.local = h.acme_response(ctx.webroot, self.path, self.method)
+                return
+            if site.https_redirect:
+                location = b"https://" + h.host_without_port(host) + ctx.https_port_suffix + self.target
+                self.local = redirect(location)
+                return
+        route = site.route(self.path)
+        if route is None:
+            self.local = build_response(404, close=not self.keep_alive)
+            return
+        self.route = route
+        limit = route.config.max_body if route.config.max_body is not None else site.config.max_body
+        if limit is None:
+            limit = ctx.limits.max_body
+        if self.content_length is not None and self.content_length > limit:
+            raise ClientProtocolError(413, f"body of {self.content_length} bytes over {limit}")
+        if self.upgrade and not info.websocket:
+            # Upgrade to something other than WebSocket (h2c): answer, then close.
+            self.keep_alive = False
+            self.upgrade = False
+        if route.app is not None:
+            self.app = route.app
+            color = ctx.picker.choose(route.app, self, info) if ctx.picker else None
+            if color is None:
+                color = ctx.config.apps[route.app].first_color
+            self.color = color
+            pool = ctx.colors[(route.app, color)].pick(ctx.health_ok)
+            if pool is None:
+                self.local = build_response(
+                    503, headers=[(b"retry-after", b"5")], close=not self.keep_alive
+                )
+                return
+            self.pool = pool
+        else:
+            assert route.upstream is not None
+            self.pool = ctx.pool_for(route.upstream)
+        self.request_id = info.request_id or ctx.new_request_id()
+        self.up_head = h.upstream_head(self, info, route)
+
+    # -- running ----------------------------------------------------------
+    def start(self) -> None:
+        """Called when this exchange reaches the head of the pipeline."""
+        client = self.client
+        if self.local is not None:
+            client.write(self.local)
+            self.status = int(self.local[9:12])
+            self.resp_started = True
+            self.done = True
+            if self.req_done:
+                self._report(self.keep_alive)
+            return
+        if self.expect_continue and self.version == "1.1":
+            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.client.ctx.tracker.add(self)
+        assert self.pool is not None
+        conn = self.pool.take_idle()
+        if conn is not None:
+            self.attach(conn)
+        else:
+            client.spawn(self._connect(), "upstream-connect")
+
+    async def _connect(self) -> None:
+        assert self.pool is not None
+        try:
+            conn = await self.pool.connect()
+        except (TimeoutError, asyncio.TimeoutError):
+            self.pool.connect_errors += 1
+            self.fail(504, "connect timeout")
+            return
+        except OSError as e:
+            self.pool.connect_errors += 1
+            self.fail(502, f"connect failed: {e.strerror or e}")
+            return
+        if self.done:
+            conn.close()
+            return
+        conn.reused = False
+        self.attach(conn)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        conn.exchange = self
+        self.last_upstream = self.loop.time()
+        buf = self.body_buffer
+        if buf:
+            conn.write(self.up_head + b"".join(buf))
+            self.body_sent += self.body_buffered
+            self.body_buffer = []
+            self.body_buffered = 0
+            self.client.resume_reading_for_buffer()
+        else:
+            conn.write(self.up_head)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.route_timeouts().read, self._check_read)
+
+    def route_timeouts(self) -> Any:
+        route = self.route
+        if route is not None:
+            t = route.config.timeouts or route.site.config.timeouts
+            if t is not None:
+                return t
+        return self.client.ctx.timeouts
+
+    def _check_read(self) -> None:
+        self.timer = None
+        if self.done or self.tunnel:
+            return
+        timeout = self.route_timeouts().read
+        idle = self.loop.time() - self.last_upstream
+        if idle >= timeout:
+            self.fail(504, f"no upstream byte for {timeout:g}s")
+        else:
+            self.timer = self.loop.call_later(timeout - idle, self._check_read)
+
+    # -- request body -------------------------------------------------------
+    def on_request_body(self, chunk: bytes) -> None:
+        if self.chunked_req:
+            chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        conn = self.upstream
+        if conn is not None:
+            conn.write(chunk)
+            self.body_sent += len(chunk)
+        elif not self.done:
+            self.body_buffer.append(chunk)
+            self.body_buffered += len(chunk)
+            if self.body_buffered > 262144:
+                self.client.pause_reading_for_buffer()
+
+    def on_request_complete(self) -> None:
+        self.req_done = True
+        if self.chunked_req:
+            self.on_request_body_raw(b"0\r\n\r\n")
+        if self.done:
+            self._report(self.keep_alive)
+
+    def _report(self, keep_alive: bool) -> None:
+        if not self.reported:
+            self.reported = True
+            self.client.exchange_finished(self, keep_alive=keep_alive)
+
+    def on_request_body_raw(self, data: bytes) -> None:
+        conn = self.upstream
+        if conn is not None:
+            conn.write(data)
+        elif not self.done:
+            self.body_buffer.append(data)
+            self.body_buffered += len(data)
+
+    # -- response -------------------------------------------------------------
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], up_keep_alive: bool
+    ) -> None:
+        if 100 <= status < 200 and status != 101:
+            return  # informational: we answered 100-continue ourselves
+        self.status = status
+        head, mode = h.response_head(self, status, reason, headers)
+        self.resp_mode = mode
+        self.resp_started = True
+        if not up_keep_alive and self.upstream is not None:
+            self.up_keep = False
+        self.client.write(head)
+        if mode == NOBODY and status != 101:
+            # HEAD: the upstream may still send a body length we won't read; drop the socket.
+            if self.method == b"HEAD" and self.upstream is not None:
+                self.upstream.close()
+            self._response_done(reusable=False)
+
+    def on_response_body(self, body: bytes) -> None:
+        self.resp_bytes += len(body)
+        if self.resp_mode == LENGTH or self.resp_mode == UNTIL_CLOSE:
+            self.client.write(body)
+        elif self.resp_mode != NOBODY:
+            self.client.write(b"%x\r\n%b\r\n" % (len(body), body))
+
+    def on_response_complete(self) -> None:
+        if self.done or not self.resp_started or self.status == 101:
+            return
+        if self.resp_mode in (CHUNKED, RECHUNK):
+            self.client.write(b"0\r\n\r\n")
+        self._response_done(reusable=True)
+
+    def _response_done(self, *, reusable: bool) -> None:
+        self.done = True
+        self._cancel_timer()
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            if reusable and self.up_keep and self.req_done and conn.exchange is self and conn.parser is not None:
+                conn.pool.release(conn)
+            else:
+                conn.exchange = None
+                conn.close()
+        if self.resp_mode == UNTIL_CLOSE:
+            self.keep_alive = False
+        if not self.req_done:
+            # The upstream answered before the request body ended (e.g. 401 on an
+            # upload). Don't read the rest into the next request: close after.
+            self.keep_alive = False
+        self._report(self.keep_alive)
+
+    def on_upstream_upgrade(self, tail: bytes) -> None:
+        conn = self.upstream
+        if self.status != 101 or conn is None or not self.upgrade:
+            self.fail(502, "upstream switched protocols unasked")
+            return
+        self._cancel_timer()
+        self.tunnel = True
+        self.client.start_tunnel(self, conn, tail)
+
+    def on_upstream_failed(self, status: int, why: str) -> None:
+        self.fail(status, why)
+
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self.done and not self.tunnel:
+            return
+        if self.tunnel:
+            self.client.end_tunnel(self)
+            return
+        if self.upstream is not conn:
+            return
+        self.upstream = None
+        if not self.resp_started:
+            if (
+                conn.reused
+                and not self.retried
+                and self.method in IDEMPOTENT
+                and self.body_sent == 0
+                and not self.chunked_req
+                and not self.content_length
+            ):
+                # A keep-alive socket the upstream closed just as we reused it:
+                # safe to replay once on a fresh connection (nothing was processed).
+                self.retried = True
+                self.client.spawn(self._connect(), "upstream-retry")
+                return
+            self.fail(502, f"upstream closed the connection: {exc or 'EOF'}")
+            return
+        if self.resp_mode == UNTIL_CLOSE:
+            self._response_done(reusable=False)
+            return
+        # Truncated response: the client must see the connection end, not a short body.
+        self.done = True
+        self._cancel_timer()
+        self.keep_alive = False
+        self.client.abort(self)
+
+    def fail(self, status: int, why: str) -> None:
+        """End this exchange with an error status, or cut it if bytes already went out."""
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            conn.exchange = None
+            conn.close()
+        if not self.resp_started:
+            log.info(
+                "%s %s %s -> %d: %s",
+                self.app or "-",
+                self.method.decode("latin-1"),
+                self.path.decode("latin-1", "replace")[:200],
+                status,
+                why,
+            )
+            self.status = status
+            self.resp_started = True
+            close = not (self.req_done and self.keep_alive)
+            extra = [(b"retry-after", b"5")] if status == 503 else []
+            self.client.write(build_response(status, headers=extra, close=close))
+            self._report(not close)
+        else:
+            self.keep_alive = False
+            self.client.abort(self)
+
+    def cut(self) -> None:
+        """Drain deadline passed: 503 if nothing was sent yet, else close."""
+        if self.tunnel:
+            self.client.end_tunnel(self)
+        else:
+            self.keep_alive = False
+            self.fail(503, "drain deadline passed")
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+

@@ -1,0 +1,294 @@
+"""Request validation and the heads edgeproxy writes upstream and downstream.
+
+llhttp (via httptools) already rejects most smuggling shapes in strict mode:
+CL+TE together, duplicate or non-numeric Content-Length, obs-fold, control
+characters, bad chunk sizes, bare LF. What it lets through and we refuse here:
+Transfer-Encoding other than exactly `chunked`, Transfer-Encoding on HTTP/1.0,
+a missing or repeated Host, and request targets that are not origin-form.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeproxy.config import Limits
+from edgeproxy.errors import ClientProtocolError
+from edgeproxy.proxy.responses import build_response, http_date
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.exchange import Exchange
+    from edgeproxy.routing.router import RouteEntry
+
+ACME_PREFIX = b"/.well-known/acme-challenge/"
+
+# Request headers never forwarded as received (we set our own where needed).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"x-edgeproxy-color",
+    }
+)
+FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"}
+)
+RESPONSE_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"server",
+        b"date",
+    }
+)
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What routing and forwarding need from the request headers, read in one pass."""
+
+    request_id: bytes | None = None
+    websocket: bool = False
+    upgrade_value: bytes = b""
+    xff: bytes | None = None
+    real_ip: bytes | None = None
+    xf_proto: bytes | None = None
+    cookie: bytes | None = None
+    override: bytes | None = None
+    origin: bytes | None = None
+    accept_encoding: bytes | None = None
+    connection_tokens: frozenset[bytes] = frozenset()
+
+
+def host_without_port(host: bytes) -> bytes:
+    if host.startswith(b"["):
+        return host[: host.find(b"]") + 1]
+    return host.partition(b":")[0]
+
+
+def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
+    """Read the headers once: framing checks, Host, and what forwarding needs."""
+    info = RequestInfo()
+    host: bytes | None = None
+    te: bytes | None = None
+    rid_name = ex.client.ctx.request_id_header
+    override_name = ex.client.override_header
+    for name, value in ex.headers:
+        n = name.lower()
+        if n == b"host":
+            if host is not None:
+                raise ClientProtocolError(400, "more than one Host header")
+            host = value
+        elif n == b"content-length":
+            # llhttp has already refused duplicates and non-digits.
+            ex.content_length = int(value)
+        elif n == b"transfer-encoding":
+            te = value
+        elif n == b"connection":
+            info.connection_tokens = frozenset(t.strip().lower() for t in value.split(b","))
+        elif n == b"upgrade":
+            info.upgrade_value = value
+        elif n == b"expect":
+            if value.lower() != b"100-continue":
+                raise ClientProtocolError(417, f"unsupported Expect: {value!r}")
+            ex.expect_continue = True
+        elif n == rid_name:
+            if 0 < len(value) <= 200 and value.isascii() and b" " not in value:
+                info.request_id = value
+        elif n == b"cookie":
+            info.cookie = value if info.cookie is None else info.cookie + b"; " + value
+        elif n == override_name:
+            info.override = value
+        elif n == b"x-forwarded-for":
+            info.xff = value if info.xff is None else info.xff + b", " + value
+        elif n == b"x-real-ip":
+            info.real_ip = value
+        elif n == b"x-forwarded-proto":
+            info.xf_proto = value
+        elif n == b"origin":
+            info.origin = value
+        elif n == b"accept-encoding":
+            info.accept_encoding = value
+    if te is not None:
+        if ex.version == "1.0":
+            raise ClientProtocolError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+        if te.strip().lower() != b"chunked":
+            raise ClientProtocolError(501, f"Transfer-Encoding {te!r} is not supported (only chunked)")
+        ex.chunked_req = True
+    if host is None:
+        if ex.version == "1.1":
+            raise ClientProtocolError(400, "missing Host header")
+        host = b""
+    target = ex.target
+    if target.startswith(b"/"):
+        pass
+    elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        # absolute-form: the target's authority replaces Host (RFC 9112 §3.2.2).
+        rest = target.split(b"://", 1)[1]
+        authority, slash, path = rest.partition(b"/")
+        if not authority or b"@" in authority:
+            raise ClientProtocolError(400, "bad absolute-form request target")
+        host = authority
+        target = slash + path if slash else b"/"
+        ex.target = target
+    else:
+        raise ClientProtocolError(400, "request target must be an absolute path")
+    if b"#" in target:
+        raise ClientProtocolError(400, "fragment in request target")
+    ex.host = host.lower()
+    q = target.find(b"?")
+    ex.path = target if q < 0 else target[:q]
+    if ex.upgrade:
+        info.websocket = (
+            info.upgrade_value.lower() == b"websocket" and b"upgrade" in info.connection_tokens
+        )
+    return info
+
+
+def client_ip(ex: Exchange, info: RequestInfo) -> str:
+    """The visitor's address: the peer, or what a trusted proxy in front says."""
+    client = ex.client
+    if info.real_ip is not None and client.peer_trusted:
+        return info.real_ip.decode("latin-1").strip()
+    if info.xff is not None and client.peer_trusted:
+        return info.xff.rsplit(b",", 1)[-1].decode("latin-1").strip()
+    return client.peer_ip
+
+
+def upstream_head(ex: Exchange, info: RequestInfo, route: RouteEntry) -> bytes:
+    """The request head sent upstream: one buffer."""
+    client = ex.client
+    # Headers the client listed in Connection are hop-by-hop too (never Host or framing).
+    drop = info.connection_tokens - _NEVER_DROPPED if info.connection_tokens else None
+    parts = [ex.method, b" ", route.upstream_target(ex.target), b" HTTP/1.1\r\n"]
+    rid_name = client.ctx.request_id_header
+    for name, value in ex.headers:
+        n = name.lower()
+        if n in HOP_BY_HOP or n in FORWARDED or n == rid_name or (drop is not None and n in drop):
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    peer = client.peer_ip_b
+    if client.peer_trusted:
+        xff = info.xff + b", " + peer if info.xff else peer
+        real = info.real_ip or peer
+        proto = info.xf_proto or client.scheme
+    else:
+        xff = real = peer
+        proto = client.scheme
+    parts += (
+        b"x-forwarded-for: ",
+        xff,
+        b"\r\nx-real-ip: ",
+        real,
+        b"\r\nx-forwarded-proto: ",
+        proto,
+        b"\r\nx-forwarded-host: ",
+        ex.host,
+        b"\r\nx-forwarded-port: ",
+        client.local_port_b,
+        b"\r\n",
+    )
+    parts += (rid_name, b": ", ex.request_id, b"\r\n")
+    if ex.color is not None:
+        parts += (b"x-edgeproxy-color: ", ex.color.encode(), b"\r\n")
+    if ex.upgrade:
+        parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade_value, b"\r\n")
+    elif ex.chunked_req:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_head(
+    ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, int]:
+    """The response head for the client and how its body is framed."""
+    from edgeproxy.proxy.exchange import CHUNKED, LENGTH, NOBODY, RECHUNK, UNTIL_CLOSE
+
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"-")]
+    has_length = False
+    chunked = False
+    upgrade_value = b""
+    rid_name = ex.client.ctx.request_id_header
+    rid_seen = False
+    for name, value in headers:
+        n = name.lower()
+        if n in RESPONSE_DROP:
+            if n == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+            elif n == b"upgrade":
+                upgrade_value = value
+            continue
+        if n == b"content-length":
+            has_length = True
+        elif n == rid_name:
+            rid_seen = True
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"date: ", http_date(), b"\r\nserver: edgeproxy\r\n")
+    if not rid_seen:
+        parts += (rid_name, b": ", ex.request_id, b"\r\n")
+    if status == 101:
+        parts += (b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n")
+        return b"".join(parts), NOBODY
+    if ex.method == b"HEAD" or status in (204, 304):
+        mode = NOBODY
+    elif chunked:
+        mode = CHUNKED if ex.version == "1.1" else UNTIL_CLOSE
+    elif has_length:
+        mode = LENGTH
+    elif ex.version == "1.1":
+        mode = RECHUNK
+    else:
+        mode = UNTIL_CLOSE
+    if mode in (CHUNKED, RECHUNK):
+        parts.append(b"transfer-encoding: chunked\r\n")
+    keep = ex.keep_alive and mode != UNTIL_CLOSE and not ex.client.closing
+    if not keep:
+        ex.keep_alive = False
+        parts.append(b"connection: close\r\n")
+    elif ex.version == "1.0":
+        parts.append(b"connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), mode
+
+
+def acme_response(webroot: Path, path: bytes, method: bytes) -> bytes:
+    """Serve an HTTP-01 token from the webroot; no traversal, no symlinks out."""
+    if method not in (b"GET", b"HEAD"):
+        return build_response(405, headers=[(b"allow", b"GET, HEAD")])
+    token = path[len(ACME_PREFIX) :]
+    # Tokens are base64url: anything else (/, .., %2e, NUL) is refused outright.
+    if not token or not all(c in _TOKEN_CHARS for c in token):
+        return build_response(404)
+    base = webroot.resolve()
+    file = base / ".well-known" / "acme-challenge" / token.decode("ascii")
+    try:
+        real = file.resolve(strict=True)
+        if not real.is_relative_to(base) or not real.is_file():
+            return build_response(404)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            body = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+    except OSError:
+        return build_response(404)
+    ctype = (mimetypes.guess_type(real.name)[0] or "text/plain").encode()
+    return build_response(200, body, content_type=ctype, head_only=method == b"HEAD")
+
+
+_NEVER_DROPPED = frozenset({b"host", b"content-length"})
+_TOKEN_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

@@ -1,0 +1,221 @@
+"""Upstream connections and the keep-alive pool per upstream address.
+
+An `UpstreamConnection` only does I/O: it parses the response with httptools
+and hands each event to the exchange it currently serves. Idle connections go
+back to their pool and are closed after `upstream_idle` seconds (below Node's
+5 s keep-alive timeout, so we close first and never reuse a socket the server
+is about to drop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+
+from edgeproxy.config import Upstream
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.exchange import Exchange
+
+log = logging.getLogger("edgeproxy.upstream")
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "exchange",
+        "headers",
+        "idle_since",
+        "parser",
+        "pool",
+        "reason",
+        "reused",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser: Any = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.reused = False
+        self.closed = False
+        self.idle_since = 0.0
+        self.tunnel: asyncio.Transport | None = None
+        """The client transport once this connection is a WebSocket tunnel."""
+
+    # -- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but quack alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        ex = self.exchange
+        if ex is None:
+            # An idle keep-alive connection must not talk; if it does, drop it.
+            self.close()
+            return
+        ex.last_upstream = ex.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            ex.on_upstream_upgrade(data[e.args[0] :])
+        except httptools.HttpParserError as e:
+            log.warning("bad response from %s: %s", self.pool.upstream.url, e)
+            ex.on_upstream_failed(502, f"malformed response: {e}")
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        ex, self.exchange = self.exchange, None
+        tunnel, self.tunnel = self.tunnel, None
+        # Break the protocol <-> parser cycle so the GC need not (DESIGN.md).
+        self.parser = None
+        if ex is not None:
+            ex.on_upstream_lost(self, exc)
+        elif tunnel is not None:
+            tunnel.close()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.resume_reading_for_upstream()
+
+    # -- httptools callbacks ------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        headers, self.headers = self.headers, []
+        reason, self.reason = self.reason, b""
+        assert self.exchange is not None
+        self.exchange.on_response_head(
+            self.parser.get_status_code(), reason, headers, self.parser.should_keep_alive()
+        )
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_response_complete()
+
+    # -- used by the exchange ----------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream address (LIFO, bounded, swept)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        idle_timeout: float,
+        connect_timeout: float,
+        max_idle: int = 512,
+    ) -> None:
+        self.upstream = upstream
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self.idle: list[UpstreamConnection] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.connect_errors = 0
+        self.opened = 0
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.connect_timeout):
+            _, proto = await loop.create_connection(
+                lambda: UpstreamConnection(self), self.upstream.host, self.upstream.port
+            )
+        self.opened += 1
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        conn.exchange = None
+        if len(self.idle) >= self.max_idle:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        self.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self.idle_timeout / 4, self._sweep)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        # Close a little early rather than late: the sweep runs every timeout/4.
+        cutoff = loop.time() - self.idle_timeout * 0.75
+        keep = []
+        for conn in self.idle:
+            if conn.idle_since <= cutoff:
+                conn.closed = True
+                if conn.transport is not None:
+                    conn.transport.close()
+            else:
+                keep.append(conn)
+        self.idle = keep
+        if keep:
+            self._sweeper = loop.call_later(self.idle_timeout / 4, self._sweep)
+
+    def close_idle(self) -> int:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+        return len(idle)

@@ -1,0 +1,169 @@
+"""The edgeproxy process: listeners, control plane, background tasks, shutdown.
+
+Shutdown order (like uvicorn's): stop accepting → ask each connection to
+finish its current response → wait up to `shutdown_grace` → close the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from edgeproxy.config import Config, parse_address
+from edgeproxy.errors import StartupError, TLSConfigError
+from edgeproxy.proxy.client import ClientConnection
+from edgeproxy.proxy.context import ProxyContext
+from edgeproxy.tls.contexts import CertStore
+
+log = logging.getLogger("edgeproxy.server")
+
+
+class Server:
+    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.certs = CertStore(config.tls.certificates, session_tickets=config.tls.session_tickets)
+        self.ctx = ProxyContext(config)
+        self.listeners: list[asyncio.Server] = []
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = asyncio.Event()
+        self.plugins: list[Any] = []
+        """Objects with async `start(server)` / `stop()` (control API, health, metrics)."""
+
+    # -- tasks ----------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a named background task and keep a reference (no orphans)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- start ----------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            self.certs.load()
+        except TLSConfigError as e:
+            raise StartupError(f"tls.certificates: {e}") from e
+        listen = self.config.listen
+        if listen.https:
+            host, port = parse_address(listen.https)
+            self.ctx.https_port_suffix = b"" if port == 443 else b":%d" % port
+        if listen.http:
+            await self._listen("http", listen.http, tls=False)
+        if listen.https:
+            await self._listen("https", listen.https, tls=True)
+            if self.ctx.https_port_suffix:
+                self.ctx.https_port_suffix = b":%d" % self.addresses["https"][1]
+        for plugin in self.plugins:
+            await plugin.start(self)
+        if self.config.tls.reload_poll_seconds and self.certs.certs:
+            self.spawn(self._watch_certs(), "cert-watch")
+
+    async def _listen(self, name: str, address: str, *, tls: bool) -> None:
+        host, port = parse_address(address)
+        loop = asyncio.get_running_loop()
+        ctx = self.ctx
+        local_port = port
+
+        def factory() -> ClientConnection:
+            return ClientConnection(ctx, tls=tls, local_port=local_port)
+
+        try:
+            srv = await loop.create_server(
+                factory,
+                host,
+                port,
+                ssl=self.certs.dispatch if tls else None,
+                reuse_address=True,
+                backlog=2048,
+                ssl_handshake_timeout=10.0 if tls else None,
+            )
+        except OSError as e:
+            hint = ""
+            if e.errno == errno.EADDRINUSE:
+                hint = ": address in use by another process (is nginx still running?)"
+            elif e.errno == errno.EACCES:
+                hint = ": permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+            else:
+                hint = f": {e.strerror or e}"
+            raise StartupError(f"listen.{name}: could not bind {address}{hint}") from e
+        sock = srv.sockets[0].getsockname()
+        local_port = sock[1]
+        self.addresses[name] = (sock[0], sock[1])
+        self.listeners.append(srv)
+        log.info("listening on %s://%s:%d", name, sock[0], sock[1])
+
+    # -- certificates -----------------------------------------------------------
+    async def reload_certs(self) -> dict[str, Any]:
+        self.certs.specs = list(self.config.tls.certificates)
+        self.certs.reload()  # raises TLSConfigError; the old contexts stay
+        return {"ok": True, "certificates": self.certs.views()}
+
+    async def _watch_certs(self) -> None:
+        interval = self.config.tls.reload_poll_seconds
+        while True:
+            await asyncio.sleep(interval)
+            if self.certs.changed_on_disk():
+                log.info("certificate files changed on disk; reloading")
+                try:
+                    await self.reload_certs()
+                except TLSConfigError:
+                    pass  # logged by reload(); retried on the next change
+
+    # -- run / stop -------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: self.spawn(self._sighup(), "sighup-reload")
+        )
+
+    async def _sighup(self) -> None:
+        log.info("SIGHUP: reloading certificates")
+        try:
+            await self.reload_certs()
+        except TLSConfigError:
+            pass
+
+    async def run(self) -> None:
+        await self.start()
+        self.install_signal_handlers()
+        await self.stopping.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        log.info("shutting down: no new connections; finishing in-flight requests")
+        for srv in self.listeners:
+            srv.close()
+        for conn in list(self.ctx.connections):
+            conn.shutdown()
+        deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace
+        while self.ctx.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.ctx.connections:
+            log.warning("closing %d connections still open at the deadline", len(self.ctx.connections))
+            for conn in list(self.ctx.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        for plugin in reversed(self.plugins):
+            await plugin.stop()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for pool in self.ctx.pools.values():
+            pool.close_idle()
+        for srv in self.listeners:
+            await srv.wait_closed()
+        log.info("stopped")
