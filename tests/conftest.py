@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
-from typing import Any
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, settings
 
 from edgeproxy.config import Config
+from edgeproxy.control.api import ControlHooks, start_control_server, stop_control_server
+from edgeproxy.control.store import StateStore
+from edgeproxy.switching.board import SwitchBoard
+
+T = TypeVar("T")
 
 settings.register_profile("ci", max_examples=100, deadline=None)
 settings.register_profile(
@@ -34,3 +44,68 @@ def make_config() -> Callable[..., Config]:
         )
 
     return build
+
+
+@dataclass
+class ControlProxy:
+    """A SwitchBoard + control API served on a real unix socket by a background loop."""
+
+    board: SwitchBoard
+    socket: Path
+    store: StateStore
+    loop: asyncio.AbstractEventLoop
+    unhealthy: dict[str, list[str]] = field(default_factory=dict)
+    """color → failing checks; colors not listed are healthy."""
+    inflight: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+
+@pytest.fixture
+def control_proxy(
+    tmp_path: Path, make_config: Callable[..., Config]
+) -> Iterator[Callable[..., ControlProxy]]:
+    """`control_proxy(shop=("blue", "green"), control={...})` starts one; stopped at teardown."""
+    started: list[tuple[ControlProxy, threading.Thread, web.AppRunner]] = []
+
+    def start(
+        control: dict[str, Any] | None = None,
+        hooks: Callable[[SwitchBoard], ControlHooks] | None = None,
+        **apps: tuple[str, ...],
+    ) -> ControlProxy:
+        control = {"socket": str(tmp_path / "run" / "control.sock"), **(control or {})}
+        config = make_config(control=control, **apps)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="control-proxy", daemon=True)
+        thread.start()
+        store = StateStore(tmp_path / "lib" / "state.json")
+        proxy = ControlProxy(None, config.control.socket, store, loop)  # type: ignore[arg-type]
+
+        async def boot() -> web.AppRunner:
+            proxy.board = SwitchBoard.load(
+                config,
+                store,
+                health=lambda app, color: (
+                    color not in proxy.unhealthy,
+                    proxy.unhealthy.get(color, []),
+                ),
+                inflight=lambda app, color: proxy.inflight.get(color, (0, 0)),
+                drain_poll=0.01,
+            )
+            proxy.board.start()
+            return await start_control_server(
+                config.control, proxy.board, hooks(proxy.board) if hooks else None
+            )
+
+        runner = asyncio.run_coroutine_threadsafe(boot(), loop).result(timeout=30)
+        started.append((proxy, thread, runner))
+        return proxy
+
+    yield start
+    for proxy, thread, runner in started:
+        proxy.run(stop_control_server(runner))
+        proxy.run(proxy.board.stop())
+        proxy.loop.call_soon_threadsafe(proxy.loop.stop)
+        thread.join(timeout=10)
+        proxy.loop.close()
