@@ -2,9 +2,9 @@
 
 Layout of one installed certificate (`DEST/NAME/`), like certbot's live/archive:
 
-    versions/20261126T133000Z-4f2a…/fullchain.pem   (0644)
-    versions/20261126T133000Z-4f2a…/privkey.pem     (0600)
-    current -> versions/20261126T133000Z-4f2a…
+    versions/0002-20261126T133000Z-4f2a…/fullchain.pem   (0644)
+    versions/0002-20261126T133000Z-4f2a…/privkey.pem     (0600)
+    current -> versions/0002-20261126T133000Z-4f2a…
     fullchain.pem -> current/fullchain.pem           (what edgeproxy.yml names)
     privkey.pem   -> current/privkey.pem
 
@@ -121,18 +121,21 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _new_version(versions: Path, name: str, chain_pem: bytes, key_pem: bytes) -> str:
-    """Write a complete version directory under a temp name, then rename it into place."""
+def _new_version(versions: Path, label: str, chain_pem: bytes, key_pem: bytes) -> str:
+    """Write a complete version directory under a temp name, then rename it into place.
+
+    The name starts with a sequence number, so versions sort in install order
+    even when two land within the same second.
+    """
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=versions))
     try:
         os.chmod(tmp, 0o755)
         _write_file(tmp / KEY_FILE, key_pem, 0o600)
         _write_file(tmp / CERT_FILE, chain_pem, 0o644)
         _fsync_dir(tmp)
-        final, n = name, 1
-        while (versions / final).exists():
-            n += 1
-            final = f"{name}-{n}"
+        existing = list_versions(versions.parent)
+        seq = int(existing[-1].split("-", 1)[0]) + 1 if existing else 1
+        final = f"{seq:04d}-{label}"
         os.rename(tmp, versions / final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -147,11 +150,12 @@ def current_version(directory: Path) -> str | None:
 
 
 def list_versions(directory: Path) -> list[str]:
-    """Installed versions, oldest first (names start with a UTC timestamp)."""
+    """Installed versions, oldest first (names start with a sequence number)."""
     versions = directory / "versions"
     if not versions.is_dir():
         return []
-    return sorted(p.name for p in versions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = [p.name for p in versions.iterdir() if p.is_dir() and p.name[:4].isdigit()]
+    return sorted(names, key=lambda n: int(n.split("-", 1)[0]))
 
 
 def _adopt_plain_files(directory: Path, versions: Path) -> None:
