@@ -1,0 +1,5 @@
+"""`python -m switchctl`."""
+
+from switchctl.cli import main
+
+main()

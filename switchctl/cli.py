@@ -1,0 +1,408 @@
+"""switchctl: the operator's CLI for edgeproxy's blue/green switch (talks to the control socket).
+
+Every command validates its arguments before it sends anything, has `--json`
+for scripts, and exits 0 ok, 1 refused by the proxy, 2 usage error, 3 proxy
+unreachable. The `deploy` commands live in `switchctl.deploy` and register
+themselves on the `cli` group below when that package is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from edgeproxy.config import COLOR_RE
+from switchctl.client import (
+    DEFAULT_SOCKET,
+    AppView,
+    ControlClient,
+    ControlError,
+    ProxyUnreachable,
+)
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 refused by the proxy (the message says why); "
+    "2 usage error; 3 proxy unreachable (is edgeproxy running? is --socket right?)."
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Options:
+    socket: str
+    app: str | None
+    as_json: bool
+
+    def client(self) -> ControlClient:
+        return ControlClient(self.socket)
+
+
+class _Group(click.Group):
+    """Turns the client's errors into a message on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ControlError as e:
+            _fail(ctx, e.message, e.status, EXIT_REFUSED)
+        except ProxyUnreachable as e:
+            _fail(ctx, str(e), None, EXIT_UNREACHABLE)
+
+
+def _fail(ctx: click.Context, message: str, status: int | None, code: int) -> None:
+    if isinstance(ctx.obj, Options) and ctx.obj.as_json:
+        click.echo(json.dumps({"error": message, "status": status}))
+    click.echo(f"switchctl: {message}", err=True)
+    ctx.exit(code)
+
+
+def common(f: F) -> F:
+    """`--app` and `--json` on every command (they may also come before the command)."""
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+    return click.option(
+        "--app", default=None, help="App to act on (optional when the proxy has exactly one)."
+    )(f)
+
+
+def _opts(ctx: click.Context, app: str | None, as_json: bool) -> Options:
+    """The group's options, updated with the ones given after the command name."""
+    found = ctx.find_object(Options)
+    opts = found if isinstance(found, Options) else Options(DEFAULT_SOCKET, None, False)
+    opts.app = app or opts.app
+    opts.as_json = as_json or opts.as_json
+    ctx.obj = opts
+    return opts
+
+
+def _color(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not COLOR_RE.match(value):
+        raise click.BadParameter(
+            f"{value!r} is not a color name (lowercase letters, digits, - or _)"
+        )
+    return value
+
+
+def resolve_app(opts: Options, client: ControlClient) -> str:
+    if opts.app:
+        return opts.app
+    apps = sorted(client.apps())
+    if len(apps) == 1:
+        return apps[0]
+    listed = ", ".join(apps) if apps else "none are configured"
+    raise click.UsageError(f"--app is required: the proxy has {len(apps)} apps ({listed})")
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES, context_settings={"show_default": True})
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="EDGEPROXY_SOCKET",
+    show_envvar=True,
+    default=DEFAULT_SOCKET,
+    help="edgeproxy's control socket.",
+)
+@click.option("--app", default=None, help="App to act on (optional when there is exactly one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str, app: str | None, as_json: bool) -> None:
+    """Switch edgeproxy's traffic between an app's colors (blue/green, canary weights)."""
+    ctx.obj = Options(socket_path, app, as_json)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _table(rows: list[list[str]], indent: str = "") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in rows
+    ]
+
+
+def _fmt(value: Any, suffix: str = "", spec: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def format_status(views: dict[str, AppView], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    rows = [["APP", "ACTIVE", "CANDIDATE", "DRAINING", "PAUSED", "GEN"]]
+    for name, v in sorted(views.items()):
+        candidate = f"{v['candidate']} {v['weight']}%" if v["candidate"] else "-"
+        draining = ", ".join(
+            f"{c} ({max(0.0, d['deadline'] - now):.0f}s left)" for c, d in v["draining"].items()
+        )
+        rows.append(
+            [name, v["active"], candidate, draining or "-", "yes" if v["paused"] else "no",
+             str(v["generation"])]
+        )  # fmt: skip
+    lines = _table(rows)
+    for name, v in sorted(views.items()):
+        lines.append("")
+        header = (
+            f"{name}: guard backed out the canary: {v['guard']['reason']}"
+            if v["guard"]
+            else f"{name}:"
+        )
+        lines.append(header)
+        color_rows = [["COLOR", "WEIGHT", "IN-FLIGHT", "TUNNELS", "HEALTH", "ERR", "P99"]]
+        for color, c in v["colors"].items():
+            health = "healthy" if c.get("healthy", True) else "UNHEALTHY"
+            if c.get("failing_checks"):
+                health += " (" + "; ".join(c["failing_checks"]) + ")"
+            color_rows.append(
+                [color, f"{v['weights'].get(color, 0)}%", _fmt(c.get("in_flight")),
+                 _fmt(c.get("tunnels")), health, _fmt(_pct(c.get("error_rate")), "%", ".2f"),
+                 _fmt(c.get("p99_ms"), "ms", ".1f")]
+            )  # fmt: skip
+        lines.extend(_table(color_rows, indent="  "))
+    return "\n".join(lines)
+
+
+def _pct(rate: float | None) -> float | None:
+    return None if rate is None else rate * 100
+
+
+def format_weights(v: AppView) -> str:
+    shares = " · ".join(f"{c} {w}%" for c, w in v["weights"].items() if w)
+    extra = " · paused" if v["paused"] else ""
+    if v["draining"]:
+        extra += " · draining " + ", ".join(v["draining"])
+    return f"{v['app']}: {shares}{extra} (generation {v['generation']})"
+
+
+def _show(opts: Options, view: AppView) -> None:
+    click.echo(json.dumps(view, indent=2) if opts.as_json else format_weights(view))
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+@cli.command(epilog=EXIT_CODES)
+@common
+@click.pass_context
+def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
+    """Show every app's colors, weights, drains, health and in-flight requests."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    views = {opts.app: client.app(opts.app)} if opts.app else client.apps()
+    click.echo(json.dumps(views, indent=2) if opts.as_json else format_status(views))
+
+
+@cli.command("set", epilog=EXIT_CODES)
+@click.argument("color", callback=_color)
+@click.option(
+    "--weight",
+    type=click.IntRange(0, 100),
+    default=100,
+    help="COLOR's share of new requests in percent; 100 makes it the active color.",
+)
+@click.option("--force", is_flag=True, help="Switch even if COLOR fails its health checks.")
+@common
+@click.pass_context
+def set_(
+    ctx: click.Context, color: str, weight: int, force: bool, app: str | None, as_json: bool
+) -> None:
+    """Give COLOR a share of new requests (a canary below 100, the active color at 100)."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    _show(opts, client.set(resolve_app(opts, client), color, weight, force=force))
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--force", is_flag=True, help="Promote even if the candidate is unhealthy.")
+@common
+@click.pass_context
+def promote(ctx: click.Context, force: bool, app: str | None, as_json: bool) -> None:
+    """Make the candidate the active color at 100%."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    _show(opts, client.promote(resolve_app(opts, client), force=force))
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--force", is_flag=True, help="Roll back even if the previous color is unhealthy.")
+@common
+@click.pass_context
+def rollback(ctx: click.Context, force: bool, app: str | None, as_json: bool) -> None:
+    """Send all traffic back to the previous active color."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    _show(opts, client.rollback(resolve_app(opts, client), force=force))
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("color", callback=_color)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 86400, min_open=True),
+    default=None,
+    help="Seconds before what is left is cut [default: the app's drain_timeout].",
+)
+@click.option("--wait", is_flag=True, help="Show in-flight requests and tunnels until drained.")
+@click.option("--poll", type=click.FloatRange(0.01), default=0.5, hidden=True)
+@common
+@click.pass_context
+def drain(
+    ctx: click.Context,
+    color: str,
+    timeout: float | None,
+    wait: bool,
+    poll: float,
+    app: str | None,
+    as_json: bool,
+) -> None:
+    """Stop sending new requests to COLOR; let what it serves finish, then cut it."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    name = resolve_app(opts, client)
+    view = client.drain(name, color, timeout)
+    if not wait:
+        _show(opts, view)
+        return
+    while color in view["draining"]:
+        c = view["colors"].get(color, {})
+        if not opts.as_json:
+            left = view["draining"][color]["deadline"] - time.time()
+            click.echo(
+                f"draining {name}/{color}: {c.get('in_flight', 0)} in flight, "
+                f"{c.get('tunnels', 0)} tunnels, {max(0.0, left):.0f}s until cut"
+            )
+        time.sleep(poll)
+        view = client.app(name)
+    click.echo(json.dumps(view, indent=2) if opts.as_json else f"{name}/{color} drained")
+
+
+@cli.command(epilog=EXIT_CODES)
+@common
+@click.pass_context
+def pause(ctx: click.Context, app: str | None, as_json: bool) -> None:
+    """Hold new requests (up to the app's pause_max_wait) until resume."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    _show(opts, client.pause(resolve_app(opts, client)))
+
+
+@cli.command(epilog=EXIT_CODES)
+@common
+@click.pass_context
+def resume(ctx: click.Context, app: str | None, as_json: bool) -> None:
+    """Release held requests in the order they arrived."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    _show(opts, client.resume(resolve_app(opts, client)))
+
+
+@cli.command(epilog=EXIT_CODES)
+@common
+@click.pass_context
+def health(ctx: click.Context, app: str | None, as_json: bool) -> None:
+    """Show the health of every color."""
+    opts = _opts(ctx, app, as_json)
+    apps: dict[str, dict[str, dict[str, Any]]] = opts.client().health()["apps"]
+    if opts.app:
+        apps = {opts.app: apps.get(opts.app, {})}
+    if opts.as_json:
+        click.echo(json.dumps({"apps": apps}, indent=2))
+        return
+    rows = [["APP", "COLOR", "HEALTH", "DETAILS"]]
+    for name, colors in sorted(apps.items()):
+        for color, h in colors.items():
+            state = "healthy" if h.get("healthy") else "UNHEALTHY"
+            details = "; ".join(h.get("failing_checks") or []) or "-"
+            rows.append([name, color, state, details])
+    click.echo("\n".join(_table(rows)))
+
+
+def format_watch(view: AppView, rates: dict[str, float | None]) -> str:
+    rows = [["COLOR", "WEIGHT", "IN-FLIGHT", "TUNNELS", "REQ/S"]]
+    for color, c in view["colors"].items():
+        rows.append(
+            [color, f"{view['weights'].get(color, 0)}%", _fmt(c.get("in_flight")),
+             _fmt(c.get("tunnels")), _fmt(rates.get(color), spec=".1f")]
+        )  # fmt: skip
+    return "\n".join([format_weights(view), *_table(rows, indent="  ")])
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--interval", type=click.FloatRange(0.05), default=2.0, help="Seconds per refresh.")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after N refreshes.")
+@common
+@click.pass_context
+def watch(
+    ctx: click.Context, interval: float, count: int | None, app: str | None, as_json: bool
+) -> None:
+    """Refresh weights, in-flight requests and request rates per color (Ctrl-C stops)."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    name = resolve_app(opts, client)
+    last: tuple[float, dict[str, int]] | None = None
+    frame = 0
+    try:
+        while True:
+            view, now = client.app(name), time.monotonic()
+            counts = {c: int(v.get("requests", 0)) for c, v in view["colors"].items()}
+            rates: dict[str, float | None] = dict.fromkeys(counts)
+            if (
+                last is not None
+                and now > last[0]
+                and any("requests" in v for v in view["colors"].values())
+            ):
+                rates = {c: (n - last[1].get(c, 0)) / (now - last[0]) for c, n in counts.items()}
+            last = (now, counts)
+            if opts.as_json:
+                click.echo(json.dumps({"view": view, "rates": rates}))
+            else:
+                if sys.stdout.isatty():
+                    click.clear()
+                click.echo(format_watch(view, rates) + "\n")
+            frame += 1
+            if count is not None and frame >= count:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.group(epilog=EXIT_CODES)
+def certs() -> None:
+    """TLS certificates served by edgeproxy."""
+
+
+@certs.command("reload", epilog=EXIT_CODES)
+@common
+@click.pass_context
+def certs_reload(ctx: click.Context, app: str | None, as_json: bool) -> None:
+    """Reload the certificate files without dropping connections."""
+    opts = _opts(ctx, app, as_json)
+    result = opts.client().reload_certs()
+    if opts.as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    loaded = result.get("certificates", [])
+    click.echo(f"reloaded {len(loaded)} certificate(s)")
+    for c in loaded:
+        click.echo(f"  {c.get('cert', '?')}: {c.get('days_left', '?')} days left")
+
+
+def _load_plugins() -> None:
+    """`switchctl deploy …` is registered by switchctl.deploy.cli when it exists."""
+    try:
+        importlib.import_module("switchctl.deploy.cli")
+    except ModuleNotFoundError as e:
+        if e.name not in ("switchctl.deploy", "switchctl.deploy.cli"):
+            raise
+
+
+def main() -> None:
+    _load_plugins()
+    cli(prog_name="switchctl")
