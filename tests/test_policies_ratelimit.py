@@ -70,8 +70,8 @@ def test_the_table_never_holds_more_than_max_clients_under_a_million_distinct_ke
     rl = RateLimiter(rate=10, burst=20, max_clients=1000)
     for i in range(1_000_000):
         assert rl.check(str(i), i * 1e-6) is None
-        assert len(rl) <= 1000
-    assert len(rl) == 1000
+        assert rl.clients <= 1000
+    assert rl.clients == 1000
 
 
 def test_the_least_recently_allowed_client_is_evicted_first() -> None:
@@ -82,7 +82,7 @@ def test_the_least_recently_allowed_client_is_evicted_first() -> None:
     assert rl.check("c", 1.0) is None  # evicts b
     assert rl.check("a", 1.0) == 1.0  # a kept its (empty) bucket
     assert rl.check("b", 1.0) is None  # b starts over (evicts c)
-    assert len(rl) == 2
+    assert rl.clients == 2
 
 
 def test_expire_drops_only_clients_whose_bucket_is_full_again() -> None:
@@ -91,7 +91,7 @@ def test_expire_drops_only_clients_whose_bucket_is_full_again() -> None:
     for _ in range(5):
         rl.check("busy", 9.0)
     assert rl.expire(10.0) == 1
-    assert len(rl) == 1
+    assert rl.clients == 1
     assert rl.check("busy", 10.0) is None  # one token refilled in the second since
     assert rl.check("busy", 10.0) == 1.0
 
@@ -145,4 +145,8 @@ def test_memory_stays_bounded_for_any_sequence_of_clients(
     rl = RateLimiter(rate=1, burst=1, max_clients=max_clients)
     for i, k in enumerate(keys):
         rl.check(str(k), i * 0.01)
-        assert len(rl) <= max_clients
+        assert rl.clients <= max_clients
+
+
+def test_a_limiter_with_no_clients_yet_is_truthy_so_if_checks_do_not_skip_it() -> None:
+    assert RateLimiter(rate=1)

@@ -2,7 +2,9 @@
 
 `compile_route_policies(site, route, config)` (at config load) returns the
 `(plain, tls)` pair of `RoutePolicy` objects for a route, indexable by
-`is_tls`; they differ only in HSTS and share one rate limiter. Everything is
+`is_tls`; they differ only in HSTS and share one rate limiter. Bad policy
+values raise `ConfigError` naming the site and route; `policy_problems(config)`
+lists them all (for `edgeproxy check-config`). Everything is
 precomputed: per request there are no regex compiles, no string formatting
 when a policy is off, and `policy.passthrough` says when a route has nothing
 to do on responses at all.
@@ -42,7 +44,12 @@ rewrite phase, `limit_req` in the pre-access phase):
 """
 
 from edgeproxy.policies.cache import CachePolicy
-from edgeproxy.policies.compiled import RoutePolicy, compile_route_policies, compile_route_policy
+from edgeproxy.policies.compiled import (
+    RoutePolicy,
+    compile_route_policies,
+    compile_route_policy,
+    policy_problems,
+)
 from edgeproxy.policies.cors import CorsPolicy
 from edgeproxy.policies.gzip import GzipEncoder, GzipPolicy, accepts_gzip
 from edgeproxy.policies.ratelimit import RateLimiter, retry_after
@@ -57,5 +64,6 @@ __all__ = [
     "accepts_gzip",
     "compile_route_policies",
     "compile_route_policy",
+    "policy_problems",
     "retry_after",
 ]

@@ -260,3 +260,15 @@ def compile_route_policies(
     )
     plain = compile_route_policy(site, route, tls=False, config=config, previous=tls)
     return plain, tls
+
+
+def policy_problems(config: Config) -> list[str]:
+    """Every problem `compile_route_policy` would raise for this config (for check-config)."""
+    problems: list[str] = []
+    for site in config.sites:
+        for route in site.routes:
+            try:
+                compile_route_policy(site, route, tls=True, config=config)
+            except ConfigError as e:
+                problems.extend(e.problems)
+    return problems

@@ -50,7 +50,13 @@ class RateLimiter:
     def from_config(cls, cfg: RateLimit) -> RateLimiter:
         return cls(cfg.rate, cfg.burst, cfg.max_clients, config=cfg)
 
-    def __len__(self) -> int:
+    @property
+    def clients(self) -> int:
+        """How many clients are remembered (≤ max_clients).
+
+        Deliberately not `__len__`: an empty limiter must still be truthy in
+        `if policy.rate_limiter:`.
+        """
         return len(self._table)
 
     def check(self, key: str, now: float) -> float | None:
