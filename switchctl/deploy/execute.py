@@ -1,0 +1,646 @@
+"""Carry out a plan with the docker SDK and the control socket; roll back on failure.
+
+Each step is one method named after the step kind. A failure before the new
+color serves everything (`promote`/`go_live`) takes its weight away, stops it
+and leaves the old color serving; the error says which step failed, why and
+what to do.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import docker
+import docker.errors
+
+from switchctl.client import AppView, ControlClient, ControlError, ProxyUnreachable
+from switchctl.deploy.config import DeployConfig, EnvFile, Gates
+from switchctl.deploy.errors import DeployError
+from switchctl.deploy.health import Probe, WaitTimeout, wait_until
+from switchctl.deploy.history import History, Release
+from switchctl.deploy.notify import Event, Report, notify
+from switchctl.deploy.observe import LABEL_APP, LABEL_COLOR, LABEL_RELEASE, LABEL_ROLE
+from switchctl.deploy.plan import POINT_OF_NO_RETURN, Plan, Step
+from switchctl.deploy.progress import Progress
+from switchctl.deploy.proxyctl import Runner, check_config, install_config
+
+
+@dataclass
+class ReleaseSpec:
+    id: str
+    image: str
+    ref: str | None
+    pull: bool = True
+    """False for a retained local image (rollback to a release) or a build."""
+    rollback_of: str | None = None
+
+
+def _tail(container: Any, lines: int = 15) -> str:
+    try:
+        out: bytes = container.logs(tail=lines)
+    except docker.errors.APIError:
+        return ""
+    return out.decode(errors="replace").rstrip()
+
+
+class Executor:
+    def __init__(
+        self,
+        cfg: DeployConfig,
+        env: EnvFile,
+        client: docker.DockerClient,
+        control: ControlClient,
+        runner: Runner,
+        release: ReleaseSpec,
+        progress: Progress,
+    ) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.docker = client
+        self.control = control
+        self.runner = runner
+        self.release = release
+        self.progress = progress
+        self.history = History(cfg.history_file)
+        self.started = time.time()
+        self.image_id: str | None = None
+        self.switched = False
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self, plan: Plan) -> Release:
+        if plan.blockers:
+            raise DeployError(
+                "plan",
+                "; ".join(b.problem for b in plan.blockers),
+                "; ".join(b.action for b in plan.blockers),
+            )
+        self.plan = plan
+        record = Release(
+            id=self.release.id,
+            app=self.cfg.app,
+            image=self.release.image,
+            git_sha=self.release.ref,
+            color=plan.target,
+            started_at=self.started,
+            rollback_of=self.release.rollback_of,
+        )
+        self.history.record(record)
+        self.progress.begin(len(plan.steps), self.release.id, plan.target, plan.live)
+        for f in plan.findings:
+            self.progress.info(f"found: {f.problem} -> {f.action}")
+        for n, step in enumerate(plan.steps, 1):
+            self.progress.step(n, step.describe())
+            try:
+                note = getattr(self, f"_{step.kind}")(step) or ""
+            except Exception as e:
+                err = e if isinstance(e, DeployError) else DeployError(step.kind, str(e))
+                err = DeployError(step.describe(), err.why, err.todo)
+                self.progress.failed(n, err.why)
+                self._fail(record, step, err)
+            self.progress.ok(n, note)
+            if step.kind in POINT_OF_NO_RETURN:
+                self.switched = True
+        return self.history.get(record.id) or record
+
+    def _fail(self, record: Release, step: Step, err: DeployError) -> NoReturn:
+        """Before the switch: weight back to the old color, stop the target, tell everyone."""
+        todo = err.todo
+        event: Event = "failure"
+        if not self.switched and step.kind not in ("record", "post_deploy", "notify"):
+            undo = self._roll_back()
+            event = "rollback"
+            todo = (todo + "; " if todo else "") + undo
+        duration = time.time() - self.started
+        outcome = "rolled_back" if event == "rollback" else "failed"
+        final = record.model_copy(
+            update={
+                "outcome": outcome,
+                "duration_s": round(duration, 1),
+                "failed_step": err.step,
+                "message": err.why,
+                "image_id": self.image_id,
+            }
+        )
+        self.history.record(final)
+        self._send(event, final, err.step, err.why, todo)
+        raise DeployError(err.step, err.why, todo)
+
+    def _roll_back(self) -> str:
+        target, live = self.plan.target, self.plan.live
+        try:
+            view = self.control.app(self.cfg.app)
+            if view["candidate"] == target and view["weight"] > 0:
+                self.control.set(self.cfg.app, target, 0)
+            if view["active"] != target and target not in view["draining"]:
+                self.control.drain(self.cfg.app, target, self.cfg.drain_timeout)
+                self._wait_drained(target)
+        except (ControlError, ProxyUnreachable, WaitTimeout) as e:
+            self.progress.info(f"rollback: could not take {target} out of edgeproxy: {e}")
+        self._remove_color(target, keep=True)
+        if live is None:
+            return (
+                f"nothing was switched: no color served before this deploy and none serves now; "
+                f"{target}'s containers are stopped and kept for `docker logs`"
+            )
+        return (
+            f"{live} still serves all traffic; {target}'s containers are stopped and kept "
+            f"for `docker logs {self._server(target)}`"
+        )
+
+    def _send(
+        self, event: Event, rel: Release, step: str | None, why: str | None, todo: str
+    ) -> None:
+        report = Report(
+            event=event,
+            app=self.cfg.app,
+            release_id=rel.id,
+            image=rel.image,
+            duration_s=rel.duration_s or 0.0,
+            color=rel.color,
+            failed_step=step,
+            why=why,
+            todo=todo or None,
+        )
+        for problem in notify(self.cfg.notify, report, self.env):
+            self.progress.info(f"notification failed: {problem}")
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _containers(self, color: str) -> list[Any]:
+        return list(
+            self.docker.containers.list(
+                all=True,
+                filters={"label": [f"{LABEL_APP}={self.cfg.app}", f"{LABEL_COLOR}={color}"]},
+            )
+        )
+
+    def _remove_color(self, color: str, keep: bool = False) -> None:
+        for c in self._containers(color):
+            if c.labels.get(LABEL_ROLE) == "hook":
+                continue
+            if c.status in ("running", "restarting"):
+                c.stop(timeout=self.cfg.stop_timeout)
+            if not keep:
+                c.remove(force=True)
+
+    def _server(self, color: str) -> str:
+        return self.cfg.container_for(self.cfg.server_role, color)
+
+    def _view(self) -> AppView:
+        return self.control.app(self.cfg.app)
+
+    def _wait_drained(self, color: str) -> None:
+        def probe() -> Probe:
+            v = self._view()
+            left = v["colors"].get(color, {}).get("in_flight", 0)
+            done = color not in v["draining"] or left == 0
+            return Probe(done, f"{left} requests in flight on {color}")
+
+        wait_until(probe, f"drain {color}", self.cfg.drain_timeout + 5, first=0.1, maximum=1)
+
+    def _wait(self, what: str, probe: Callable[[], Probe], deadline: float) -> Probe:
+        h = self.cfg.health
+        try:
+            return wait_until(probe, what, deadline, h.first_delay, h.max_delay)
+        except WaitTimeout as e:
+            raise DeployError(what, str(e)) from e
+
+    def _labels(self, role: str, color: str) -> dict[str, str]:
+        return {
+            **self.cfg.extra_labels,
+            LABEL_APP: self.cfg.app,
+            LABEL_COLOR: color,
+            LABEL_ROLE: role,
+            LABEL_RELEASE: self.release.id,
+        }
+
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        return {**self.env.values, **extra, "RELEASE_ID": self.release.id}
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def _start_base(self, step: Step) -> str:
+        c = self.docker.containers.get(str(step.arg))
+        c.start()
+
+        def probe() -> Probe:
+            c.reload()
+            st = c.attrs["State"]
+            health = (st.get("Health") or {}).get("Status")
+            ok = st["Status"] == "running" and health in (None, "healthy")
+            return Probe(ok, f"{step.arg} is {st['Status']} {health or ''}".strip())
+
+        self._wait(f"base service {step.arg}", probe, 60)
+        return f"same container {c.short_id}"
+
+    def _install_proxy_config(self, step: Step) -> str:
+        assert self.cfg.edgeproxy.config_source is not None
+        kept = install_config(self.cfg.edgeproxy.config_source, self.cfg.edgeproxy.config)
+        return f"the invalid config is kept as {kept}"
+
+    def _check_proxy_config(self, step: Step) -> None:
+        problems = check_config(self.cfg.edgeproxy.config)
+        if problems:
+            raise DeployError(
+                "check edgeproxy config",
+                "; ".join(problems),
+                f"fix {self.cfg.edgeproxy.config} or set edgeproxy.config_source",
+            )
+
+    def _start_proxy(self, step: Step) -> None:
+        self.runner.start()
+
+    def _restart_proxy(self, step: Step) -> None:
+        self.runner.restart()
+
+    def _wait_proxy(self, step: Step) -> None:
+        def probe() -> Probe:
+            try:
+                self._view()
+            except ProxyUnreachable as e:
+                st = self.runner.state()
+                return Probe(False, e.reason, fatal=st.status in ("down", "missing"))
+            return Probe(True, "answers")
+
+        try:
+            wait_until(probe, "edgeproxy", self.cfg.edgeproxy.start_timeout, 0.1, 1.0)
+        except WaitTimeout as e:
+            raise DeployError(
+                "wait for edgeproxy",
+                f"{e}\nedgeproxy's last log lines:\n{self.runner.logs()}",
+                "read the log lines above; `edgeproxy check-config FILE` checks the config",
+            ) from e
+
+    def _healthy_in_proxy(self, color: str) -> Probe:
+        c = self._view()["colors"].get(color, {})
+        failing = "; ".join(c.get("failing_checks", [])) or "not healthy yet"
+        return Probe(bool(c.get("healthy")), f"edgeproxy: {color} {failing}")
+
+    def _reconcile(self, step: Step) -> str:
+        color = str(step.color)
+        view = self._view()
+        if view["active"] == color and not view["weight"]:
+            return f"{color} is already active"
+        self._wait(f"edgeproxy sees {color} healthy", lambda: self._healthy_in_proxy(color), 30)
+        self.control.set(self.cfg.app, color, 100)
+        return f"{color} now serves all traffic"
+
+    def _retire(self, step: Step) -> None:
+        color = str(step.color)
+        view = self._view()
+        if view["candidate"] == color and view["weight"] > 0:
+            self.control.set(self.cfg.app, color, 0)
+            view = self._view()
+        if view["active"] != color:
+            if color not in view["draining"]:
+                self.control.drain(self.cfg.app, color, self.cfg.drain_timeout)
+            self._wait_drained(color)
+        self._remove_color(color)
+
+    def _image(self, step: Step) -> str:
+        ref = self.release.image
+        try:
+            if self.cfg.build is not None and self.release.rollback_of is None:
+                b = self.cfg.build
+                image, _ = self.docker.images.build(
+                    path=str(b.context),
+                    dockerfile=b.dockerfile,
+                    tag=ref,
+                    buildargs=b.args,
+                    rm=True,
+                )
+            elif self.release.pull:
+                repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
+                image = self.docker.images.pull(repo, tag=tag or "latest")
+            else:
+                image = self.docker.images.get(ref)
+        except docker.errors.ImageNotFound as e:
+            raise DeployError(
+                "image",
+                f"{ref} is not on this server",
+                "deploy a retained release (`switchctl releases list`)",
+            ) from e
+        except (docker.errors.APIError, docker.errors.BuildError) as e:
+            raise DeployError(
+                "image", f"could not get {ref}: {e}", "check the image name and registry login"
+            ) from e
+        image.tag(*self.cfg.release_tag(self.release.id).split(":"))
+        self.image_id = image.id
+        return f"{image.short_id}, kept as {self.cfg.release_tag(self.release.id)}"
+
+    def _run_one_off(self, command: list[str], timeout: float, name: str) -> tuple[int, str]:
+        extra: dict[str, Any] = (
+            {"network_mode": "host"}
+            if self.cfg.network == "host"
+            else {"network": self.cfg.network}
+        )
+        c = self.docker.containers.run(
+            self.image_id or self.release.image,
+            command,
+            name=name,
+            detach=True,
+            environment=self._env({}),
+            labels={**self._labels("hook", "none")},
+            init=True,
+            **extra,
+        )
+        try:
+            try:
+                rc = int(c.wait(timeout=timeout)["StatusCode"])
+            except Exception as e:
+                c.kill()
+                return -1, f"did not finish within {timeout:.0f}s ({e})\n{_tail(c)}"
+            return rc, _tail(c)
+        finally:
+            c.remove(force=True)
+
+    def _pre_deploy(self, step: Step) -> None:
+        hook = self.cfg.hooks.pre_deploy
+        assert hook is not None
+        if hook.where == "host":
+            rc, out = self._run_host(hook.command, hook.timeout)
+        else:
+            rc, out = self._run_one_off(
+                hook.command, hook.timeout, f"{self.cfg.app}-pre-deploy-{self.release.id}"
+            )
+        if rc != 0:
+            raise DeployError(
+                "pre-deploy hook",
+                f"`{' '.join(hook.command)}` exited with {rc}; its last lines:\n{out}",
+                "fix what the hook reports (nothing was switched), then deploy again",
+            )
+
+    def _run_host(self, command: list[str], timeout: float) -> tuple[int, str]:
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "RELEASE_ID": self.release.id,
+            "APP": self.cfg.app,
+            "IMAGE": self.release.image,
+            "COLOR": self.plan.target,
+        }
+        try:
+            p = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return -1, f"did not finish within {timeout:.0f}s"
+        return p.returncode, "\n".join((p.stdout + p.stderr).splitlines()[-15:])
+
+    def _start_target(self, step: Step) -> str:
+        color = str(step.color)
+        self._remove_color(color)  # anything left after the plan was made
+        names = []
+        for role_name, role in self.cfg.roles.items():
+            port = role.ports[color]
+            env = self._env(
+                {
+                    **role.env,
+                    self.cfg.port_env: str(
+                        port if self.cfg.network == "host" else self.cfg.container_port
+                    ),
+                    "EDGEPROXY_COLOR": color,
+                }
+            )
+            extra: dict[str, Any]
+            if self.cfg.network == "host":
+                extra = {"network_mode": "host"}
+            else:
+                extra = {
+                    "network": self.cfg.network,
+                    "ports": {f"{self.cfg.container_port}/tcp": ("127.0.0.1", port)},
+                }
+            name = self.cfg.container_for(role_name, color)
+            self.docker.containers.run(
+                self.image_id or self.release.image,
+                role.command,
+                name=name,
+                detach=True,
+                environment=env,
+                labels=self._labels(role_name, color),
+                init=True,
+                restart_policy={"Name": "unless-stopped"},
+                **extra,
+            )
+            names.append(name)
+        return ", ".join(names)
+
+    def _wait_healthy(self, step: Step) -> str:
+        color = str(step.color)
+        for role_name, role in self.cfg.roles.items():
+            c = self.docker.containers.get(self.cfg.container_for(role_name, color))
+            probe = self._container_probe(c, role.health_path, role.ports[color])
+            try:
+                wait_until(
+                    probe,
+                    f"{c.name} healthy",
+                    self.cfg.health.deadline,
+                    self.cfg.health.first_delay,
+                    self.cfg.health.max_delay,
+                )
+            except WaitTimeout as e:
+                raise DeployError(
+                    f"wait for {c.name}",
+                    f"{e}\n{c.name}'s last log lines:\n{_tail(c)}",
+                    f"see `docker logs {c.name}`; its health check is "
+                    f"{role.health_path or 'running'} on port {role.ports[color]}",
+                ) from e
+        self._wait(
+            f"edgeproxy sees {color} healthy",
+            lambda: self._healthy_in_proxy(color),
+            self.cfg.health.deadline,
+        )
+        return "every role healthy, edgeproxy agrees"
+
+    def _container_probe(self, c: Any, path: str | None, port: int) -> Callable[[], Probe]:
+        def probe() -> Probe:
+            c.reload()
+            st = c.attrs["State"]
+            if st["Status"] in ("exited", "dead") or c.attrs.get("RestartCount", 0) > 0:
+                return Probe(False, f"{c.name} exited with {st['ExitCode']}", fatal=True)
+            if st["Status"] != "running":
+                return Probe(False, f"{c.name} is {st['Status']}")
+            health = (st.get("Health") or {}).get("Status")
+            if health not in (None, "healthy"):
+                log = (st["Health"].get("Log") or [{}])[-1].get("Output", "").strip()
+                return Probe(False, f"docker health {health}: {log}")
+            if path is None:
+                return Probe(True, "running")
+            url = f"http://127.0.0.1:{port}{path}"
+            try:
+                with urllib.request.urlopen(url, timeout=self.cfg.health.request_timeout) as r:
+                    return Probe(True, f"GET {url} -> {r.status}")
+            except urllib.error.HTTPError as e:
+                return Probe(False, f"GET {url} -> {e.code}")
+            except OSError as e:
+                return Probe(False, f"GET {url}: {getattr(e, 'reason', e)}")
+
+        return probe
+
+    def _smoke(self, step: Step) -> str:
+        color = str(step.color)
+        sm = self.cfg.smoke
+        for check in sm.checks:
+            url = sm.url.rstrip("/") + check.path
+            headers = {sm.header: color}
+            if check.host:
+                headers["Host"] = check.host
+            req = urllib.request.Request(url, method=check.method, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=sm.timeout) as r:
+                    status, body = r.status, r.read()
+            except urllib.error.HTTPError as e:
+                status, body = e.code, e.read()
+            except OSError as e:
+                raise DeployError(
+                    "smoke",
+                    f"{check.method} {url}: {getattr(e, 'reason', e)}",
+                    "is edgeproxy listening on smoke.url?",
+                ) from e
+            text = body.decode(errors="replace")
+            if status != check.status or (check.contains and check.contains not in text):
+                raise DeployError(
+                    "smoke",
+                    f"{check.method} {url} ({sm.header}: {color}) -> {status}, "
+                    f"expected {check.status}"
+                    + (f" containing {check.contains!r}" if check.contains else "")
+                    + f"; body starts: {text[:200]!r}",
+                    "the new release answers wrongly through edgeproxy; "
+                    f"see `docker logs {self._server(color)}`",
+                )
+        return f"{len(sm.checks)} checks passed"
+
+    def _canary(self, step: Step) -> str:
+        color, weight = str(step.color), int(step.arg or 0)
+        cn = self.cfg.canary
+        before = self._view()
+        self.control.set(self.cfg.app, color, weight)
+        base = before["colors"].get(color, {})
+        base_req, base_err = base.get("requests", 0), base.get("errors_5xx", 0)
+        end = time.monotonic() + cn.dwell
+        while True:
+            view = self._view()
+            if view["candidate"] != color or view["weight"] != weight:
+                guard = (view.get("guard") or {}).get("reason")
+                why = (
+                    f"edgeproxy's canary guard backed {color} out: {guard}"
+                    if guard
+                    else (f"someone changed the switch during the canary (now {view['weights']})")
+                )
+                raise DeployError("canary", why, "read the reason; the old color serves again")
+            verdict = gate_verdict(view, color, base_req, base_err, cn.gates)
+            if verdict:
+                raise DeployError(
+                    f"canary {weight}%",
+                    verdict,
+                    f"inspect the release: `docker logs {self._server(color)}`",
+                )
+            if time.monotonic() >= end:
+                c = view["colors"].get(color, {})
+                return f"{c.get('requests', 0) - base_req} requests, p99 {c.get('p99_ms', 0):.1f}ms"
+            time.sleep(min(cn.poll, max(0.0, end - time.monotonic())))
+
+    def _go_live(self, step: Step) -> str:
+        color = str(step.color)
+        view = self._view()
+        if view["active"] != color:
+            self.control.set(self.cfg.app, color, 100)
+        return f"{color} serves all traffic"
+
+    def _promote(self, step: Step) -> None:
+        color = str(step.color)
+        view = self._view()
+        if view["candidate"] == color:
+            self.control.promote(self.cfg.app)
+        elif view["active"] != color:
+            self.control.set(self.cfg.app, color, 100)
+
+    def _drain_old(self, step: Step) -> None:
+        color = str(step.color)
+        view = self._view()
+        if color != view["active"] and color not in view["draining"]:
+            self.control.drain(self.cfg.app, color, self.cfg.drain_timeout)
+        self._wait_drained(color)
+
+    def _stop_old(self, step: Step) -> str:
+        names = [
+            c.name for c in self._containers(str(step.color)) if c.labels.get(LABEL_ROLE) != "hook"
+        ]
+        self._remove_color(str(step.color))
+        return ", ".join(names) or "nothing was running"
+
+    def _record(self, step: Step) -> None:
+        rel = self.history.get(self.release.id)
+        assert rel is not None
+        self.history.record(
+            rel.model_copy(
+                update={
+                    "outcome": "success",
+                    "duration_s": round(time.time() - self.started, 1),
+                    "image_id": self.image_id,
+                }
+            )
+        )
+        self._prune_release_tags()
+
+    def _prune_release_tags(self) -> None:
+        keep = {r.id for r in self.history.retained(self.cfg.keep_releases)}
+        for r in self.history.load():
+            if r.id not in keep and r.id != self.release.id:
+                try:
+                    self.docker.images.remove(self.cfg.release_tag(r.id), noprune=False)
+                except docker.errors.APIError:
+                    pass
+
+    def _post_deploy(self, step: Step) -> None:
+        hook = self.cfg.hooks.post_deploy
+        assert hook is not None
+        if hook.where == "host":
+            rc, out = self._run_host(hook.command, hook.timeout)
+        else:
+            rc, out = self._run_one_off(
+                hook.command, hook.timeout, f"{self.cfg.app}-post-deploy-{self.release.id}"
+            )
+        if rc != 0:
+            raise DeployError(
+                "post-deploy hook",
+                f"exited with {rc} (the release is live): {out}",
+                "run the hook by hand once its problem is fixed",
+            )
+
+    def _notify(self, step: Step) -> None:
+        rel = self.history.get(self.release.id)
+        assert rel is not None
+        self._send("success", rel, None, None, "")
+
+
+def gate_verdict(
+    view: AppView, color: str, base_req: int, base_err: int, gates: Gates
+) -> str | None:
+    """None while the canary is within its gates, else why it is not."""
+    c = view["colors"].get(color, {})
+    requests = c.get("requests", 0) - base_req
+    if requests < max(1, gates.min_requests):
+        return None
+    errors = c.get("errors_5xx", 0) - base_err
+    rate = errors / requests
+    if rate > gates.max_error_rate:
+        return (
+            f"{color} answered {errors} of {requests} requests with 5xx "
+            f"({rate:.1%} > {gates.max_error_rate:.1%})"
+        )
+    active = view["colors"].get(view["active"], {})
+    limit = max(gates.p99_min_ms, gates.p99_factor * active.get("p99_ms", 0.0))
+    p99 = c.get("p99_ms", 0.0)
+    if p99 > limit:
+        return (
+            f"{color}'s p99 latency is {p99:.0f}ms, above {limit:.0f}ms "
+            f"({gates.p99_factor}x {view['active']}'s)"
+        )
+    return None

@@ -1,0 +1,142 @@
+"""Observe the server: labelled app containers, base services, edgeproxy, its state file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from edgeproxy.config import load_config
+from edgeproxy.control.store import StateFileError, StateStore
+from edgeproxy.errors import ConfigError
+from switchctl.client import ControlClient, ControlError, ProxyUnreachable
+from switchctl.deploy.config import DeployConfig
+from switchctl.deploy.plan import BaseObs, ContainerObs, Observed, ProxyObs
+from switchctl.deploy.proxyctl import Runner, check_config
+
+LABEL_APP = "edgeproxy.app"
+LABEL_COLOR = "edgeproxy.color"
+LABEL_ROLE = "edgeproxy.role"
+LABEL_RELEASE = "edgeproxy.release"
+
+
+def app_containers(client: docker.DockerClient, app: str) -> list[ContainerObs]:
+    out = []
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_APP}={app}"}):
+        labels = c.labels
+        if labels.get(LABEL_ROLE) == "hook":
+            continue
+        st = c.attrs["State"]
+        out.append(
+            ContainerObs(
+                name=c.name,
+                id=c.id,
+                role=labels.get(LABEL_ROLE),
+                color=labels.get(LABEL_COLOR),
+                release=labels.get(LABEL_RELEASE),
+                image=c.attrs["Config"]["Image"],
+                state=st["Status"],
+                health=(st.get("Health") or {}).get("Status"),
+                restart_count=int(c.attrs.get("RestartCount", 0)),
+                started_at=st.get("StartedAt", ""),
+            )
+        )
+    return sorted(out, key=lambda c: c.name)
+
+
+def base_services(client: docker.DockerClient, names: list[str]) -> list[BaseObs]:
+    out = []
+    for name in names:
+        try:
+            c = client.containers.get(name)
+        except docker.errors.NotFound:
+            out.append(BaseObs(name, False))
+            continue
+        out.append(BaseObs(name, True, c.attrs["State"]["Status"], c.id))
+    return out
+
+
+def state_file_path(cfg: DeployConfig) -> Path | None:
+    if cfg.edgeproxy.state_file is not None:
+        return cfg.edgeproxy.state_file
+    try:
+        return load_config(cfg.edgeproxy.config).state_file
+    except ConfigError:
+        return None
+
+
+def state_file_active(cfg: DeployConfig) -> str | None:
+    path = state_file_path(cfg)
+    if path is None:
+        return None
+    try:
+        states = StateStore(path).load()
+    except StateFileError:
+        return None
+    st = (states or {}).get(cfg.app)
+    return st.active if st else None
+
+
+def proxy_view(
+    cfg: DeployConfig, runner: Runner, control: ControlClient, settle: float = 3.0
+) -> ProxyObs:
+    """What edgeproxy is doing; a running process whose socket stays silent counts as looping."""
+    problems = tuple(check_config(cfg.edgeproxy.config))
+    source_ok = bool(cfg.edgeproxy.config_source) and not check_config(
+        cfg.edgeproxy.config_source or Path()
+    )
+    proc = runner.state()
+    if proc.status is not None:
+        detail = proc.detail
+        logs = runner.logs(5) if proc.status != "missing" else ""
+        if logs:
+            detail += "; last log lines:\n" + logs
+        return ProxyObs(proc.status, detail, problems, source_ok)
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            view = control.app(cfg.app)
+            break
+        except ControlError as e:
+            if e.status == 404:
+                return ProxyObs("up", "", problems, source_ok, app_known=False)
+            raise
+        except ProxyUnreachable as e:
+            if time.monotonic() > deadline:
+                return ProxyObs(
+                    "crash-looping", f"{proc.detail} but {e.reason}", problems, source_ok
+                )
+            time.sleep(0.2)
+    colors = view.get("colors", {})
+    return ProxyObs(
+        status="up",
+        config_problems=problems,
+        source_ok=source_ok,
+        active=view["active"],
+        candidate=view["candidate"],
+        weight=view["weight"],
+        draining=tuple(view.get("draining", {})),
+        healthy={c: bool(v.get("healthy")) for c, v in colors.items()},
+        paused=view["paused"],
+    )
+
+
+def observe(
+    cfg: DeployConfig,
+    client: docker.DockerClient,
+    runner: Runner,
+    control: ControlClient,
+    stale_lock: str | None = None,
+) -> Observed:
+    return Observed(
+        app=cfg.app,
+        colors=(cfg.colors[0], cfg.colors[1]),
+        server_role=cfg.server_role,
+        containers=tuple(app_containers(client, cfg.app)),
+        base=tuple(base_services(client, cfg.base_services)),
+        proxy=proxy_view(cfg, runner, control),
+        state_file_active=state_file_active(cfg),
+        stale_lock=stale_lock,
+    )

@@ -1,0 +1,99 @@
+"""A whole deploy: check → lock → observe → plan → execute. Also `doctor` (observe + plan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+from switchctl.client import ControlClient
+from switchctl.deploy.config import DeployConfig, EnvFile, read_env_file
+from switchctl.deploy.errors import DeployError
+from switchctl.deploy.execute import Executor, ReleaseSpec
+from switchctl.deploy.history import History, Release, new_release_id
+from switchctl.deploy.lock import DeployLock, read_holder
+from switchctl.deploy.observe import observe
+from switchctl.deploy.plan import Intent, Observed, Plan, plan
+from switchctl.deploy.progress import Progress
+from switchctl.deploy.proxyctl import runner_for
+
+
+@dataclass
+class Session:
+    cfg: DeployConfig
+    env: EnvFile
+    docker: docker.DockerClient
+    control: ControlClient
+
+
+def connect(cfg: DeployConfig) -> Session:
+    env = read_env_file(cfg.env_file, cfg.required_env)
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise DeployError(
+            "connect to docker", str(e), "is dockerd running? (`systemctl status docker`)"
+        ) from e
+    return Session(cfg, env, client, ControlClient(cfg.edgeproxy.socket))
+
+
+def intent(cfg: DeployConfig) -> Intent:
+    return Intent(
+        has_pre_deploy=cfg.hooks.pre_deploy is not None,
+        has_post_deploy=cfg.hooks.post_deploy is not None,
+        canary_steps=tuple(cfg.canary.steps),
+    )
+
+
+def survey(s: Session, stale_lock: str | None = None) -> tuple[Observed, Plan]:
+    runner = runner_for(s.cfg.edgeproxy, s.docker)
+    obs = observe(s.cfg, s.docker, runner, s.control, stale_lock)
+    return obs, plan(obs, intent(s.cfg))
+
+
+def stale_lock_note(s: Session) -> str | None:
+    holder, held = read_holder(s.cfg.lock_path)
+    if holder is None:
+        return None
+    if held:
+        return f"a deploy is running now: {holder.describe()}"
+    return holder.describe()
+
+
+def deploy(
+    s: Session,
+    ref: str | None,
+    progress: Progress,
+    plan_only: bool = False,
+    rollback_to: Release | None = None,
+) -> tuple[Plan, Release | None]:
+    cfg = s.cfg
+    if rollback_to is not None:
+        image = cfg.release_tag(rollback_to.id)
+        ref = rollback_to.git_sha
+        pull = False
+    else:
+        image = cfg.image_for(ref)
+        pull = cfg.build is None
+    release = ReleaseSpec(
+        id=new_release_id(ref),
+        image=image,
+        ref=ref,
+        pull=pull,
+        rollback_of=rollback_to.id if rollback_to else None,
+    )
+    if plan_only:
+        _, p = survey(s, stale_lock_note(s))
+        return p, None
+    with DeployLock(cfg.lock_path) as lock:
+        stale = lock.previous.describe() if lock.previous else None
+        _, p = survey(s, stale)
+        runner = runner_for(cfg.edgeproxy, s.docker)
+        ex = Executor(cfg, s.env, s.docker, s.control, runner, release, progress)
+        return p, ex.run(p)
+
+
+def releases(cfg: DeployConfig) -> list[Release]:
+    return History(cfg.history_file).load()
