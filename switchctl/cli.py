@@ -180,7 +180,16 @@ def format_weights(v: AppView) -> str:
     return f"{v['app']}: {shares}{extra} (generation {v['generation']})"
 
 
-def _show(opts: Options, view: AppView) -> None:
+def _app_verb(
+    ctx: click.Context,
+    app: str | None,
+    as_json: bool,
+    call: Callable[[ControlClient, str], AppView],
+) -> None:
+    """Run one change on the resolved app and show the new weights."""
+    opts = _opts(ctx, app, as_json)
+    client = opts.client()
+    view = call(client, resolve_app(opts, client))
     click.echo(json.dumps(view, indent=2) if opts.as_json else format_weights(view))
 
 
@@ -213,9 +222,7 @@ def set_(
     ctx: click.Context, color: str, weight: int, force: bool, app: str | None, as_json: bool
 ) -> None:
     """Give COLOR a share of new requests (a canary below 100, the active color at 100)."""
-    opts = _opts(ctx, app, as_json)
-    client = opts.client()
-    _show(opts, client.set(resolve_app(opts, client), color, weight, force=force))
+    _app_verb(ctx, app, as_json, lambda client, name: client.set(name, color, weight, force))
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -224,9 +231,7 @@ def set_(
 @click.pass_context
 def promote(ctx: click.Context, force: bool, app: str | None, as_json: bool) -> None:
     """Make the candidate the active color at 100%."""
-    opts = _opts(ctx, app, as_json)
-    client = opts.client()
-    _show(opts, client.promote(resolve_app(opts, client), force=force))
+    _app_verb(ctx, app, as_json, lambda client, name: client.promote(name, force=force))
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -235,9 +240,7 @@ def promote(ctx: click.Context, force: bool, app: str | None, as_json: bool) -> 
 @click.pass_context
 def rollback(ctx: click.Context, force: bool, app: str | None, as_json: bool) -> None:
     """Send all traffic back to the previous active color."""
-    opts = _opts(ctx, app, as_json)
-    client = opts.client()
-    _show(opts, client.rollback(resolve_app(opts, client), force=force))
+    _app_verb(ctx, app, as_json, lambda client, name: client.rollback(name, force=force))
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -267,7 +270,7 @@ def drain(
     name = resolve_app(opts, client)
     view = client.drain(name, color, timeout)
     if not wait:
-        _show(opts, view)
+        click.echo(json.dumps(view, indent=2) if opts.as_json else format_weights(view))
         return
     while color in view["draining"]:
         c = view["colors"].get(color, {})
@@ -287,9 +290,7 @@ def drain(
 @click.pass_context
 def pause(ctx: click.Context, app: str | None, as_json: bool) -> None:
     """Hold new requests (up to the app's pause_max_wait) until resume."""
-    opts = _opts(ctx, app, as_json)
-    client = opts.client()
-    _show(opts, client.pause(resolve_app(opts, client)))
+    _app_verb(ctx, app, as_json, ControlClient.pause)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -297,9 +298,7 @@ def pause(ctx: click.Context, app: str | None, as_json: bool) -> None:
 @click.pass_context
 def resume(ctx: click.Context, app: str | None, as_json: bool) -> None:
     """Release held requests in the order they arrived."""
-    opts = _opts(ctx, app, as_json)
-    client = opts.client()
-    _show(opts, client.resume(resolve_app(opts, client)))
+    _app_verb(ctx, app, as_json, ControlClient.resume)
 
 
 @cli.command(epilog=EXIT_CODES)

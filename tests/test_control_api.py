@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
@@ -330,3 +331,23 @@ def test_a_missing_proxy_is_reported_as_unreachable_with_the_socket_path(tmp_pat
         ControlClient(tmp_path / "none.sock").apps()
     assert str(tmp_path / "none.sock") in str(err.value)
     assert "systemctl status edgeproxy" in str(err.value)
+
+
+def test_the_socket_group_is_set_from_the_config(control_proxy: StartProxy) -> None:
+    group = grp.getgrgid(65534).gr_name
+    proxy = control_proxy(control={"group": group}, shop=("blue",))
+    assert proxy.socket.stat().st_gid == 65534
+
+
+async def test_an_unknown_socket_group_stops_startup_with_the_key_named(
+    tmp_path: Path, make_config: Callable[..., Any]
+) -> None:
+    config = make_config(
+        control={"socket": str(tmp_path / "c.sock"), "group": "no-such-group"}, shop=("blue",)
+    )
+    board = SwitchBoard.load(config, StateStore(tmp_path / "s.json"))
+    with pytest.raises(
+        StartupError, match="control.group: there is no group named 'no-such-group'"
+    ):
+        await start_control_server(config.control, board)
+    assert not (tmp_path / "c.sock").exists()

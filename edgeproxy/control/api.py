@@ -194,13 +194,15 @@ def mutation(verb: str, model: type[Body], call: Mutation) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         board, app = request.app[BOARD], request.match_info["app"]
         body = await parse_body(request, model)
-        old = board.states.get(app)
-        before = old.summary() if old else None
         try:
             new = await call(board, app, body)
         except EdgeproxyError as e:
+            current = board.states.get(app)
+            before = current.summary() if current else None
             _audit(request, verb, app, body, result="refused", old=before, error=str(e))
             raise
+        replaced = board.replaced(app)
+        before = replaced.summary() if replaced else None
         _audit(request, verb, app, body, result="ok", old=before, new=new.summary())
         return web.json_response(board.view(app))
 
@@ -440,20 +442,18 @@ async def start_control_server(
 ) -> web.AppRunner:
     """Serve the control API on `control.socket` (mode `control.mode`, group `control.group`)."""
     path = control.socket
+    gid = -1 if control.group is None else _gid_of(control.group)
     _prepare_socket_path(path)
     runner = web.AppRunner(make_app(board, hooks or BoardHooks(board), control), access_log=None)
     await runner.setup()
     try:
         await web.UnixSite(runner, str(path)).start()
         os.chmod(path, control.mode)
-        if control.group is not None:
-            os.chown(path, -1, _gid_of(control.group))
+        os.chown(path, -1, gid)
     except OSError as e:
         await runner.cleanup()
+        path.unlink(missing_ok=True)
         raise StartupError(f"cannot serve the control socket {path}: {e.strerror}") from e
-    except StartupError:
-        await runner.cleanup()
-        raise
     runner.app[SOCKET_INODE]["ino"] = os.stat(path).st_ino
     log.info("control API listening on %s", path)
     return runner

@@ -126,6 +126,7 @@ class SwitchBoard:
         self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._replaced: dict[str, AppState] = {}
 
     @classmethod
     def load(cls, config: Config, store: StateStore, **kwargs: Any) -> SwitchBoard:
@@ -191,6 +192,14 @@ class SwitchBoard:
             "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},
             "colors": colors,
         }
+
+    def replaced(self, app: str) -> AppState | None:
+        """The state that `app`'s latest change replaced.
+
+        Read it right after awaiting a change (no other task runs in between)
+        to know exactly what that change did, even under concurrent requests.
+        """
+        return self._replaced.get(app)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -272,6 +281,7 @@ class SwitchBoard:
             states = {**self.states, app: new}
             await asyncio.to_thread(self.store.save, states)
             self.states = states
+            self._replaced[app] = old
         log.info("%s: %s → %s", app, old.summary(), new.summary())
         for listener in self._listeners:
             try:
