@@ -178,6 +178,8 @@ class DeployConfig(Model):
     image: str | None = None
     """Image to pull; `{ref}` is replaced by --ref (e.g. ghcr.io/acme/shop:{ref})."""
     build: Build | None = None
+    pull: Literal["always", "missing", "never"] = "missing"
+    """When to pull `image`: `missing` uses a local image of that name if there is one."""
     env_file: Path
     required_env: list[str] = []
     colors: list[str] = ["blue", "green"]

@@ -316,9 +316,8 @@ class Executor:
                     buildargs=b.args,
                     rm=True,
                 )
-            elif self.release.pull:
-                repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
-                image = self.docker.images.pull(repo, tag=tag or "latest")
+            elif self.release.pull and self.cfg.pull != "never":
+                image = self._pull(ref)
             else:
                 image = self.docker.images.get(ref)
         except docker.errors.ImageNotFound as e:
@@ -334,6 +333,15 @@ class Executor:
         image.tag(*self.cfg.release_tag(self.release.id).split(":"))
         self.image_id = image.id
         return f"{image.short_id}, kept as {self.cfg.release_tag(self.release.id)}"
+
+    def _pull(self, ref: str) -> Any:
+        if self.cfg.pull == "missing":
+            try:
+                return self.docker.images.get(ref)
+            except docker.errors.ImageNotFound:
+                pass
+        repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
+        return self.docker.images.pull(repo, tag=tag or "latest")
 
     def _run_one_off(self, command: list[str], timeout: float, name: str) -> tuple[int, str]:
         extra: dict[str, Any] = (
