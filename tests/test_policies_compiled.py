@@ -10,7 +10,12 @@ import pytest
 
 from edgeproxy.config import Config, Site, StaticCache, parse_config
 from edgeproxy.errors import ConfigError
-from edgeproxy.policies import RoutePolicy, compile_route_policies, compile_route_policy
+from edgeproxy.policies import (
+    RoutePolicy,
+    compile_route_policies,
+    compile_route_policy,
+    compile_site_policy,
+)
 from edgeproxy.policies.cache import CachePolicy
 
 Header = tuple[bytes, bytes]
@@ -298,3 +303,16 @@ def test_expires_is_formatted_once_per_second() -> None:
     b = cp.headers(1000.9)[1][1]
     assert a is b
     assert cp.headers(1001.0)[1][1] != a
+
+
+def test_the_site_policy_applies_site_values_without_any_route_override() -> None:
+    s = site(
+        [{"upstream": "http://127.0.0.1:9", "response_headers": {"X-Frame-Options": "SAMEORIGIN"}}],
+        response_headers={"X-Frame-Options": "DENY"},
+        hsts="max-age=60",
+    )
+    pol = compile_site_policy(s, tls=True)
+    assert pol.error_headers() == [
+        (b"x-frame-options", b"DENY"),
+        (b"strict-transport-security", b"max-age=60"),
+    ]

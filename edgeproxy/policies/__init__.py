@@ -40,7 +40,8 @@ rewrite phase, `limit_req` in the pre-access phase):
    (skip empty results) and `encoder.finish()` at the end.
 7. **Own responses** (404, 413, 429, 502, 504, redirects …) carry
    `policy.error_headers(origin)` (security headers, HSTS on TLS, CORS); when
-   no route matched, use the site's policy for `/` or none.
+   the site matched but no route did, use `compile_site_policy(site, tls=…)`'s
+   (compiled at load too); when no site matched, there is no policy.
 """
 
 from edgeproxy.policies.cache import CachePolicy
@@ -48,6 +49,7 @@ from edgeproxy.policies.compiled import (
     RoutePolicy,
     compile_route_policies,
     compile_route_policy,
+    compile_site_policy,
     policy_problems,
 )
 from edgeproxy.policies.cors import CorsPolicy
@@ -64,6 +66,7 @@ __all__ = [
     "accepts_gzip",
     "compile_route_policies",
     "compile_route_policy",
+    "compile_site_policy",
     "policy_problems",
     "retry_after",
 ]

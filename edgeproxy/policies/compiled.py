@@ -262,6 +262,16 @@ def compile_route_policies(
     return plain, tls
 
 
+def compile_site_policy(site: Site, *, tls: bool, config: Config | None = None) -> RoutePolicy:
+    """The site's own policies (no route's overrides), for responses when no route matched.
+
+    Use its `error_headers()` on a 404 for a path no route of the site takes.
+    """
+    # A route that sets nothing: every key falls through to the site.
+    bare = Route.model_construct(path="/")
+    return compile_route_policy(site, bare, tls=tls, config=config)
+
+
 def policy_problems(config: Config) -> list[str]:
     """Every problem `compile_route_policy` would raise for this config (for check-config)."""
     problems: list[str] = []
