@@ -307,3 +307,26 @@ async def test_refused_transitions_surface_as_switch_errors(
     with pytest.raises(SwitchError, match="cannot drain shop/blue: it is the active color"):
         await board.drain("shop", "blue")
     assert board.states["shop"].generation == 0
+
+
+async def test_a_waiter_that_gave_up_does_not_hold_back_the_ones_behind_it(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    await board.pause("shop")
+    released: list[str] = []
+
+    async def request(name: str, patience: float) -> bool:
+        ok = await board.wait_unpaused("shop", timeout=patience)
+        released.append(name)
+        return ok
+
+    first = asyncio.create_task(request("first", 30))
+    await asyncio.sleep(0)
+    assert not await request("impatient", 0.01)
+    last = asyncio.create_task(request("last", 30))
+    await asyncio.sleep(0)
+    await board.resume("shop")
+    assert await first
+    assert await last
+    assert released == ["impatient", "first", "last"]

@@ -211,6 +211,11 @@ class SwitchBoard:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._waiters.setdefault(app, collections.deque())
+        # Waiters that gave up stay queued (cancelled) and are dropped from the
+        # front here or skipped on resume: removing each from the middle would
+        # cost O(n) per timeout when thousands of requests give up together.
+        while queue and queue[0].done():
+            queue.popleft()
         queue.append(fut)
         try:
             async with asyncio.timeout(timeout):
@@ -221,8 +226,6 @@ class SwitchBoard:
         finally:
             if not fut.done():
                 fut.cancel()
-            with contextlib.suppress(ValueError):
-                queue.remove(fut)
 
     # --- changes -------------------------------------------------------------------------
 
