@@ -6,7 +6,6 @@ Exit codes: 0 ok; 1 could not start (the message says why and what to do);
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -77,7 +76,9 @@ def check_config(file: Path) -> None:
     help="The YAML config file.",
 )
 @click.option("--log-level", default="info", show_default=True)
-@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
+@click.option(
+    "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
+)
 def serve(config_path: Path, log_level: str, log_format: str) -> None:
     """Run the proxy until SIGTERM/SIGINT (graceful) ; SIGHUP reloads certificates."""
     setup_logging(log_level, log_format)

@@ -76,7 +76,9 @@ class Upstream(Model):
     def parse(cls, url: str) -> Upstream:
         parts = urlsplit(url)
         if parts.scheme != "http":
-            raise ValueError(f"upstream {url!r} must start with http:// (TLS to upstreams is not supported)")
+            raise ValueError(
+                f"upstream {url!r} must start with http:// (TLS to upstreams is not supported)"
+            )
         if not parts.hostname or parts.path not in ("", "/") or parts.query:
             raise ValueError(f"upstream {url!r} must be http://HOST:PORT with no path")
         return cls(host=parts.hostname, port=parts.port or 80)
@@ -440,7 +442,9 @@ def _format_errors(source: str, err: ValidationError) -> list[str]:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling against compose/edgeproxy.example.yml"
+            msg = (
+                "unknown key; remove it or check its spelling against compose/edgeproxy.example.yml"
+            )
         elif e["type"] == "missing":
             msg = "required key is missing"
         problems.append(f"{source}: {loc}: {msg}")
@@ -492,4 +496,3 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         acme["webroot"] = fix(acme["webroot"])
     if "state_file" in data:
         data["state_file"] = fix(data["state_file"])
-

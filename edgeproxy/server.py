@@ -55,6 +55,10 @@ class Server:
             self.certs.load()
         except TLSConfigError as e:
             raise StartupError(f"tls.certificates: {e}") from e
+        # Plugins first: the restored switch state must be in force before the
+        # first request is accepted.
+        for plugin in self.plugins:
+            await plugin.start(self)
         listen = self.config.listen
         if listen.https:
             host, port = parse_address(listen.https)
@@ -65,8 +69,6 @@ class Server:
             await self._listen("https", listen.https, tls=True)
             if self.ctx.https_port_suffix:
                 self.ctx.https_port_suffix = b":%d" % self.addresses["https"][1]
-        for plugin in self.plugins:
-            await plugin.start(self)
         if self.config.tls.reload_poll_seconds and self.certs.certs:
             self.spawn(self._watch_certs(), "cert-watch")
 
@@ -126,9 +128,7 @@ class Server:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: self.spawn(self._sighup(), "sighup-reload")
-        )
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(self._sighup(), "sighup-reload"))
 
     async def _sighup(self) -> None:
         log.info("SIGHUP: reloading certificates")
@@ -153,7 +153,9 @@ class Server:
         while self.ctx.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         if self.ctx.connections:
-            log.warning("closing %d connections still open at the deadline", len(self.ctx.connections))
+            log.warning(
+                "closing %d connections still open at the deadline", len(self.ctx.connections)
+            )
             for conn in list(self.ctx.connections):
                 if conn.transport is not None:
                     conn.transport.abort()

@@ -45,12 +45,14 @@ class Exchange:
         "finished_at",
         "headers",
         "host",
+        "info",
         "keep_alive",
         "last_upstream",
         "local",
         "loop",
         "method",
         "path",
+        "paused",
         "pool",
         "reported",
         "req_done",
@@ -60,14 +62,15 @@ class Exchange:
         "resp_started",
         "retried",
         "route",
+        "set_cookie",
         "started_at",
         "status",
         "target",
         "timer",
         "tunnel",
         "up_head",
-        "upgrade",
         "up_keep",
+        "upgrade",
         "upstream",
         "version",
     )
@@ -112,6 +115,9 @@ class Exchange:
         self.request_id = b""
         self.up_keep = True
         self.reported = False
+        self.paused = False
+        self.set_cookie: bytes | None = None
+        self.info: h.RequestInfo | None = None
 
     # -- set-up ---------------------------------------------------------
     def prepare(self) -> None:
@@ -136,7 +142,9 @@ class Exchange:
                 self.local = h.acme_response(ctx.webroot, self.path, self.method)
                 return
             if site.https_redirect:
-                location = b"https://" + h.host_without_port(host) + ctx.https_port_suffix + self.target
+                location = (
+                    b"https://" + h.host_without_port(host) + ctx.https_port_suffix + self.target
+                )
                 self.local = redirect(location)
                 return
         route = site.route(self.path)
@@ -153,24 +161,38 @@ class Exchange:
             # Upgrade to something other than WebSocket (h2c): answer, then close.
             self.keep_alive = False
             self.upgrade = False
+        self.request_id = info.request_id or ctx.new_request_id()
+        self.info = info
         if route.app is not None:
             self.app = route.app
-            color = ctx.picker.choose(route.app, self, info) if ctx.picker else None
-            if color is None:
-                color = ctx.config.apps[route.app].first_color
-            self.color = color
-            pool = ctx.colors[(route.app, color)].pick(ctx.health_ok)
-            if pool is None:
-                self.local = build_response(
-                    503, headers=[(b"retry-after", b"5")], close=not self.keep_alive
-                )
-                return
-            self.pool = pool
+            if not self._pick_color():
+                return  # paused (start() waits) or no upstream (local 503)
         else:
             assert route.upstream is not None
             self.pool = ctx.pool_for(route.upstream)
-        self.request_id = info.request_id or ctx.new_request_id()
         self.up_head = h.upstream_head(self, info, route)
+
+    def _pick_color(self) -> bool:
+        """Choose color and upstream; False when paused or nothing can serve."""
+        ctx = self.client.ctx
+        app = self.app
+        assert app is not None and self.info is not None
+        picker = ctx.picker
+        color = picker.choose(app, self, self.info) if picker is not None else None
+        if color is None:
+            if picker is not None and picker.board.states[app].paused:
+                self.paused = True
+                return False
+            color = ctx.config.apps[app].first_color
+        self.color = color
+        pool = ctx.colors[(app, color)].pick(ctx.health_ok)
+        if pool is None:
+            self.local = build_response(
+                503, headers=[(b"retry-after", b"5")], close=not self.keep_alive
+            )
+            return False
+        self.pool = pool
+        return True
 
     # -- running ----------------------------------------------------------
     def start(self) -> None:
@@ -184,6 +206,9 @@ class Exchange:
             if self.req_done:
                 self._report(self.keep_alive)
             return
+        if self.paused:
+            client.spawn(self._wait_unpaused(), "pause-wait")
+            return
         if self.expect_continue and self.version == "1.1":
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.client.ctx.tracker.add(self)
@@ -194,11 +219,28 @@ class Exchange:
         else:
             client.spawn(self._connect(), "upstream-connect")
 
+    async def _wait_unpaused(self) -> None:
+        ctx = self.client.ctx
+        assert self.app is not None and ctx.picker is not None and self.route is not None
+        ok = await ctx.picker.board.wait_unpaused(
+            self.app, ctx.config.apps[self.app].pause_max_wait
+        )
+        if self.done:
+            return
+        if not ok:
+            self.fail(503, "app paused for longer than pause_max_wait")
+            return
+        self.paused = False
+        if self._pick_color():
+            assert self.info is not None
+            self.up_head = h.upstream_head(self, self.info, self.route)
+        self.start()
+
     async def _connect(self) -> None:
         assert self.pool is not None
         try:
             conn = await self.pool.connect()
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             self.pool.connect_errors += 1
             self.fail(504, "connect timeout")
             return
@@ -319,7 +361,13 @@ class Exchange:
         self._cancel_timer()
         conn, self.upstream = self.upstream, None
         if conn is not None:
-            if reusable and self.up_keep and self.req_done and conn.exchange is self and conn.parser is not None:
+            if (
+                reusable
+                and self.up_keep
+                and self.req_done
+                and conn.exchange is self
+                and conn.parser is not None
+            ):
                 conn.pool.release(conn)
             else:
                 conn.exchange = None
@@ -419,4 +467,3 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-

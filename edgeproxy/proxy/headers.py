@@ -40,7 +40,13 @@ HOP_BY_HOP = frozenset(
     }
 )
 FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+    }
 )
 RESPONSE_DROP = frozenset(
     {
@@ -126,7 +132,9 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         if ex.version == "1.0":
             raise ClientProtocolError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
         if te.strip().lower() != b"chunked":
-            raise ClientProtocolError(501, f"Transfer-Encoding {te!r} is not supported (only chunked)")
+            raise ClientProtocolError(
+                501, f"Transfer-Encoding {te!r} is not supported (only chunked)"
+            )
         ex.chunked_req = True
     if host is None:
         if ex.version == "1.1":
@@ -240,6 +248,8 @@ def response_head(
     parts += (b"date: ", http_date(), b"\r\nserver: edgeproxy\r\n")
     if not rid_seen:
         parts += (rid_name, b": ", ex.request_id, b"\r\n")
+    if ex.set_cookie is not None:
+        parts += (b"set-cookie: ", ex.set_cookie, b"\r\n")
     if status == 101:
         parts += (b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n")
         return b"".join(parts), NOBODY

@@ -193,7 +193,12 @@ class CertStore:
             log.error("certificate reload failed, still serving the previous certificates: %s", e)
             raise
         for c in loaded:
-            log.info("serving certificate %s (serial %x, %.0f days left)", c.cert_path, c.serial, c.days_left())
+            log.info(
+                "serving certificate %s (serial %x, %.0f days left)",
+                c.cert_path,
+                c.serial,
+                c.days_left(),
+            )
         return loaded
 
     def changed_on_disk(self) -> bool:

@@ -1,0 +1,92 @@
+"""The bridge from a request to `switching.choose`: who may override, which key, which cookie.
+
+The switch state is read from `board.states[app]` on every request: one dict
+lookup, and a switch is the assignment of a new state object there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edgeproxy.config import Config
+from edgeproxy.proxy.context import Network, in_networks
+from edgeproxy.proxy.headers import RequestInfo, client_ip
+from edgeproxy.switching.choose import choose
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.exchange import Exchange
+    from edgeproxy.switching.board import SwitchBoard
+
+
+class AppPicker:
+    """Per-app choice settings compiled once from the config."""
+
+    __slots__ = ("colors", "cookie_name", "override_cookie", "override_nets", "sticky_cookie")
+
+    def __init__(
+        self, colors: tuple[str, ...], override_nets: tuple[Network, ...], config: Config, app: str
+    ) -> None:
+        spec = config.apps[app]
+        self.colors = colors
+        self.override_nets = override_nets
+        self.override_cookie = (
+            spec.override.cookie.encode() + b"=" if spec.override.cookie else None
+        )
+        self.sticky_cookie = spec.sticky_cookie.encode() + b"=" if spec.sticky_cookie else None
+        self.cookie_name = spec.sticky_cookie
+
+
+def cookie_get(cookies: bytes | None, prefix: bytes | None) -> str | None:
+    """The value of one cookie from a Cookie header (`prefix` is `name=`)."""
+    if cookies is None or prefix is None:
+        return None
+    start = cookies.find(prefix)
+    while start > 0 and cookies[start - 1 : start] not in (b" ", b";"):
+        start = cookies.find(prefix, start + 1)
+    if start < 0:
+        return None
+    start += len(prefix)
+    end = cookies.find(b";", start)
+    value = cookies[start:] if end < 0 else cookies[start:end]
+    try:
+        return value.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+class Picker:
+    def __init__(
+        self, config: Config, board: SwitchBoard, override_nets: dict[str, tuple[Network, ...]]
+    ) -> None:
+        self.board = board
+        self.apps = {
+            name: AppPicker(tuple(app.colors), override_nets.get(name, ()), config, name)
+            for name, app in config.apps.items()
+        }
+
+    def choose(self, app: str, ex: Exchange, info: RequestInfo) -> str | None:
+        """The color for this request, or None while the app is paused."""
+        state = self.board.states[app]
+        if state.paused:
+            return None
+        spec = self.apps[app]
+        override: str | None = None
+        if info.override is not None or (spec.override_cookie and info.cookie):
+            ip = client_ip(ex, info)
+            if not spec.override_nets or in_networks(ip, spec.override_nets):
+                if info.override is not None:
+                    override = info.override.decode("latin-1").strip().lower()
+                else:
+                    override = cookie_get(info.cookie, spec.override_cookie)
+        if state.candidate is None and override is None:
+            return state.active  # no canary: the common case stays cheap
+        sticky = cookie_get(info.cookie, spec.sticky_cookie)
+        key = client_ip(ex, info).encode()
+        color, cookie = choose(state, override=override, sticky=sticky, client_key=key)
+        if cookie is not None and spec.cookie_name:
+            ex.set_cookie = b"%s=%s; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax%s" % (
+                spec.cookie_name.encode(),
+                cookie.encode(),
+                b"; Secure" if ex.client.tls else b"",
+            )
+        return color
