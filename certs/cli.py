@@ -327,7 +327,10 @@ def _reload(installed: Installed, socket_path: Path, no_reload: bool) -> None:
     for entry in reply.get("certificates", []):
         if isinstance(entry, dict):
             sans = ", ".join(entry.get("sans", []))
-            click.echo(f"  {entry.get('cert')}: {sans} ({entry.get('days_left')} days left)")
+            days = entry.get("days_left")
+            left = f"{days:.0f} days left" if isinstance(days, int | float) else "days left unknown"
+            serial = f"serial {entry['serial']}, " if "serial" in entry else ""
+            click.echo(f"  {entry.get('cert')}: {sans} ({serial}{left})")
 
 
 def _default_name(pair: ValidPair) -> str:

@@ -16,6 +16,11 @@ a moment where a reader (edgeproxy's file watcher) finds the new key beside the
 old certificate. The previous versions stay on disk, so `certs rollback` is one
 more link swap. The stable `fullchain.pem`/`privkey.pem` links never change after
 the first install, so edgeproxy's config does not either.
+
+A reader that opens the two stable names one after the other can still straddle
+the swap by microseconds; edgeproxy's loader then fails its key check, keeps the
+pair in service and retries on its next file check, and `certs install` asks for
+a reload only after the swap, so the reload it triggers always sees one version.
 """
 
 from __future__ import annotations

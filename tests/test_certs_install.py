@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,35 @@ def test_second_install_switches_both_files_together_and_keeps_the_previous_vers
     assert list_versions(dest / "shop") == sorted([one.version, two.version])
     assert _serial(two.cert) == _serial(second.cert)
     assert key_matches(read_certificates(two.cert)[0], read_private_key(two.key))
+
+
+def test_reader_resolving_current_always_finds_a_complete_matching_pair_during_installs(
+    tmp_path: Path, first: SelfSigned, second: SelfSigned
+) -> None:
+    dest = tmp_path / "certs"
+    pairs = [validate_pair(p.fullchain, p.privkey) for p in (first, second)]
+    install_pair(pairs[0], dest, "shop")
+    current = dest / "shop" / "current"
+    done = threading.Event()
+
+    def keep_installing() -> None:
+        try:
+            for i in range(30):
+                install_pair(pairs[i % 2], dest, "shop", keep=100)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=keep_installing)
+    writer.start()
+    reads = 0
+    while not done.is_set() or reads == 0:
+        version = current.resolve()  # what a careful reader does: pin one version
+        chain = read_certificates(version / "fullchain.pem")
+        key = read_private_key(version / "privkey.pem")
+        assert key_matches(chain[0], key)
+        reads += 1
+    writer.join()
+    assert reads > 0
 
 
 def test_rollback_puts_the_previous_pair_back(
@@ -250,7 +280,9 @@ async def test_install_asks_edgeproxy_to_reload_and_prints_its_reply(
     cert = str(dest / "shop" / "fullchain.pem")
     peer.body = {
         "ok": True,
-        "certificates": [{"cert": cert, "sans": ["shop.example.test"], "days_left": 89}],
+        "certificates": [
+            {"cert": cert, "sans": ["shop.example.test"], "serial": "2a", "days_left": 88.97}
+        ],
     }
     rc, out = await _run_certs(
         "install",
@@ -267,7 +299,7 @@ async def test_install_asks_edgeproxy_to_reload_and_prints_its_reply(
     )
     assert rc == 0, out
     assert peer.requests == [("POST", "/v1/certs/reload", {})]
-    assert f"  {cert}: shop.example.test (89 days left)" in out
+    assert f"  {cert}: shop.example.test (serial 2a, 89 days left)" in out
 
 
 async def test_refused_reload_exits_4_and_names_the_rollback_command(
