@@ -61,7 +61,7 @@ class Server:
             await plugin.start(self)
         listen = self.config.listen
         if listen.https:
-            host, port = parse_address(listen.https)
+            _host, port = parse_address(listen.https)
             self.ctx.https_port_suffix = b"" if port == 443 else b":%d" % port
         if listen.http:
             await self._listen("http", listen.http, tls=False)
@@ -150,7 +150,7 @@ class Server:
         for conn in list(self.ctx.connections):
             conn.shutdown()
         deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace
-        while self.ctx.connections and asyncio.get_running_loop().time() < deadline:
+        while self.ctx.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - polling a set the protocols mutate
             await asyncio.sleep(0.05)
         if self.ctx.connections:
             log.warning(

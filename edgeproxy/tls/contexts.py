@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from edgeproxy.config import Certificate
 from edgeproxy.errors import TLSConfigError
@@ -136,7 +136,7 @@ def load_certificate(spec: Certificate, *, session_tickets: bool = True) -> Load
     except OSError as e:
         raise TLSConfigError(f"{key_path}: cannot load: {e.strerror or e}") from e
     try:
-        sans = leaf.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = tuple(n.lower() for n in sans.value.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
