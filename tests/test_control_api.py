@@ -347,7 +347,7 @@ async def test_an_unknown_socket_group_stops_startup_with_the_key_named(
     )
     board = SwitchBoard.load(config, StateStore(tmp_path / "s.json"))
     with pytest.raises(
-        StartupError, match="control.group: there is no group named 'no-such-group'"
+        StartupError, match=r"control\.group: there is no group named 'no-such-group'"
     ):
         await start_control_server(config.control, board)
     assert not (tmp_path / "c.sock").exists()
