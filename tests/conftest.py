@@ -20,7 +20,7 @@ from edgeproxy.control.store import StateStore
 from edgeproxy.switching.board import SwitchBoard
 from tests.proxy_fixtures import *  # noqa: F403 - real-socket fixtures (edge, backend, tls_files)
 
-T = TypeVar("T")
+_R = TypeVar("_R")
 
 settings.register_profile("ci", max_examples=100, deadline=None)
 settings.register_profile(
@@ -59,7 +59,7 @@ class ControlProxy:
     """color → failing checks; colors not listed are healthy."""
     inflight: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, coro: Coroutine[Any, Any, _R]) -> _R:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
 
