@@ -128,6 +128,111 @@ def throughput(json_path: Path | None, **kw: Any) -> None:
     finish(doc, path, report.throughput_markdown(doc), plots)
 
 
+def stage_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--scheme", default="http", type=click.Choice(["http", "https"])),
+        click.option(
+            "--target", help="URL of a running edgeproxy (staging) instead of a local one"
+        ),
+        click.option("--socket", help="control socket of the --target edgeproxy"),
+        click.option("--app", default="bench", help="app name (with --target)"),
+        click.option("--colors", default="blue,green", help="the app's two colors (with --target)"),
+        *CPU_OPTIONS,
+        click.option("--json", "json_path", type=click.Path(path_type=Path), help="output file"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _stage(kw: dict[str, Any]) -> Any:
+    from bench.switch_load import StageOptions
+
+    colors = tuple(c.strip() for c in kw.pop("colors").split(","))
+    if len(colors) != 2:
+        raise click.BadParameter("give exactly two colors, e.g. blue,green", param_hint="--colors")
+    names = ("scheme", "target", "socket", "app", "proxy_cpus", "load_cpus")
+    return StageOptions(colors=colors, **{k: kw.pop(k) for k in names})
+
+
+@main.command()
+@click.option("--switches", default=20, type=click.IntRange(1), help="blue<->green flips")
+@click.option("--interval", default=0.25, type=click.FloatRange(0), help="seconds between flips")
+@click.option("--workers", default=50, type=click.IntRange(1), help="concurrent clients")
+@click.option(
+    "--close-share",
+    default=0.5,
+    type=click.FloatRange(0, 1),
+    help="share of clients opening a new connection per request",
+)
+@click.option(
+    "--warmup", default=1.0, type=click.FloatRange(0), help="seconds of load before the first flip"
+)
+@click.option(
+    "--tail", default=1.0, type=click.FloatRange(0), help="seconds of load after the last flip"
+)
+@stage_options
+def switch(json_path: Path | None, **kw: Any) -> None:
+    """Flip blue<->green under load; count every response by status and color."""
+    from bench import switch_load as sl
+
+    sopts = _stage(kw)
+    doc = sl.run_switch(sl.SwitchOptions(**kw), sopts)
+    path = _json_path(json_path, "switch")
+    finish(
+        doc,
+        path,
+        report.switch_markdown(doc),
+        [report.plot_timeline(doc, path.with_suffix(".png"))],
+    )
+
+
+@main.command()
+@click.option("--workers", default=20, type=click.IntRange(1), help="steady keep-alive clients")
+@click.option(
+    "--slow", default=10, type=click.IntRange(1), help="long requests in flight at the drain"
+)
+@click.option("--slow-ms", default=2000, type=click.IntRange(1), help="their length in phase 1")
+@click.option(
+    "--timeout", default=5.0, type=click.FloatRange(0.1), help="drain deadline in phase 1 (s)"
+)
+@click.option("--cut-slow-ms", default=5000, type=click.IntRange(1), help="their length in phase 2")
+@click.option(
+    "--cut-timeout", default=1.0, type=click.FloatRange(0.1), help="drain deadline in phase 2 (s)"
+)
+@stage_options
+def drain(json_path: Path | None, **kw: Any) -> None:
+    """Switch, then drain the old color with requests in flight: they finish, or are cut."""
+    from bench import switch_load as sl
+
+    sopts = _stage(kw)
+    doc = sl.run_drain(sl.DrainOptions(**kw), sopts)
+    path = _json_path(json_path, "drain")
+    finish(
+        doc, path, report.drain_markdown(doc), [report.plot_timeline(doc, path.with_suffix(".png"))]
+    )
+
+
+@main.command()
+@click.option("--weight", default=10, type=click.IntRange(1, 99), help="candidate weight (%)")
+@click.option(
+    "--clients",
+    default=10_000,
+    type=click.IntRange(1, 60_000),
+    help="fresh clients, each its own source address",
+)
+@click.option("--workers", default=50, type=click.IntRange(1), help="concurrent clients")
+@stage_options
+def canary(json_path: Path | None, **kw: Any) -> None:
+    """Canary split accuracy: share of fresh clients the candidate gets at a weight."""
+    from bench import switch_load as sl
+
+    sopts = _stage(kw)
+    doc = sl.run_canary(sl.CanaryOptions(**kw), sopts)
+    path = _json_path(json_path, "canary")
+    finish(doc, path, report.canary_markdown(doc), [])
+
+
 @main.command("report")
 @click.argument("json_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report_cmd(json_file: Path) -> None:

@@ -206,3 +206,101 @@ def simple_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out) + "\n"
+
+
+def _ms(stats: dict[str, Any]) -> str:
+    return " / ".join(fmt_num(stats[k], 2) for k in ("median_ms", "p99_ms", "max_ms"))
+
+
+def switch_markdown(doc: dict[str, Any]) -> str:
+    r = doc["result"]
+    rows = [
+        ("load", f"{', '.join(doc['groups'])} ({fmt_num(r['rps'])} responses/s)"),
+        ("responses", fmt_num(r["responses"])),
+        ("failed (not 200)", fmt_num(r["failures"])),
+        ("switches (refused)", f"{r['switches']} ({len(r['switches_refused'])})"),
+        ("switches/second", fmt_num(r["switches_per_second"], 1)),
+        ("set reply ms: median / p99 / max", _ms(r["set_reply"])),
+        (
+            "set reply → first response of new color, ms: median / p99 / max",
+            _ms(r["reply_to_first_new_color"]),
+        ),
+        (
+            "stale responses (exchange wholly between a set reply and the next set, other color)",
+            fmt_num(r["stale_responses"]),
+        ),
+    ]
+    out = simple_table(["figure", "value"], rows)
+    out += "\n" + simple_table(["status color", "responses"], list(r["counts"].items()))
+    if r["failure_examples"]:
+        out += "\nfirst failures:\n" + "\n".join(f"- {f}" for f in r["failure_examples"]) + "\n"
+    return out
+
+
+def drain_markdown(doc: dict[str, Any]) -> str:
+    rows = []
+    for key, label in (
+        ("finish_in_time", "slow requests finish"),
+        ("cut_at_deadline", "cut at deadline"),
+    ):
+        p = doc[key]
+        rows.append(
+            (
+                label,
+                f"{p['old']} → {p['new']}",
+                f"{p['slow_ms']} ms",
+                f"{p['drain_timeout_s']:g} s",
+                p["in_flight_at_drain_start"],
+                fmt_num(p["drain_finished_after_s"], 2),
+                ", ".join(f"{k}: {v}" for k, v in p["slow_requests"].items()),
+                ", ".join(f"{k}: {v}" for k, v in p["steady_requests"].items()),
+                p["sent_to_old_after_drain"],
+            )
+        )
+    return simple_table(
+        [
+            "phase",
+            "switch",
+            "slow request",
+            "drain timeout",
+            "in flight at drain",
+            "drain done after s",
+            "slow requests",
+            "steady load",
+            "sent to old color after drain",
+        ],
+        rows,
+    )
+
+
+def canary_markdown(doc: dict[str, Any]) -> str:
+    rows = []
+    for key, label in (("split", "pass 1"), ("second_pass_split", "pass 2 (same clients)")):
+        s = doc[key]
+        rows.append(
+            (
+                label,
+                s["clients"],
+                s["failures"],
+                f"{s['weight_percent']} %",
+                f"{s['observed_percent']:.2f} %",
+                f"{s['ci95_percent'][0]:.2f}-{s['ci95_percent'][1]:.2f} %",
+                "yes" if s["within_ci"] else "no",
+            )
+        )
+    out = simple_table(
+        [
+            "pass",
+            "distinct clients",
+            "failed",
+            "weight",
+            f"observed {doc['split']['color']}",
+            "95 % CI",
+            "weight inside CI",
+        ],
+        rows,
+    )
+    return (
+        out
+        + f"\nsame color for a client in both passes: {100 * doc['same_color_both_passes']:.2f} %\n"
+    )

@@ -18,6 +18,14 @@ from bench.loadgen import Group, source_address
 from bench.peers import Listen, answers, edgeproxy_conf, haproxy_conf, nginx_proxy_conf
 from bench.procs import free_port, running
 from bench.stats import binomial_ci95, fmt_k, fmt_ratio, median, percentile, ratio
+from bench.switch_load import (
+    Flip,
+    Response,
+    analyze_switch,
+    canary_split,
+    same_color_share,
+    timeline,
+)
 from bench.throughput import Case, Measurement, rotated, summarize
 from bench.throughput import ratios as ratio_rows
 from bench.tlscert import CertFiles, make_selfsigned
@@ -281,3 +289,46 @@ def test_wrk_run_against_the_backend_returns_parsed_figures(backend: str) -> Non
     assert r.requests > 0
     assert r.error_count == 0
     assert r.bytes_read > 16384
+
+
+def _resp(sent: float, done: float, color: str, status: int = 200, source: int = -1) -> Response:
+    return Response(sent, done, status, color, 0, source, "" if status else "ConnectionResetError")
+
+
+def test_switch_analysis_measures_reply_to_new_color_and_finds_stale_responses() -> None:
+    flips = [Flip("green", 1.0, 1.01, True, 2), Flip("blue", 2.0, 2.02, True, 3)]
+    responses = [
+        _resp(0.5, 0.6, "blue"),
+        _resp(1.005, 1.012, "blue"),  # sent during the set: either color is right
+        _resp(1.02, 1.03, "green"),  # first green, 20 ms after the reply
+        _resp(1.5, 1.6, "blue"),  # wholly after the reply to green: stale
+        _resp(1.95, 2.05, "blue"),  # finished after the next set was sent: not stale
+        _resp(2.03, 2.05, "blue"),
+        _resp(2.1, 2.2, "", status=0),
+    ]
+    result = analyze_switch(responses, flips)
+    assert result["reply_to_first_new_color"]["count"] == 2
+    assert result["reply_to_first_new_color"]["median_ms"] == pytest.approx(25.0)
+    assert result["stale_responses"] == 1
+    assert result["stale_examples"][0]["sent_after_reply_ms"] == pytest.approx(490.0)
+    assert result["failures"] == 1
+    assert result["counts"] == {"200 blue": 5, "200 green": 1, "failed ConnectionResetError": 1}
+    assert result["switches_per_second"] == pytest.approx(2 / 1.02)
+
+
+def test_timeline_buckets_responses_by_color_and_keeps_failures_apart() -> None:
+    responses = [_resp(0.0, 0.05, "blue"), _resp(0.0, 0.15, "green"), _resp(0, 0.16, "", 0)]
+    tl = timeline(responses, [0.1], t0=0.0, bucket=0.1)
+    assert tl["series"] == {"blue": [1, 0], "failed": [0, 1], "green": [0, 1]}
+    assert tl["switches"] == [0.1]
+
+
+def test_canary_split_reports_share_interval_and_per_client_consistency() -> None:
+    first = [_resp(0, 1, "green" if i % 10 == 0 else "blue", source=i) for i in range(1000)]
+    second = [_resp(0, 1, "green" if i % 5 == 0 else "blue", source=i) for i in range(1000)]
+    split = canary_split(first, "green", 10)
+    assert split["observed_percent"] == pytest.approx(10.0)
+    assert split["within_ci"]
+    assert split["clients"] == 1000
+    assert not canary_split(second, "green", 10)["within_ci"]
+    assert same_color_share(first, second) == pytest.approx(0.9)
