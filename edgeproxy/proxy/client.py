@@ -279,8 +279,7 @@ class ClientConnection(asyncio.Protocol):
     def reject(self, err: ClientProtocolError) -> None:
         """A malformed request: answer its status once earlier responses are out, then close."""
         log.info("rejected request from %s: %s", self.peer_ip, err)
-        self.closing = True
-        self.pause_reading(PAUSE_REJECTED)
+        self.pause_reading(PAUSE_REJECTED)  # never resumed: the connection ends after the error
         cur, self.cur = self.cur, None
         if cur is not None and cur in self.queue:
             # Broken mid-body: the upstream got a partial body; abandon it.

@@ -124,11 +124,11 @@ class Exchange:
         """Validate, route and build the upstream head; may set `local` instead."""
         client = self.client
         ctx = client.ctx
+        if self.method == b"CONNECT":
+            raise ClientProtocolError(405, "CONNECT is not supported")
         info = h.validate_request(self, ctx.limits)
         self.started_at = self.loop.time()
         host = self.host
-        if self.method == b"CONNECT":
-            raise ClientProtocolError(405, "CONNECT is not supported")
         site = ctx.router.site_for(host)
         if site is None:
             self.local = build_response(404, close=not self.keep_alive)
