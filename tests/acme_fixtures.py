@@ -8,6 +8,7 @@ fixtures it needs (`with run_pebble(tmp, http_port=...) as pebble:`):
   127.0.0.1. Pebble's own HTTPS listener uses a CA + leaf from certs.selfsigned;
   give certbot that CA (`pebble.ca_bundle`). Certificates live 90 days.
 - `serve_directory(root)`: a plain threaded static HTTP server on port 0.
+- `run_edgeproxy(config, socket)`: `python -m edgeproxy serve` as a subprocess.
 - `require_acme_tools()`: skip (with the reason) when pebble or certbot are absent.
 
 Pebble's issuing root changes on every start; `pebble.root_pem()` fetches it.
@@ -19,10 +20,12 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -192,3 +195,53 @@ def serve_directory(root: Path) -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@dataclass
+class EdgeproxyProcess:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    https_port: int
+    socket: Path
+    log: Path
+
+
+_LISTENING = re.compile(rb"listening on (https?)://[^ ]*?:(\d+)")
+
+
+@contextlib.contextmanager
+def run_edgeproxy(config_path: Path, control_socket: Path) -> Iterator[EdgeproxyProcess]:
+    """`python -m edgeproxy serve --config FILE` as a subprocess; ports read from its log.
+
+    The config should listen on port 0; the ports are the ones edgeproxy logs.
+    """
+    root = Path(__file__).resolve().parent.parent
+    log = config_path.with_suffix(".log")
+    with open(log, "ab") as out:
+        argv = [sys.executable, "-m", "edgeproxy", "serve", "--config", str(config_path)]
+        proc = subprocess.Popen(
+            [*argv, "--log-format", "text"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+    try:
+        ports: dict[bytes, int] = {}
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while len(ports) < 2 or not control_socket.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"edgeproxy exited early:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"edgeproxy did not start:\n{log.read_text()[-3000:]}")
+            ports = {m[1]: int(m[2]) for m in _LISTENING.finditer(log.read_bytes())}
+            time.sleep(0.05)
+        yield EdgeproxyProcess(
+            proc=proc,
+            http_port=ports[b"http"],
+            https_port=ports[b"https"],
+            socket=control_socket,
+            log=log,
+        )
+    finally:
+        _stop(proc)
