@@ -123,6 +123,12 @@ def check_config(
         else:
             problems.extend(f"{label}: {p}" for p in pair_problems(chain, key, now, min_days))
         pairs.append(LoadedPair(label=label, cert_path=entry.cert, chain=chain))
+    webroot = config.acme.webroot
+    if webroot is not None and not webroot.is_dir():
+        problems.append(
+            f"acme.webroot {webroot}: not a directory; create it (certbot --webroot writes "
+            "challenge tokens there and edgeproxy serves them)"
+        )
     if config.listen.https is None:
         return problems
     known = "; ".join(f"{p.cert_path} [{', '.join(p.sans) or 'unreadable'}]" for p in pairs)

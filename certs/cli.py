@@ -24,7 +24,7 @@ from certs.errors import CertsError, ReloadRefused, ReloadUnreachable
 from certs.inspect import CertInfo, FileReport, inspect_file
 from certs.install import Installed, ValidPair, install_pair, rollback, validate_pair
 from certs.selfsigned import KeyType, make_ca_and_leaf
-from edgeproxy.config import load_config
+from edgeproxy.config import Config, load_config
 from edgeproxy.errors import ConfigError
 
 DEFAULT_DEST = Path("/etc/edgeproxy/certs")
@@ -108,6 +108,13 @@ def inspect_cmd(paths: tuple[Path, ...], key: Path | None, as_json: bool) -> Non
 # --- check -------------------------------------------------------------------------------
 
 
+def _load_config(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise CertsError(f"{path} is not a valid edgeproxy config:\n{e}") from e
+
+
 @cli.command("check")
 @click.option("--config", "config_path", required=True, type=ExistingFile, help="edgeproxy.yml")
 @click.option(
@@ -123,10 +130,7 @@ def check_cmd(config_path: Path, days: int, as_json: bool) -> None:
 
     Exits 1 with one line per problem, 0 when everything is fine.
     """
-    try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        raise CertsError(f"{config_path} is not a valid edgeproxy config:\n{e}") from e
+    config = _load_config(config_path)
     problems = check_config(config, days)
     if as_json:
         click.echo(json.dumps({"ok": not problems, "problems": problems}, indent=2))
@@ -234,7 +238,7 @@ def issue_cmd(
 ) -> None:
     """Obtain a certificate with certbot in webroot mode through edgeproxy's HTTP listener."""
     if webroot is None and config_path is not None:
-        webroot = load_config(config_path).acme.webroot
+        webroot = _load_config(config_path).acme.webroot
     if webroot is None:
         raise click.UsageError("give --webroot DIR (or --config with acme.webroot set)")
     names = _split(domains)

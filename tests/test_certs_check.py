@@ -172,3 +172,12 @@ def test_cli_reports_an_invalid_config_with_exit_1(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "is not a valid edgeproxy config" in result.output
     assert "no certificate is configured" in result.output
+
+
+def test_missing_acme_webroot_is_reported(tmp_path: Path, shop: SelfSigned) -> None:
+    path = _config(tmp_path, [shop], [["shop.example.test"]])
+    path.write_text(path.read_text() + "acme: {webroot: no-such-dir}\n")
+    assert check_config(load_config(path)) == [
+        f"acme.webroot {tmp_path / 'no-such-dir'}: not a directory; create it (certbot "
+        "--webroot writes challenge tokens there and edgeproxy serves them)"
+    ]
