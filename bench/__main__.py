@@ -233,6 +233,88 @@ def canary(json_path: Path | None, **kw: Any) -> None:
     finish(doc, path, report.canary_markdown(doc), [])
 
 
+@main.command()
+@click.option("--peers", default="nginx,haproxy,edgeproxy", callback=_csv(PEERS[1:]))
+@click.option("--levels", default="1000,10000", help="idle connection counts, ascending")
+@click.option(
+    "--settle", default=1.0, type=click.FloatRange(0), help="seconds to wait before reading RSS"
+)
+@click.option("--backend", default="nginx", type=click.Choice(["nginx", "python"]))
+@cpu_options
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="output file")
+def memory(json_path: Path | None, levels: str, **kw: Any) -> None:
+    """RSS of each proxy with 1,000 and 10,000 idle keep-alive client connections."""
+    from bench import memory as mem
+
+    try:
+        counts = sorted(int(v) for v in levels.split(","))
+    except ValueError as e:
+        raise click.BadParameter(
+            "comma-separated numbers, e.g. 1000,10000", param_hint="--levels"
+        ) from e
+    doc = mem.run(mem.MemoryOptions(levels=counts, **kw))
+    path = _json_path(json_path, "memory")
+    rows = [
+        (f"{r['peer']} @ {lv['held']:,}", lv["rss_kib"] / 1024)
+        for r in doc["results"]
+        for lv in r["levels"]
+    ]
+    plot = report.plot_bars(
+        rows, "RSS MiB", "RSS with idle keep-alive clients", path.with_suffix(".png")
+    )
+    finish(doc, path, report.memory_markdown(doc), [plot])
+
+
+@main.command("tls-handshakes")
+@click.option("--peers", default="nginx,haproxy,edgeproxy", callback=_csv(PEERS))
+@click.option("--rounds", default=3, type=click.IntRange(1))
+@click.option("--duration", default=5, type=click.IntRange(1), help="seconds per wrk run")
+@click.option("--connections", default=50, type=click.IntRange(1), help="wrk -c")
+@cpu_options
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="output file")
+def tls_handshakes(json_path: Path | None, **kw: Any) -> None:
+    """Full TLS handshakes per second and per proxy CPU-second (new connection per request)."""
+    from bench import handshakes
+    from bench import throughput as tp
+
+    opts = tp.Options(schemes=["https"], bodies=["13"], modes=["close"], **kw)
+    doc = handshakes.run(opts)
+    path = _json_path(json_path, "tls-handshakes")
+    rows = [(s["case"]["peer"], s["rps_median"]) for s in doc["summaries"]]
+    plot = report.plot_bars(
+        rows, "handshakes/s", "full TLS handshakes per second", path.with_suffix(".png")
+    )
+    finish(doc, path, report.handshakes_markdown(doc), [plot])
+
+
+@main.command()
+@click.option("--rounds", default=3, type=click.IntRange(1))
+@click.option("--duration", default=5, type=click.IntRange(1), help="seconds per wrk run")
+@click.option("--backend-cpus", default="1", help="core of the backend under test")
+@click.option("--wrk-cpus", default="0", help="core of wrk")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="output file")
+def backends(
+    json_path: Path | None, rounds: int, duration: int, backend_cpus: str, wrk_cpus: str
+) -> None:
+    """Which shared backend is cheaper: nginx (`return 200`, static file) or the uvloop server."""
+    from bench import throughput as tp
+
+    docs = {}
+    for kind in ("nginx", "python"):
+        opts = tp.Options(
+            peers=["direct"],
+            schemes=["http"],
+            rounds=rounds,
+            duration=duration,
+            backend=kind,
+            load_cpus=backend_cpus,
+            wrk_cpus=wrk_cpus,
+        )
+        docs[kind] = tp.run(opts)
+    doc = {"command": "backends", "runs": docs}
+    finish(doc, _json_path(json_path, "backends"), report.backends_markdown(docs), [])
+
+
 @main.command("report")
 @click.argument("json_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report_cmd(json_file: Path) -> None:

@@ -26,6 +26,9 @@ PEERS = ("direct", "nginx", "haproxy", "edgeproxy", "edgeproxy-log")
 FD_LIMIT = 20000
 """Hard RLIMIT_NOFILE here; the memory bench opens 10,000 client connections."""
 
+HAPROXY_MAXCONN = 9900
+"""HAProxy reserves two descriptors per connection: 2 x 9,900 + spares fits in FD_LIMIT."""
+
 
 @dataclass(frozen=True)
 class Listen:
@@ -192,12 +195,9 @@ http {{
 
 
 def haproxy_conf(
-    workdir: Path, listen: Listen, upstream: str, cert: CertFiles, *, maxconn: int = 9000
+    workdir: Path, listen: Listen, upstream: str, cert: CertFiles, *, maxconn: int = HAPROXY_MAXCONN
 ) -> str:
-    """HAProxy: 1 thread, `http-reuse always`, no logging, no TLS tickets or session cache.
-
-    `maxconn` stays below FD_LIMIT / 2: HAProxy reserves two descriptors per connection.
-    """
+    """HAProxy: 1 thread, `http-reuse always`, no logging, no TLS tickets or session cache."""
     return f"""\
 global
     nbthread 1

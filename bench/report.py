@@ -304,3 +304,103 @@ def canary_markdown(doc: dict[str, Any]) -> str:
         out
         + f"\nsame color for a client in both passes: {100 * doc['same_color_both_passes']:.2f} %\n"
     )
+
+
+def memory_markdown(doc: dict[str, Any]) -> str:
+    results = doc["results"]
+    wanted = [lv["wanted"] for lv in results[0]["levels"]] if results else []
+    headers = ["peer", "baseline RSS MiB"]
+    for w in wanted:
+        headers += [f"RSS MiB @ {w:,}", f"held @ {w:,}"]
+    headers += ["KiB per idle connection", "RSS MiB after close"]
+    rows = []
+    for r in results:
+        row: list[Any] = [r["peer"], fmt_num(r["baseline_rss_kib"] / 1024, 1)]
+        for lv in r["levels"]:
+            row += [fmt_num(lv["rss_kib"] / 1024, 1), f"{lv['held']:,}"]
+        row += [fmt_num(r["kib_per_connection"], 1), fmt_num(r["after_close_rss_kib"] / 1024, 1)]
+        rows.append(row)
+    out = simple_table(headers, rows)
+    notes = [f"- {r['peer']}: {n}" for r in results for n in r["notes"]]
+    notes += [f"- skipped {k}: {v}" for k, v in doc.get("skipped", {}).items()]
+    return out + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+def handshakes_markdown(doc: dict[str, Any]) -> str:
+    res = doc.get("resumption", {})
+    rows = []
+    for s in sorted(doc["summaries"], key=_sort_key):
+        peer = s["case"]["peer"]
+        check = res.get(peer, {})
+        rows.append(
+            (
+                peer,
+                fmt_num(s["rps_median"]),
+                f"{fmt_k(s['rps_min'])}-{fmt_k(s['rps_max'])}",
+                fmt_num(s["p99_ms_median"], 2),
+                fmt_num(s["proxy_cpu_pct"]),
+                fmt_num(s["req_per_cpu_s"]),
+                f"{check.get('version', '?')} {check.get('cipher', '')}".strip(),
+                {True: "yes", False: "no"}.get(check.get("resumed"), "?"),
+                s["errors"],
+            )
+        )
+    out = simple_table(
+        [
+            "peer",
+            "handshakes/s (median)",
+            "min-max",
+            "p99 ms",
+            "proxy CPU %",
+            "handshakes per proxy CPU-s",
+            "TLS",
+            "would resume",
+            "errors",
+        ],
+        rows,
+    )
+    ratio_rows = [
+        (
+            r["subject"],
+            fmt_ratio(r["rps_vs_nginx"]),
+            fmt_ratio(r["rps_vs_haproxy"]),
+            fmt_ratio(r["per_cpu_vs_nginx"]),
+            fmt_ratio(r["per_cpu_vs_haproxy"]),
+        )
+        for r in doc.get("ratios", [])
+    ]
+    if ratio_rows:
+        out += "\n" + simple_table(
+            ["", "÷ nginx per s", "÷ HAProxy per s", "÷ nginx per CPU-s", "÷ HAProxy per CPU-s"],
+            ratio_rows,
+        )
+    return out
+
+
+def backends_markdown(docs: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for kind, doc in docs.items():
+        for s in sorted(doc["summaries"], key=_sort_key):
+            rows.append(
+                (
+                    kind,
+                    config_of(s["case"]),
+                    fmt_num(s["rps_median"]),
+                    fmt_num(s["p99_ms_median"], 2),
+                    fmt_num(s["backend_cpu_pct"]),
+                    fmt_num(s["req_per_backend_cpu_s"]),
+                    fmt_num(s["other_cpu_pct"]),
+                )
+            )
+    return simple_table(
+        [
+            "backend",
+            "config",
+            "req/s",
+            "p99 ms",
+            "backend CPU %",
+            "req per backend CPU-s",
+            "other load %",
+        ],
+        rows,
+    )

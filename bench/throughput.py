@@ -12,7 +12,7 @@ import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ class Measurement:
     proxy_cpu_s: float | None
     proxy_rss_kib: int | None
     backend_cpu_pct: float | None
+    backend_cpu_s: float | None
     wrk_cpu_pct: float
     other_cpu_pct: float
 
@@ -84,6 +85,7 @@ class Summary:
     req_per_cpu_s: float | None
     """Requests per CPU-second of the proxy: less sensitive to a busy load core."""
     backend_cpu_pct: float | None
+    req_per_backend_cpu_s: float | None
     other_cpu_pct: float
     errors: int
 
@@ -101,6 +103,8 @@ class Options:
     backend: str = "nginx"
     proxy_cpus: str = "0"
     load_cpus: str = "1"
+    wrk_cpus: str | None = None
+    """Cores for wrk when not the load cores (the `backends` check gives wrk its own core)."""
     targets: Sequence[tuple[str, str]] = ()
     """(name, URL) pairs: measure these instead of starting local peers."""
     skipped: dict[str, str] = field(default_factory=dict)
@@ -121,6 +125,9 @@ def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
         rps = [m.result.rps for m in ms]
         rss = [m.proxy_rss_kib for m in ms if m.proxy_rss_kib is not None]
         per_cpu = [m.result.requests / m.proxy_cpu_s if m.proxy_cpu_s else None for m in ms]
+        per_backend_cpu = [
+            m.result.requests / m.backend_cpu_s if m.backend_cpu_s else None for m in ms
+        ]
         out.append(
             Summary(
                 case=case,
@@ -133,6 +140,7 @@ def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
                 proxy_rss_mib=max(rss) / 1024 if rss else None,
                 req_per_cpu_s=_opt_median(per_cpu),
                 backend_cpu_pct=_opt_median([m.backend_cpu_pct for m in ms]),
+                req_per_backend_cpu_s=_opt_median(per_backend_cpu),
                 other_cpu_pct=median([m.other_cpu_pct for m in ms]),
                 errors=sum(m.result.error_count for m in ms),
             )
@@ -205,7 +213,7 @@ def measure(
     kids_before = children_cpu_seconds()
     result = wrk.run(
         url,
-        cpus=opts.load_cpus or None,
+        cpus=opts.wrk_cpus or opts.load_cpus or None,
         connections=opts.connections,
         duration=duration,
         close=case.mode == "close",
@@ -226,6 +234,7 @@ def measure(
         proxy_cpu_s=cpu_seconds(*proxy) if proxy and target.name != "direct" else None,
         proxy_rss_kib=proxy[1].rss_kib if proxy and target.name != "direct" else None,
         backend_cpu_pct=cpu_percent(*back) if back else None,
+        backend_cpu_s=cpu_seconds(*back) if back else None,
         wrk_cpu_pct=100.0 * kids / wall if wall > 0 else math.nan,
         other_cpu_pct=other_cpu_percent(sys_before, sys_after, ours),
     )
@@ -243,8 +252,15 @@ def remote_targets(pairs: Sequence[tuple[str, str]]) -> list[Target]:
     return out
 
 
-def run(opts: Options, workdir: Path | None = None) -> dict[str, Any]:
-    """Start the peers, run every case `rounds` times, stop everything; return the JSON doc."""
+def run(
+    opts: Options,
+    workdir: Path | None = None,
+    on_ready: Callable[[list[Target]], None] | None = None,
+) -> dict[str, Any]:
+    """Start the peers, run every case `rounds` times, stop everything; return the JSON doc.
+
+    `on_ready(targets)` runs once every peer answers, before the first measurement.
+    """
     started = time.time()
     with contextlib.ExitStack() as stack:
         if workdir is None:
@@ -285,6 +301,8 @@ def run(opts: Options, workdir: Path | None = None) -> dict[str, Any]:
                     opts.skipped[kind] = str(e).splitlines()[0]
                     log(f"skipping {kind}: {e}")
         by_name = {p.name: p for p in peers}
+        if on_ready is not None:
+            on_ready(peers)
         cases = cases_for(opts, peers)
         log(
             f"{len(cases)} configurations x {opts.rounds} rounds x {opts.duration:g} s "

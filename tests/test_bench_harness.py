@@ -152,6 +152,7 @@ def _measurement(peer: str, rps: float, p99: float, cpu_s: float | None, rnd: in
         proxy_cpu_s=cpu_s,
         proxy_rss_kib=None if cpu_s is None else 10240 + rnd,
         backend_cpu_pct=50.0,
+        backend_cpu_s=2.5,
         wrk_cpu_pct=50.0,
         other_cpu_pct=0.0,
     )
