@@ -1,9 +1,9 @@
 """`certs`: inspect, check, make, issue, renew and install edgeproxy's certificates.
 
 Exit codes: 0 ok; 1 a certificate, key, config or certbot problem (the message
-says which); 2 bad usage; 3 installed but edgeproxy unreachable (it picks the
-files up on SIGHUP, on its next file check or on restart); 4 installed but
-edgeproxy refused to reload them.
+says which); 2 bad usage; 3 installed but edgeproxy unreachable or this user not
+allowed on its socket (it picks the files up on SIGHUP, on its next file check
+or on restart); 4 installed but edgeproxy refused to load them.
 """
 
 from __future__ import annotations
@@ -321,6 +321,13 @@ def _reload(installed: Installed, socket_path: Path, no_reload: bool) -> None:
             "them on SIGHUP (systemctl reload edgeproxy), on its next file check or on restart"
         ) from e
     except ReloadRefused as e:
+        if e.status == 403:
+            raise ReloadUnreachable(
+                f"edgeproxy did not let uid {os.getuid()} use its control socket ({e}); add it "
+                "to control.allow_uids (or its group to allow_gids) or run as an allowed user. "
+                f"The new files are installed in {installed.directory}; edgeproxy loads them "
+                "on SIGHUP (systemctl reload edgeproxy), on its next file check or on restart"
+            ) from e
         raise ReloadRefused(
             e.status,
             f"{e}. The new files are installed in {installed.directory}; "

@@ -4,7 +4,8 @@ Each error carries the exit code the CLI answers with, so `certs.cli` maps
 errors to exit codes in one place:
 
 - 1: a certificate, key or config is wrong (the message says which and how to fix it)
-- 3: the files are installed but edgeproxy could not be reached to reload them
+- 3: the files are installed but edgeproxy could not be asked to reload them
+  (no socket, or this user is not allowed on it)
 - 4: the files are installed but edgeproxy refused to load them
 """
 

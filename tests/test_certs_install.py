@@ -317,6 +317,20 @@ async def test_refused_reload_exits_4_and_names_the_rollback_command(
     assert f"certs rollback --dest {dest} --name first" in out
 
 
+async def test_peer_not_allowed_exits_3_and_says_which_setting_allows_it(
+    tmp_path: Path, first: SelfSigned, control_socket: tuple[Path, ControlPeer]
+) -> None:
+    sock, peer = control_socket
+    peer.status, peer.body = 403, {"error": "uid 0 is not allowed", "status": 403}
+    rc, out = await _run_certs(
+        "install", "--lineage", str(first.fullchain.parent), "--dest", str(tmp_path / "certs"),
+        "--socket", str(sock),
+    )  # fmt: skip
+    assert rc == 3, out
+    assert f"edgeproxy did not let uid {os.getuid()} use its control socket" in out
+    assert "control.allow_uids" in out
+
+
 async def test_unreachable_edgeproxy_exits_3_and_leaves_the_new_files_installed(
     tmp_path: Path, first: SelfSigned
 ) -> None:
