@@ -313,20 +313,20 @@ def _reload(installed: Installed, socket_path: Path, no_reload: bool) -> None:
     if no_reload:
         click.echo("certs: not asking edgeproxy to reload (--no-reload)")
         return
+    still = (
+        f"The new files are installed in {installed.directory}; edgeproxy loads them on "
+        "SIGHUP (systemctl reload edgeproxy), on its next file check or on restart"
+    )
     try:
         reply = control.reload_certificates(socket_path)
     except ReloadUnreachable as e:
-        raise ReloadUnreachable(
-            f"{e}. The new files are installed in {installed.directory}; edgeproxy loads "
-            "them on SIGHUP (systemctl reload edgeproxy), on its next file check or on restart"
-        ) from e
+        raise ReloadUnreachable(f"{e}. {still}") from e
     except ReloadRefused as e:
         if e.status == 403:
             raise ReloadUnreachable(
                 f"edgeproxy did not let uid {os.getuid()} use its control socket ({e}); add it "
                 "to control.allow_uids (or its group to allow_gids) or run as an allowed user. "
-                f"The new files are installed in {installed.directory}; edgeproxy loads them "
-                "on SIGHUP (systemctl reload edgeproxy), on its next file check or on restart"
+                + still
             ) from e
         raise ReloadRefused(
             e.status,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,6 @@ from typing import Any
 from certs.errors import ReloadRefused, ReloadUnreachable
 
 DEFAULT_SOCKET = Path("/run/edgeproxy/control.sock")
-
-
-def default_socket() -> Path:
-    return Path(os.environ.get("EDGEPROXY_SOCKET") or DEFAULT_SOCKET)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
