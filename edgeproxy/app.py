@@ -86,9 +86,12 @@ class Switching:
         def changed(app: str, old: AppState, new: AppState) -> None:
             # A color that no longer gets new requests keeps its in-flight ones,
             # but its idle pooled connections are closed at once.
+            # Connections released while a drain ran are closed when it ends.
             before, after = weights(old), weights(new)
             for color in old.colors:
-                if before.get(color, 0) > 0 and after.get(color, 0) == 0:
+                stopped = before.get(color, 0) > 0 and after.get(color, 0) == 0
+                drained = color in old.draining and color not in new.draining
+                if (stopped or drained) and after.get(color, 0) == 0:
                     n = server.ctx.close_idle_of_color(app, color)
                     if n:
                         log.info("closed %d idle upstream connections of %s/%s", n, app, color)

@@ -57,8 +57,23 @@ class Server:
             raise StartupError(f"tls.certificates: {e}") from e
         # Plugins first: the restored switch state must be in force before the
         # first request is accepted.
-        for plugin in self.plugins:
-            await plugin.start(self)
+        started = []
+        try:
+            for plugin in self.plugins:
+                await plugin.start(self)
+                started.append(plugin)
+            await self._start_listeners()
+        except BaseException:
+            # Leave nothing behind (control socket, drain supervisor) when we can't start.
+            for srv in self.listeners:
+                srv.close()
+            for plugin in reversed(started):
+                await plugin.stop()
+            raise
+        if self.config.tls.reload_poll_seconds and self.certs.certs:
+            self.spawn(self._watch_certs(), "cert-watch")
+
+    async def _start_listeners(self) -> None:
         listen = self.config.listen
         if listen.https:
             _host, port = parse_address(listen.https)
@@ -69,8 +84,6 @@ class Server:
             await self._listen("https", listen.https, tls=True)
             if self.ctx.https_port_suffix:
                 self.ctx.https_port_suffix = b":%d" % self.addresses["https"][1]
-        if self.config.tls.reload_poll_seconds and self.certs.certs:
-            self.spawn(self._watch_certs(), "cert-watch")
 
     async def _listen(self, name: str, address: str, *, tls: bool) -> None:
         host, port = parse_address(address)

@@ -53,6 +53,12 @@ class Backend:
     seen: list[web.Request] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     release: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def release_slow(self) -> None:
+        """Let requests waiting on /slow finish (thread-safe)."""
+        assert self.loop is not None and self.release is not None
+        self.loop.call_soon_threadsafe(self.release.set)
 
     @property
     def url(self) -> str:
@@ -120,12 +126,15 @@ def backend_loop() -> Iterator[LoopThread]:
 @pytest.fixture
 def backend(backend_loop: LoopThread) -> Iterator[Callable[[str], Backend]]:
     runners: list[web.AppRunner] = []
+    backends: list[Backend] = []
 
     def start(name: str) -> Backend:
         b = Backend(name, 0)
+        backends.append(b)
 
         async def boot() -> int:
             b.release = asyncio.Event()
+            b.loop = asyncio.get_running_loop()
             runner = web.AppRunner(make_backend_app(b), access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -140,7 +149,14 @@ def backend(backend_loop: LoopThread) -> Iterator[Callable[[str], Backend]]:
 
     yield start
     for r in runners:
-        backend_loop.run(r.cleanup())
+
+        async def cleanup(r: web.AppRunner = r) -> None:
+            for b in backends:
+                if b.release is not None:
+                    b.release.set()  # let /slow handlers end so shutdown doesn't wait
+            await r.cleanup()
+
+        backend_loop.run(cleanup())
 
 
 @dataclass

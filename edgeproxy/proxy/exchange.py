@@ -157,7 +157,9 @@ class Exchange:
             limit = ctx.limits.max_body
         if self.content_length is not None and self.content_length > limit:
             raise ClientProtocolError(413, f"body of {self.content_length} bytes over {limit}")
-        if self.upgrade and not info.websocket:
+        if self.upgrade and not (
+            info.websocket and route.config.websocket and site.config.websocket
+        ):
             # Upgrade to something other than WebSocket (h2c): answer, then close.
             self.keep_alive = False
             self.upgrade = False
