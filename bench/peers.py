@@ -96,6 +96,8 @@ http {{
     keepalive_timeout 75s;
     default_type text/plain;
     etag off;
+    open_file_cache max=16 inactive=600s;
+    open_file_cache_valid 600s;
     client_body_temp_path {workdir}/tmp-client-backend;
     server {{
         listen 127.0.0.1:{listen.http} backlog=4096;

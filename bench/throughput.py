@@ -278,9 +278,10 @@ def run(
                     opts.backend, workdir, Listen(free_port(), free_port()), cert, opts.load_cpus
                 )
             )
+            wrk_cpus = opts.wrk_cpus or opts.load_cpus
             log(
                 f"pinning: proxies on core {opts.proxy_cpus} (taskset -c {opts.proxy_cpus}); "
-                f"wrk and the {opts.backend} backend on core {opts.load_cpus}"
+                f"wrk on core {wrk_cpus}, the {opts.backend} backend on core {opts.load_cpus}"
             )
             peers = []
             for kind in opts.peers:

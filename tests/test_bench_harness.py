@@ -15,7 +15,14 @@ import pytest
 
 from bench import wrk
 from bench.loadgen import Group, source_address
-from bench.peers import Listen, answers, edgeproxy_conf, haproxy_conf, nginx_proxy_conf
+from bench.peers import (
+    Listen,
+    answers,
+    edgeproxy_conf,
+    haproxy_conf,
+    nginx_backend_conf,
+    nginx_proxy_conf,
+)
 from bench.procs import free_port, running
 from bench.stats import binomial_ci95, fmt_k, fmt_ratio, median, percentile, ratio
 from bench.switch_load import (
@@ -200,16 +207,23 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
-def test_generated_nginx_proxy_config_passes_nginx_t(tmp_path: Path, cert: CertFiles) -> None:
+@pytest.mark.parametrize("role", ["proxy", "backend"])
+def test_generated_nginx_configs_pass_nginx_t(tmp_path: Path, cert: CertFiles, role: str) -> None:
     conf = tmp_path / "nginx.conf"
-    conf.write_text(nginx_proxy_conf(tmp_path, Listen(18080, 18443), "127.0.0.1:9", cert))
+    listen = Listen(18080, 18443)
+    text = (
+        nginx_proxy_conf(tmp_path, listen, "127.0.0.1:9", cert)
+        if role == "proxy"
+        else nginx_backend_conf(tmp_path, listen, cert)
+    )
+    conf.write_text(text)
     out = subprocess.run(
         ["nginx", "-t", "-p", str(tmp_path), "-e", str(tmp_path / "e.log"), "-c", str(conf)],
         capture_output=True,
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert "keepalive 64;" in conf.read_text()
+    assert ("keepalive 64;" in text) == (role == "proxy")
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
