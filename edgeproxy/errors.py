@@ -25,6 +25,8 @@ class ClientProtocolError(EdgeproxyError):
     def __init__(self, status: int, reason: str) -> None:
         self.status = status
         self.reason = reason
+        self.headers: list[tuple[bytes, bytes]] = []
+        """Security headers of the route, when one was matched (set by the data plane)."""
         super().__init__(f"{status}: {reason}")
 
 

@@ -61,7 +61,7 @@ class ClientConnection(asyncio.Protocol):
         self.url_parts: list[bytes] = []
         self.header_bytes = 0
         self.body_bytes = 0
-        self.body_limit = 0
+        self.body_limit: float = 0
         self.pending_error: ClientProtocolError | None = None
         self.upgrade_buffer: list[bytes] | None = None
         self.tunnel: UpstreamConnection | None = None
@@ -294,13 +294,15 @@ class ClientConnection(asyncio.Protocol):
                 conn.close()
             self.ctx.tracker.discard(cur)
             self.queue.remove(cur)
+        if cur is not None:
+            err.headers = cur.error_headers()
         if self.queue:
             self.pending_error = err
         else:
             self._write_error(err)
 
     def _write_error(self, err: ClientProtocolError) -> None:
-        self.write(build_response(err.status, close=True))
+        self.write(build_response(err.status, headers=err.headers, close=True))
         self._close_after_write()
 
     def _close_after_write(self) -> None:
@@ -390,14 +392,11 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._arm_timer(min(t.client_idle - idle, t.send))
 
-    def _body_limit(self, ex: Exchange) -> int:
-        route = ex.route
-        if route is not None:
-            if route.config.max_body is not None:
-                return route.config.max_body
-            if route.site.config.max_body is not None:
-                return route.site.config.max_body
-        return self.ctx.limits.max_body
+    def _body_limit(self, ex: Exchange) -> float:
+        policy = ex.policy
+        if policy is None:
+            return self.ctx.limits.max_body or float("inf")
+        return policy.max_body if policy.max_body is not None else float("inf")
 
     def _record(self, ex: Exchange) -> None:
         if ex.finished_at:

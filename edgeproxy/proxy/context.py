@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeproxy.config import Config, Upstream
+from edgeproxy.policies import compile_route_policies, compile_site_policy
 from edgeproxy.proxy.upstream import UpstreamPool
 from edgeproxy.routing.router import Router
 
@@ -105,7 +106,12 @@ class ProxyContext:
                 pools = [self.pool_for(Upstream.parse(u)) for u in spec.upstreams]
                 self.colors[(app_name, color)] = ColorTargets(app_name, color, pools)
         for site in self.router.sites:
+            site.policy = (
+                compile_site_policy(site.config, tls=False, config=config),
+                compile_site_policy(site.config, tls=True, config=config),
+            )
             for route in site.routes:
+                route.policy = compile_route_policies(site.config, route.config, config)
                 if route.upstream is not None:
                     self.pool_for(route.upstream)
         self.trusted = _networks(config.forwarding.trusted_proxies)

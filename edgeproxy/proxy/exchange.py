@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from edgeproxy.config import Timeouts
 from edgeproxy.errors import ClientProtocolError
+from edgeproxy.policies import GzipEncoder, RoutePolicy, retry_after
 from edgeproxy.proxy import headers as h
 from edgeproxy.proxy.responses import build_response, redirect
 from edgeproxy.proxy.upstream import UpstreamConnection, UpstreamPool
@@ -41,6 +43,7 @@ class Exchange:
         "color",
         "content_length",
         "done",
+        "encoder",
         "expect_continue",
         "finished_at",
         "headers",
@@ -53,6 +56,7 @@ class Exchange:
         "method",
         "path",
         "paused",
+        "policy",
         "pool",
         "reported",
         "req_done",
@@ -118,6 +122,8 @@ class Exchange:
         self.paused = False
         self.set_cookie: bytes | None = None
         self.info: h.RequestInfo | None = None
+        self.policy: RoutePolicy | None = None
+        self.encoder: GzipEncoder | None = None
 
     # -- set-up ---------------------------------------------------------
     def prepare(self) -> None:
@@ -134,7 +140,7 @@ class Exchange:
             self.local = build_response(404, close=not self.keep_alive)
             return
         if client.tls and client.sni_site is not None and client.sni_site is not site:
-            self.local = build_response(421, close=True)
+            self.local = build_response(421, headers=site.policy[True].response_headers, close=True)
             self.keep_alive = False
             return
         if not client.tls:
@@ -145,22 +151,42 @@ class Exchange:
                 location = (
                     b"https://" + h.host_without_port(host) + ctx.https_port_suffix + self.target
                 )
-                self.local = redirect(location)
+                self.local = redirect(location, site.policy[False].response_headers)
                 return
         route = site.route(self.path)
+        tls = client.tls
         if route is None:
-            self.local = build_response(404, close=not self.keep_alive)
+            self.policy = site.policy[tls]
+            self.local = build_response(
+                404, headers=self.policy.error_headers(info.origin), close=not self.keep_alive
+            )
             return
         self.route = route
-        limit = route.config.max_body if route.config.max_body is not None else site.config.max_body
-        if limit is None:
-            limit = ctx.limits.max_body
-        if self.content_length is not None and self.content_length > limit:
-            raise ClientProtocolError(413, f"body of {self.content_length} bytes over {limit}")
-        if self.upgrade and not (
-            info.websocket and route.config.websocket and site.config.websocket
+        self.policy = pol = route.policy[tls]
+        if (
+            pol.max_body is not None
+            and self.content_length is not None
+            and self.content_length > pol.max_body
         ):
-            # Upgrade to something other than WebSocket (h2c): answer, then close.
+            raise ClientProtocolError(
+                413, f"body of {self.content_length} bytes over {pol.max_body}"
+            )
+        if pol.cors is not None and self.method == b"OPTIONS":
+            answer = pol.cors.preflight(self.method, info.origin, info.acr_method)
+            if answer is not None:
+                status, headers = answer
+                headers.extend(pol.response_headers)
+                self.local = build_response(status, b"", headers, close=not self.keep_alive)
+                return
+        if pol.rate_limiter is not None:
+            wait = pol.rate_limiter.check(h.client_ip(self, info), self.loop.time())
+            if wait is not None:
+                headers = [(b"retry-after", retry_after(wait)), *pol.error_headers(info.origin)]
+                self.local = build_response(429, headers=headers, close=not self.keep_alive)
+                return
+        if self.upgrade and not (info.websocket and pol.websocket):
+            # Upgrade to something other than WebSocket (h2c), or not allowed
+            # here: answer as a plain request, then close.
             self.keep_alive = False
             self.upgrade = False
         self.request_id = info.request_id or ctx.new_request_id()
@@ -189,8 +215,12 @@ class Exchange:
         self.color = color
         pool = ctx.colors[(app, color)].pick(ctx.health_ok)
         if pool is None:
+            headers = [(b"retry-after", b"5"), *self.error_headers()]
             self.local = build_response(
-                503, headers=[(b"retry-after", b"5")], close=not self.keep_alive
+                503,
+                b"503 Service Unavailable: no healthy upstream for this app right now\n",
+                headers,
+                close=not self.keep_alive,
             )
             return False
         self.pool = pool
@@ -272,13 +302,19 @@ class Exchange:
         if self.timer is None:
             self.timer = self.loop.call_later(self.route_timeouts().read, self._check_read)
 
-    def route_timeouts(self) -> Any:
-        route = self.route
-        if route is not None:
-            t = route.config.timeouts or route.site.config.timeouts
-            if t is not None:
-                return t
-        return self.client.ctx.timeouts
+    def route_timeouts(self) -> Timeouts:
+        policy = self.policy
+        return policy.timeouts if policy is not None else self.client.ctx.timeouts
+
+    def error_headers(self) -> list[tuple[bytes, bytes]]:
+        """Security/CORS headers for a response edgeproxy writes itself."""
+        if self.policy is None:
+            return []
+        info = self.info
+        headers: list[tuple[bytes, bytes]] = self.policy.error_headers(
+            info.origin if info is not None else None
+        )
+        return headers
 
     def _check_read(self) -> None:
         self.timer = None
@@ -346,6 +382,10 @@ class Exchange:
 
     def on_response_body(self, body: bytes) -> None:
         self.resp_bytes += len(body)
+        if self.encoder is not None:
+            body = self.encoder.feed(body)
+            if not body:
+                return
         if self.resp_mode == LENGTH or self.resp_mode == UNTIL_CLOSE:
             self.client.write(body)
         elif self.resp_mode != NOBODY:
@@ -354,6 +394,14 @@ class Exchange:
     def on_response_complete(self) -> None:
         if self.done or not self.resp_started or self.status == 101:
             return
+        if self.encoder is not None:
+            tail = self.encoder.finish()
+            self.encoder = None
+            if tail:
+                if self.resp_mode == UNTIL_CLOSE:
+                    self.client.write(tail)
+                else:
+                    self.client.write(b"%x\r\n%b\r\n" % (len(tail), tail))
         if self.resp_mode in (CHUNKED, RECHUNK):
             self.client.write(b"0\r\n\r\n")
         self._response_done(reusable=True)
@@ -420,6 +468,9 @@ class Exchange:
             self.fail(502, f"upstream closed the connection: {exc or 'EOF'}")
             return
         if self.resp_mode == UNTIL_CLOSE:
+            if self.encoder is not None:
+                self.client.write(self.encoder.finish())
+                self.encoder = None
             self._response_done(reusable=False)
             return
         # Truncated response: the client must see the connection end, not a short body.
@@ -451,6 +502,7 @@ class Exchange:
             self.resp_started = True
             close = not (self.req_done and self.keep_alive)
             extra = [(b"retry-after", b"5")] if status == 503 else []
+            extra += self.error_headers()
             self.client.write(build_response(status, headers=extra, close=close))
             self._report(not close)
         else:

@@ -76,6 +76,7 @@ class RequestInfo:
     override: bytes | None = None
     origin: bytes | None = None
     accept_encoding: bytes | None = None
+    acr_method: bytes | None = None
     connection_tokens: frozenset[bytes] = frozenset()
 
 
@@ -128,6 +129,8 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
             info.origin = value
         elif n == b"accept-encoding":
             info.accept_encoding = value
+        elif n == b"access-control-request-method":
+            info.acr_method = value
     if te is not None:
         if ex.version == "1.0":
             raise ClientProtocolError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
@@ -226,6 +229,17 @@ def response_head(
     """The response head for the client and how its body is framed."""
     from edgeproxy.proxy.exchange import CHUNKED, LENGTH, NOBODY, RECHUNK, UNTIL_CLOSE
 
+    policy = ex.policy
+    if policy is not None and not policy.passthrough and status != 101:
+        info = ex.info
+        headers, ex.encoder = policy.response_head(
+            status,
+            headers,
+            method=ex.method,
+            path=ex.path,
+            origin=info.origin if info is not None else None,
+            accept_encoding=info.accept_encoding if info is not None else None,
+        )
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"-")]
     has_length = False
     chunked = False

@@ -43,6 +43,8 @@ class SiteEntry:
     https_redirect: bool
     config: Site
     routes: list[RouteEntry] = field(default_factory=list)
+    policy: Any = None
+    """(plain, tls) site-level policies for responses when no route matched."""
 
     def route(self, path: bytes) -> RouteEntry | None:
         # Routes are sorted longest prefix first; a handful per site, so a
