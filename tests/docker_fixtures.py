@@ -44,8 +44,9 @@ echo "$EDGEPROXY_COLOR $RELEASE_ID" > /www/index.html
 [ "$MODE" = sick ] || echo ok > /www/healthz
 status=200
 [ "$MODE" = errors ] && status=500
-printf '#!/bin/sh\nprintf "Status: %s\\r\\nContent-Type: text/plain\\r\\n\\r\\n%s %s\\n"\n' \
-  "$status" "$EDGEPROXY_COLOR" "$RELEASE_ID" > /www/cgi-bin/app
+body="$EDGEPROXY_COLOR $RELEASE_ID"
+printf '#!/bin/sh\nprintf "Status: %s\\r\\nContent-Type: text/plain\\r\\nContent-Length: %s\\r\\n\\r\\n%s\\n"\n' \
+  "$status" "$((${#body} + 1))" "$body" > /www/cgi-bin/app
 chmod +x /www/cgi-bin/app
 exec httpd -f -p "127.0.0.1:$PORT" -h /www
 """
@@ -448,6 +449,8 @@ class Stack:
                 pass
         for img in self.client.images.list(name=f"switchctl/{self.app}-release"):
             for tag in img.tags:
+                if not tag.startswith(f"switchctl/{self.app}-release:"):
+                    continue
                 try:
                     self.client.images.remove(tag)
                 except docker.errors.APIError:

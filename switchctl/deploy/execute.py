@@ -74,7 +74,8 @@ class Executor:
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def run(self, plan: Plan) -> Release:
+    def run(self, plan: Plan, config_was_valid: bool = False) -> Release:
+        """Carry out `plan`; `config_was_valid`: observe just checked edgeproxy's config."""
         if plan.blockers:
             raise DeployError(
                 "plan",
@@ -82,6 +83,7 @@ class Executor:
                 "; ".join(b.action for b in plan.blockers),
             )
         self.plan = plan
+        self.config_was_valid = config_was_valid
         record = Release(
             id=self.release.id,
             app=self.cfg.app,
@@ -96,7 +98,7 @@ class Executor:
         for f in plan.findings:
             self.progress.info(f"found: {f.problem} -> {f.action}")
         for n, step in enumerate(plan.steps, 1):
-            self.progress.step(n, step.describe())
+            self.progress.step(n, step.describe(), step.kind)
             try:
                 note = getattr(self, f"_{step.kind}")(step) or ""
             except Exception as e:
@@ -143,7 +145,14 @@ class Executor:
                 self._wait_drained(target)
         except (ControlError, ProxyUnreachable, WaitTimeout) as e:
             self.progress.info(f"rollback: could not take {target} out of edgeproxy: {e}")
+        kept = bool(self._containers(target))
         self._remove_color(target, keep=True)
+        if not kept:
+            return (
+                f"{live} still serves all traffic; {target} was not started"
+                if live
+                else "nothing was switched: no color served before this deploy and none serves now"
+            )
         if live is None:
             return (
                 f"nothing was switched: no color served before this deploy and none serves now; "
@@ -241,11 +250,14 @@ class Executor:
         return f"same container {c.short_id}"
 
     def _install_proxy_config(self, step: Step) -> str:
+        self.config_was_valid = False
         assert self.cfg.edgeproxy.config_source is not None
         kept = install_config(self.cfg.edgeproxy.config_source, self.cfg.edgeproxy.config)
         return f"the invalid config is kept as {kept}"
 
-    def _check_proxy_config(self, step: Step) -> None:
+    def _check_proxy_config(self, step: Step) -> str | None:
+        if self.config_was_valid:
+            return "checked while observing"
         problems = check_config(self.cfg.edgeproxy.config)
         if problems:
             raise DeployError(
@@ -253,6 +265,7 @@ class Executor:
                 "; ".join(problems),
                 f"fix {self.cfg.edgeproxy.config} or set edgeproxy.config_source",
             )
+        return None
 
     def _start_proxy(self, step: Step) -> None:
         self.runner.start()
@@ -530,6 +543,8 @@ class Executor:
         before = self._view()
         self.control.set(self.cfg.app, color, weight)
         base = before["colors"].get(color, {})
+        if "requests" not in base:
+            self.progress.info("edgeproxy reports no per-color request stats: gates cannot judge")
         base_req, base_err = base.get("requests", 0), base.get("errors_5xx", 0)
         end = time.monotonic() + cn.dwell
         while True:

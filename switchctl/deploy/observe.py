@@ -84,9 +84,8 @@ def proxy_view(
 ) -> ProxyObs:
     """What edgeproxy is doing; a running process whose socket stays silent counts as looping."""
     problems = tuple(check_config(cfg.edgeproxy.config))
-    source_ok = bool(cfg.edgeproxy.config_source) and not check_config(
-        cfg.edgeproxy.config_source or Path()
-    )
+    source = cfg.edgeproxy.config_source
+    source_ok = bool(problems) and source is not None and not check_config(source)
     proc = runner.state()
     if proc.status is not None:
         detail = proc.detail
@@ -105,9 +104,11 @@ def proxy_view(
             raise
         except ProxyUnreachable as e:
             if time.monotonic() > deadline:
-                return ProxyObs(
-                    "crash-looping", f"{proc.detail} but {e.reason}", problems, source_ok
-                )
+                detail = f"{proc.detail} but its control socket does not answer ({e.reason})"
+                logs = runner.logs(5)
+                if logs:
+                    detail += "; last log lines:\n" + logs
+                return ProxyObs("crash-looping", detail, problems, source_ok)
             time.sleep(0.2)
     colors = view.get("colors", {})
     return ProxyObs(

@@ -89,10 +89,10 @@ def deploy(
         return p, None
     with DeployLock(cfg.lock_path) as lock:
         stale = lock.previous.describe() if lock.previous else None
-        _, p = survey(s, stale)
+        obs, p = survey(s, stale)
         runner = runner_for(cfg.edgeproxy, s.docker)
         ex = Executor(cfg, s.env, s.docker, s.control, runner, release, progress)
-        return p, ex.run(p)
+        return p, ex.run(p, config_was_valid=not obs.proxy.config_problems)
 
 
 def releases(cfg: DeployConfig) -> list[Release]:

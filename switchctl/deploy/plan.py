@@ -143,7 +143,7 @@ _DESCRIBE: dict[StepKind, str] = {
     "wait_proxy": "wait for edgeproxy's control socket",
     "reconcile": "make edgeproxy serve {color}, the color that is running",
     "retire": "take {color} out of traffic and remove its leftover containers",
-    "image": "get the image {arg}",
+    "image": "get the new image (pull, build or a retained release)",
     "pre_deploy": "run the pre-deploy hook in a one-off container of the new image",
     "start_target": "start {color} (every role) with the new image",
     "wait_healthy": "wait until {color} is healthy (backoff with jitter, deadline)",

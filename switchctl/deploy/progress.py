@@ -15,9 +15,9 @@ class Progress:
         self._started = 0.0
         self._total = 0
 
-    def event(self, kind: str, **fields: Any) -> None:
+    def event(self, name: str, **fields: Any) -> None:
         if self.json:
-            self.out.write(json.dumps({"event": kind, "time": round(time.time(), 3), **fields}))
+            self.out.write(json.dumps({"event": name, "time": round(time.time(), 3), **fields}))
             self.out.write("\n")
             self.out.flush()
 
@@ -27,9 +27,9 @@ class Progress:
         if not self.json:
             self._say(f"release {release}: {live or 'nothing'} serves now, deploying to {target}")
 
-    def step(self, n: int, text: str) -> None:
+    def step(self, n: int, text: str, kind: str = "") -> None:
         self._started = time.monotonic()
-        self.event("step_start", n=n, step=text)
+        self.event("step_start", n=n, kind=kind, step=text)
         if not self.json:
             self.out.write(f"[{n:2d}/{self._total}] {text} ... ")
             self.out.flush()
