@@ -1,24 +1,38 @@
-"""Wiring: a Server with its plugins (switch board + control API) from a config.
+"""Wiring: a Server with its plugins, started in this order before any listener accepts.
 
-The data plane reads `board.states[app]` per request; the board calls back into
-the data plane for in-flight counts, cutting a drained color, and health.
+1. `Switching`: restore the switch state; the data plane reads `board.states[app]`
+   per request; the board calls back into the data plane for in-flight counts,
+   cutting a drained color, health and per-color figures.
+2. `Observability`: one round of health checks (a restored color must pass before
+   it gets traffic), then the check loops; metrics, access log and canary guard
+   on `ctx.on_exchange_done`; the board's `health` and `color_stats` hooks.
+3. `ControlPlane`: the control socket (and the optional metrics listener), once
+   every hook it serves is in place.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from edgeproxy.config import Config
 from edgeproxy.control.api import start_control_server, stop_control_server, switch_metrics
 from edgeproxy.control.store import StateStore
+from edgeproxy.health.monitor import HealthMonitor
+from edgeproxy.observability.access_log import AccessLogWriter
+from edgeproxy.observability.guard import CanaryGuard
+from edgeproxy.observability.listener import start_metrics_listener
+from edgeproxy.observability.metrics import Metrics
 from edgeproxy.proxy.picker import Picker
 from edgeproxy.server import Server
 from edgeproxy.switching.board import SwitchBoard
 from edgeproxy.switching.state import AppState, weights
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.exchange import Exchange
 
 log = logging.getLogger("edgeproxy.switch")
 
@@ -26,16 +40,13 @@ log = logging.getLogger("edgeproxy.switch")
 class ServerHooks:
     """What the control API asks of the data plane."""
 
-    def __init__(self, server: Server, board: SwitchBoard) -> None:
+    def __init__(self, server: Server, board: SwitchBoard, obs: Observability) -> None:
         self.server = server
         self.board = board
+        self.obs = obs
 
     def metrics_text(self) -> str:
-        parts = [switch_metrics(self.board)]
-        metrics = getattr(self.server, "metrics", None)
-        if metrics is not None:
-            parts.append(metrics.render(self.server))
-        return "".join(parts)
+        return switch_metrics(self.board) + self.obs.metrics.render()
 
     async def reload_certs(self) -> dict[str, Any]:
         return await self.server.reload_certs()
@@ -47,22 +58,14 @@ class ServerHooks:
         }
 
     def health_view(self) -> dict[str, Any]:
-        health = getattr(self.server, "health", None)
-        if health is not None:
-            view: dict[str, Any] = health.view()
-            return view
-        apps: dict[str, Any] = {}
-        for app, s in self.board.states.items():
-            apps[app] = {c: {"healthy": True, "failing_checks": []} for c in s.colors}
-        return {"apps": apps}
+        return self.obs.health.view()
 
 
 class Switching:
-    """Plugin: restore the switch state, serve the control API, react to changes."""
+    """Plugin: restore the switch state and react to its changes."""
 
     def __init__(self) -> None:
         self.board: SwitchBoard | None = None
-        self.runner: web.AppRunner | None = None
 
     async def start(self, server: Server) -> None:
         config = server.config
@@ -77,8 +80,6 @@ class Switching:
         ctx.picker = Picker(config, board, ctx.override_nets)
         board.add_listener(self._on_change(server))
         board.start()
-        server.board = board  # type: ignore[attr-defined]
-        self.runner = await start_control_server(config.control, board, ServerHooks(server, board))
         for app, state in board.states.items():
             log.info("app %s: %s", app, state.summary())
 
@@ -99,13 +100,117 @@ class Switching:
         return changed
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await stop_control_server(self.runner)
         if self.board is not None:
             await self.board.stop()
 
 
+class Observability:
+    """Plugin: health checks, metrics, access log and canary guard, hooked into board and proxy."""
+
+    def __init__(self, switching: Switching) -> None:
+        self.switching = switching
+        self._health: HealthMonitor | None = None
+        self._metrics: Metrics | None = None
+        self.access_log: AccessLogWriter | None = None
+        self.guard: CanaryGuard | None = None
+
+    @property
+    def health(self) -> HealthMonitor:
+        assert self._health is not None, "Observability is not started"
+        return self._health
+
+    @property
+    def metrics(self) -> Metrics:
+        assert self._metrics is not None, "Observability is not started"
+        return self._metrics
+
+    async def start(self, server: Server) -> None:
+        board = self.switching.board
+        assert board is not None, "Switching must start before Observability"
+        config, ctx = server.config, server.ctx
+        self._health = health = HealthMonitor(config, ctx)
+        await health.start()
+        board.health = health.health
+        self._metrics = metrics = Metrics(
+            config, ctx, board=board, health=health, certs=server.certs
+        )
+        self.guard = CanaryGuard(config, board, metrics)
+        metrics.guard_trips = self.guard.trips
+        self.guard.start()
+
+        def color_stats(app: str, color: str) -> dict[str, Any]:
+            return {**metrics.color_stats(app, color), **health.color_view(app, color)}
+
+        board.color_stats = color_stats
+        sni = server.certs.dispatch.sni_callback
+        if sni is not None:
+            # Count ClientHellos (the callback runs for each, with or without SNI).
+            def counting_sni(*args: Any) -> Any:
+                metrics.count_hello()
+                return sni(*args)
+
+            server.certs.dispatch.sni_callback = counting_sni
+        if config.access_log.enabled:
+            self.access_log = AccessLogWriter(config.access_log)
+            self.access_log.open()
+        ctx.on_exchange_done = self._observer()
+
+    def _observer(self) -> Any:
+        observe, passive = self.metrics.observe, self.health.observe
+        if self.access_log is None:
+
+            def done(ex: Exchange) -> None:
+                observe(ex)
+                passive(ex)
+
+            return done
+        write = self.access_log.write
+
+        def done_and_log(ex: Exchange) -> None:
+            observe(ex)
+            passive(ex)
+            write(ex)
+
+        return done_and_log
+
+    async def stop(self) -> None:
+        if self.guard is not None:
+            await self.guard.stop()
+        if self._health is not None:
+            await self._health.stop()
+        if self.access_log is not None:
+            self.access_log.close()
+
+
+class ControlPlane:
+    """Plugin: the control socket and the optional metrics listener, started last."""
+
+    def __init__(self, switching: Switching, obs: Observability) -> None:
+        self.switching = switching
+        self.obs = obs
+        self.runners: list[web.AppRunner] = []
+
+    async def start(self, server: Server) -> None:
+        board = self.switching.board
+        assert board is not None
+        hooks = ServerHooks(server, board, self.obs)
+        self.runners.append(await start_control_server(server.config.control, board, hooks))
+        listen = server.config.control.metrics_listen
+        if listen:
+            self.runners.append(await start_metrics_listener(listen, hooks.metrics_text))
+
+    async def stop(self) -> None:
+        runners, self.runners = self.runners, []
+        for runner in reversed(runners):
+            if runner is runners[0]:
+                await stop_control_server(runner)
+            else:
+                await runner.cleanup()
+
+
 def build_server(config: Config, config_path: Path | None = None) -> Server:
     server = Server(config, config_path=config_path)
-    server.plugins.append(Switching())
+    switching = Switching()
+    obs = Observability(switching)
+    server.plugins += [switching, obs, ControlPlane(switching, obs)]
     return server

@@ -83,6 +83,7 @@ class ClientConnection(asyncio.Protocol):
                 self.tls_version = ssl_obj.version()
                 self.sni_site = self.ctx.router.site_for_sni(self.sni)
         self.ctx.connections.add(self)
+        self.ctx.accepted[self.tls] += 1
         self.last_activity = self.loop.time()
         self._arm_timer(min(self.ctx.timeouts.client_idle, self.ctx.timeouts.send))
 

@@ -131,6 +131,8 @@ class ProxyContext:
         self._rid_counter = itertools.count(1)
         self.on_exchange_done: Callable[[Exchange], None] | None = None
         self.health_ok: Callable[[UpstreamPool], bool] | None = None
+        self.accepted = [0, 0]
+        """Connections accepted so far: [plain HTTP, TLS (handshake done)]."""
 
     def pool_for(self, upstream: Upstream) -> UpstreamPool:
         key = (upstream.host, upstream.port)

@@ -44,6 +44,7 @@ class Exchange:
         "content_length",
         "done",
         "encoder",
+        "error",
         "expect_continue",
         "finished_at",
         "headers",
@@ -110,6 +111,8 @@ class Exchange:
         self.resp_bytes = 0
         self.status = 0
         self.done = False
+        self.error: str | None = None
+        """Why edgeproxy ended this exchange itself (upstream failure, cut); None otherwise."""
         self.retried = False
         self.tunnel = False
         self.timer: asyncio.TimerHandle | None = None
@@ -474,6 +477,7 @@ class Exchange:
             self._response_done(reusable=False)
             return
         # Truncated response: the client must see the connection end, not a short body.
+        self.error = f"upstream closed mid-response: {exc or 'EOF'}"
         self.done = True
         self._cancel_timer()
         self.keep_alive = False
@@ -484,6 +488,7 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        self.error = why
         self._cancel_timer()
         conn, self.upstream = self.upstream, None
         if conn is not None:

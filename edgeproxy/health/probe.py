@@ -1,0 +1,43 @@
+"""One active health check: GET the check path, judge the status. aiohttp's client, off the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from edgeproxy.config import Health
+
+USER_AGENT = "edgeproxy-health/1"
+
+
+def new_session() -> aiohttp.ClientSession:
+    # A fresh connection per probe: a pooled one would hide a listener that stopped accepting.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True, limit=0),
+        auto_decompress=False,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+async def probe(session: aiohttp.ClientSession, base_url: str, spec: Health) -> tuple[bool, str]:
+    """(passed?, what was seen) for one GET of `spec.path` on `base_url`."""
+    lo, hi = spec.status_range()
+    what = f"GET {spec.path}"
+    headers = {"Host": spec.host} if spec.host else None
+    try:
+        async with (
+            asyncio.timeout(spec.timeout),
+            session.get(base_url + spec.path, headers=headers, allow_redirects=False) as resp,
+        ):
+            status = resp.status
+    except TimeoutError:
+        return False, f"{what}: no answer within {spec.timeout:g}s"
+    except aiohttp.ClientConnectorError as e:
+        reason = e.os_error.strerror or str(e.os_error) if e.os_error else str(e)
+        return False, f"{what}: cannot connect ({reason.lower()})"
+    except (aiohttp.ClientError, OSError) as e:
+        return False, f"{what}: {type(e).__name__}: {e}"
+    if lo <= status <= hi:
+        return True, f"{what} → {status}"
+    return False, f"{what} → {status} (expected {spec.expected_status})"
