@@ -15,8 +15,9 @@ from pathlib import Path
 import click
 
 from edgeproxy import __version__
-from edgeproxy.config import load_config
+from edgeproxy.config import Config, load_config
 from edgeproxy.errors import ConfigError, StartupError
+from edgeproxy.policies import policy_problems
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,16 +53,25 @@ def cli() -> None:
     """edgeproxy: a TLS edge proxy with blue/green switching for Docker apps."""
 
 
+def load_or_exit(file: Path) -> Config:
+    """The validated config (model and compiled policies), or exit 2 listing every problem."""
+    try:
+        config = load_config(file)
+        problems = policy_problems(config)
+    except ConfigError as e:
+        problems = e.problems
+    if problems:
+        for p in problems:
+            click.echo(p if p.startswith(str(file)) else f"{file}: {p}", err=True)
+        sys.exit(2)
+    return config
+
+
 @cli.command("check-config")
 @click.argument("file", type=click.Path(path_type=Path))
 def check_config(file: Path) -> None:
     """Validate FILE; exit 0, or exit 2 printing every problem with its key path."""
-    try:
-        config = load_config(file)
-    except ConfigError as e:
-        for p in e.problems:
-            click.echo(p, err=True)
-        sys.exit(2)
+    config = load_or_exit(file)
     apps = ", ".join(config.apps) or "none"
     click.echo(f"{file}: ok ({len(config.sites)} sites, apps: {apps})")
 
@@ -82,12 +92,7 @@ def check_config(file: Path) -> None:
 def serve(config_path: Path, log_level: str, log_format: str) -> None:
     """Run the proxy until SIGTERM/SIGINT (graceful) ; SIGHUP reloads certificates."""
     setup_logging(log_level, log_format)
-    try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        for p in e.problems:
-            click.echo(p, err=True)
-        sys.exit(2)
+    config = load_or_exit(config_path)
     from edgeproxy.app import build_server
 
     try:
