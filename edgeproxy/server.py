@@ -123,11 +123,29 @@ class Server:
     async def reload_certs(self) -> dict[str, Any]:
         self.certs.specs = list(self.config.tls.certificates)
         self.certs.reload()  # raises TLSConfigError; the old contexts stay
+        self.warn_expiring()
         return {"ok": True, "certificates": self.certs.views()}
+
+    def warn_expiring(self) -> None:
+        limit = self.config.tls.expiry_warning_days
+        for c in self.certs.certs:
+            days = c.days_left()
+            if days < limit:
+                log.warning(
+                    "certificate %s (%s) expires in %.1f days; renew it (`certs renew`)",
+                    c.cert_path,
+                    ", ".join(c.names),
+                    days,
+                )
 
     async def _watch_certs(self) -> None:
         interval = self.config.tls.reload_poll_seconds
+        checked = 0.0
+        loop = asyncio.get_running_loop()
         while True:
+            if loop.time() - checked > 3600:
+                self.warn_expiring()
+                checked = loop.time()
             await asyncio.sleep(interval)
             if self.certs.changed_on_disk():
                 log.info("certificate files changed on disk; reloading")

@@ -204,7 +204,16 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
     opts = _opts(ctx, app, as_json)
     client = opts.client()
     views = {opts.app: client.app(opts.app)} if opts.app else client.apps()
-    click.echo(json.dumps(views, indent=2) if opts.as_json else format_status(views))
+    if opts.as_json:
+        click.echo(json.dumps(views, indent=2))
+        return
+    click.echo(format_status(views))
+    certs = client.certs().get("certificates", [])
+    if certs:
+        click.echo("\ncertificates:")
+        for c in certs:
+            names = ", ".join(c.get("sans", [])) or c.get("subject", "?")
+            click.echo(f"  {names}: expires {c.get('not_after')} ({c.get('days_left')} days left)")
 
 
 @cli.command("set", epilog=EXIT_CODES)

@@ -139,3 +139,29 @@ def test_the_https_listener_is_mozilla_intermediate_compliant(two_sites):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "OK - Compliant" in proc.stdout
+
+
+def test_a_certificate_close_to_expiry_is_warned_about_in_the_log(tmp_path, backend, edge, caplog):
+    import logging
+    import time
+
+    tls = make_ca_and_leaf(["a.test"], tmp_path / "soon", days=5)
+    back = backend("blue")
+    with caplog.at_level(logging.WARNING, logger="edgeproxy.server"):
+        edge(
+            {
+                "listen": {"https": "127.0.0.1:0"},
+                "tls": {
+                    "certificates": [{"cert": str(tls.fullchain), "key": str(tls.privkey)}],
+                    "expiry_warning_days": 21,
+                },
+                "sites": [{"hosts": ["a.test"], "routes": [{"path": "/", "upstream": back.url}]}],
+            }
+        )
+        deadline = time.monotonic() + 5
+        while not any("expires in" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no expiry warning logged"
+            time.sleep(0.05)
+    msg = next(r.getMessage() for r in caplog.records if "expires in" in r.getMessage())
+    assert "a.test" in msg
+    assert "certs renew" in msg
