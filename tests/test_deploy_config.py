@@ -119,3 +119,41 @@ def test_a_malformed_env_line_is_reported_without_its_value(tmp_path: Path) -> N
         read_env_file(p, [])
     assert e.value.problems == [f"env_file {p}:2: expected KEY=VALUE (the value is not shown)"]
     assert "secret-ish" not in str(e.value)
+
+
+COMPOSE = Path(__file__).resolve().parent.parent / "compose"
+
+
+@pytest.mark.parametrize("name", ["deploy.example.yml", "medusa/deploy.yml"])
+def test_the_shipped_deploy_configs_are_valid(name: str) -> None:
+    cfg = load_deploy_config(COMPOSE / name)
+    assert cfg.roles[cfg.server_role].ports == {"blue": 9000, "green": 9002}
+
+
+def test_the_medusa_deploy_config_matches_the_medusa_edgeproxy_config() -> None:
+    from edgeproxy.config import load_config
+
+    deploy = load_deploy_config(COMPOSE / "medusa" / "deploy.yml")
+    proxy = load_config(COMPOSE / "medusa" / "edgeproxy.yml")
+    app = proxy.apps[deploy.app]
+    for color, port in deploy.roles[deploy.server_role].ports.items():
+        assert app.colors[color].upstreams == [f"http://127.0.0.1:{port}"]
+    assert app.health.path == deploy.roles[deploy.server_role].health_path
+
+
+def test_the_compose_file_mounts_edgeproxy_directories_not_single_files() -> None:
+    import yaml
+
+    stack = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    services = stack["services"]
+    assert {"postgres", "redis", "meilisearch", "edgeproxy", "portainer", "uptime-kuma"} <= set(
+        services
+    )
+    assert services["postgres"]["image"] == "postgres:15"
+    assert services["redis"]["image"] == "redis:7"
+    for mount in services["edgeproxy"]["volumes"]:
+        host = mount.split(":")[0]
+        assert "." not in Path(host).name, f"{mount} looks like a single file"
+    base = load_deploy_config(COMPOSE / "medusa" / "deploy.yml").base_services
+    names = {s.get("container_name") for s in services.values()}
+    assert set(base) <= names

@@ -400,6 +400,7 @@ class Executor:
 
     def _run_host(self, command: list[str], timeout: float) -> tuple[int, str]:
         env = {
+            **self.env.values,
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "RELEASE_ID": self.release.id,
             "APP": self.cfg.app,
