@@ -140,10 +140,10 @@ class Server:
 
     async def _watch_certs(self) -> None:
         interval = self.config.tls.reload_poll_seconds
-        checked = 0.0
+        checked: float | None = None
         loop = asyncio.get_running_loop()
         while True:
-            if loop.time() - checked > 3600:
+            if checked is None or loop.time() - checked > 3600:
                 self.warn_expiring()
                 checked = loop.time()
             await asyncio.sleep(interval)

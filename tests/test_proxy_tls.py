@@ -150,7 +150,7 @@ def test_a_certificate_close_to_expiry_is_warned_about_in_the_log(tmp_path, back
     with caplog.at_level(logging.WARNING, logger="edgeproxy.server"):
         edge(
             {
-                "listen": {"https": "127.0.0.1:0"},
+                "listen": {"http": None, "https": "127.0.0.1:0"},
                 "tls": {
                     "certificates": [{"cert": str(tls.fullchain), "key": str(tls.privkey)}],
                     "expiry_warning_days": 21,
