@@ -163,9 +163,9 @@ async def test_an_unreachable_channel_is_reported_and_the_other_still_gets_the_m
     assert len(received) == 1
 
 
-async def test_events_not_listed_in_on_are_not_sent(webhook: tuple[str, list[Any]]) -> None:
+async def test_events_not_listed_are_not_sent(webhook: tuple[str, list[Any]]) -> None:
     url, received = webhook
-    cfg = Notify(webhook=Webhook(url=url), on=["failure", "rollback"])
+    cfg = Notify(webhook=Webhook(url=url), events=["failure", "rollback"])
     ok = Report(event="success", app="shop", release_id="r", image="i", duration_s=1, color="blue")
     assert await asyncio.to_thread(notify, cfg, ok) == []
     assert received == []

@@ -150,7 +150,7 @@ class Smtp(Model):
 class Notify(Model):
     webhook: Webhook | None = None
     smtp: Smtp | None = None
-    on: list[Literal["success", "failure", "rollback"]] = ["success", "failure", "rollback"]
+    events: list[Literal["success", "failure", "rollback"]] = ["success", "failure", "rollback"]
 
 
 class Proxy(Model):

@@ -88,7 +88,7 @@ def send_email(cfg: Smtp, report: Report, env: EnvFile | None) -> None:
 
 def notify(cfg: Notify, report: Report, env: EnvFile | None = None) -> list[str]:
     """Send to every configured channel; return one problem line per channel that failed."""
-    if report.event not in cfg.on:
+    if report.event not in cfg.events:
         return []
     problems = []
     if cfg.webhook is not None:
