@@ -165,7 +165,25 @@ def format_status(views: dict[str, AppView], now: float | None = None) -> str:
                  _fmt(c.get("p99_ms"), "ms", ".1f")]
             )  # fmt: skip
         lines.extend(_table(color_rows, indent="  "))
+        upstream_rows = format_upstreams(v["colors"], now)
+        if upstream_rows:
+            lines.extend(_table(upstream_rows, indent="  "))
     return "\n".join(lines)
+
+
+def format_upstreams(colors: dict[str, Any], now: float) -> list[list[str]]:
+    """One row per upstream of each color (empty when the proxy reports none)."""
+    rows = [["COLOR", "UPSTREAM", "FIT", "CHECK", "EJECTIONS", "DETAILS"]]
+    for color, c in colors.items():
+        for u in c.get("upstreams") or []:
+            fit = "yes" if u.get("healthy") else "NO"
+            if u.get("ejected_until"):
+                fit += f" (ejected, {max(0.0, u['ejected_until'] - now):.0f}s left)"
+            rows.append(
+                [color, u["url"], fit, str(u.get("check", "-")), _fmt(u.get("ejections")),
+                 u.get("failing") or "-"]
+            )  # fmt: skip
+    return rows if len(rows) > 1 else []
 
 
 def _pct(rate: float | None) -> float | None:
@@ -328,7 +346,12 @@ def health(ctx: click.Context, app: str | None, as_json: bool) -> None:
             state = "healthy" if h.get("healthy") else "UNHEALTHY"
             details = "; ".join(h.get("failing_checks") or []) or "-"
             rows.append([name, color, state, details])
-    click.echo("\n".join(_table(rows)))
+    lines = _table(rows)
+    for name, colors in sorted(apps.items()):
+        upstream_rows = format_upstreams(colors, time.time())
+        if upstream_rows:
+            lines += ["", f"{name}:", *_table(upstream_rows, indent="  ")]
+    click.echo("\n".join(lines))
 
 
 def format_watch(view: AppView, rates: dict[str, float | None]) -> str:

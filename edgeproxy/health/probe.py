@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 
@@ -34,7 +35,8 @@ async def probe(session: aiohttp.ClientSession, base_url: str, spec: Health) -> 
     except TimeoutError:
         return False, f"{what}: no answer within {spec.timeout:g}s"
     except aiohttp.ClientConnectorError as e:
-        reason = e.os_error.strerror or str(e.os_error) if e.os_error else str(e)
+        err = e.os_error
+        reason = os.strerror(err.errno) if err.errno else str(err)
         return False, f"{what}: cannot connect ({reason.lower()})"
     except (aiohttp.ClientError, OSError) as e:
         return False, f"{what}: {type(e).__name__}: {e}"

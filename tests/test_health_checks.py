@@ -1,0 +1,183 @@
+"""Active health checks against real backends that refuse, hang, answer 500 and flap.
+
+Detection is asserted from counts (the backend's own log of probes at the moment
+edgeproxy changed its verdict), backoff from the spacing of probes in that log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeproxy.health.monitor import HealthMonitor
+from switchctl.cli import cli
+from switchctl.client import ControlClient, ControlError
+from tests.health_fixtures import (
+    Events,
+    app_config,
+    flaky_fixture,  # noqa: F401 - provides `flaky`
+    monitor,
+)
+from tests.proxy_fixtures import http_get
+
+
+def test_an_upstream_answering_500_is_unhealthy_after_exactly_the_threshold_and_recovers_after_the_healthy_threshold(
+    flaky, edge
+):
+    blue = flaky("blue")
+    e = edge(app_config({"blue": [blue.url]}, health={"unhealthy_threshold": 3}))
+    assert http_get(e.http_port).body == b"blue\n"
+    events = Events(e, lambda u: (blue.answered(500), blue.answered(200)))
+    blue.health = [500]
+    event, url, (fails, _) = events.next()
+    assert (event, url, fails) == ("unhealthy", blue.url, 3)
+    r = http_get(e.http_port)
+    assert r.status == 503 and r.header("Retry-After") == "5"
+    served = len(blue.served)
+    health = ControlClient(e.socket_path).health()["apps"]["shop"]["blue"]
+    assert health["healthy"] is False
+    # "(3 in a row)" or more: probes go on while we look.
+    assert health["failing_checks"][0].startswith(f"{blue.url}: GET /health → 500 (expected 200")
+    assert health["upstreams"][0]["check"] == "failing"
+    oks_before = blue.answered(200)
+    blue.health = [200]
+    event, url, (_, oks) = events.next()
+    assert (event, oks - oks_before) == ("healthy", 2)
+    assert http_get(e.http_port).body == b"blue\n"
+    assert len(blue.served) == served + 1  # nothing reached it while it was unhealthy
+
+
+def test_a_hanging_upstream_fails_its_check_by_timeout_and_the_failing_check_says_so(flaky, edge):
+    blue = flaky("blue")
+    e = edge(app_config({"blue": [blue.url]}, health={"timeout": 0.2, "unhealthy_threshold": 2}))
+    events = Events(e, lambda u: blue.answered(0))
+    blue.health = [0]
+    event, _, hung = events.next()
+    assert (event, hung) == ("unhealthy", 2)
+    healthy, failing = e.run(_health(monitor(e), "blue"))
+    assert not healthy
+    assert failing == [f"{blue.url}: GET /health: no answer within 0.2s (2 in a row)"]
+
+
+async def _health(m: HealthMonitor, color: str) -> tuple[bool, list[str]]:
+    return m.health("shop", color)
+
+
+def test_a_refusing_upstream_is_detected_and_readmitted_when_it_listens_again(
+    flaky, edge, backend_loop
+):
+    blue = flaky("blue")
+    e = edge(app_config({"blue": [blue.url]}, health={"unhealthy_threshold": 3}))
+    events = Events(e, lambda u: (u.check.failures, u.check.detail))
+    backend_loop.run(blue.refuse())
+    event, _, (failures, detail) = events.next()
+    assert (event, failures) == ("unhealthy", 3)
+    assert "cannot connect (connection refused)" in detail
+    assert http_get(e.http_port).status == 503
+    backend_loop.run(blue.listen())
+    assert events.next()[0] == "healthy"
+    assert http_get(e.http_port).body == b"blue\n"
+
+
+def test_probes_of_a_dead_upstream_back_off_exponentially_up_to_the_cap(flaky, edge):
+    blue = flaky("blue", health=[500])
+    edge(app_config({"blue": [blue.url]}, health={"interval": 0.05, "max_backoff": 0.4}))
+    # Delays after the first (failing) probe: 0.1, 0.2, 0.4, 0.4, 0.4 (±10% jitter).
+    deadline = time.monotonic() + 15
+    while len(blue.probes) < 7 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    times = [t for t, _ in blue.probes[:7]]
+    gaps = [b - a for a, b in pairwise(times)]
+    assert len(gaps) == 6, blue.probes
+    assert gaps[1] / gaps[0] > 1.4 and gaps[2] / gaps[1] > 1.4, gaps
+    capped = gaps[3:]
+    assert all(g >= 0.4 * 0.9 for g in capped), gaps
+    assert max(capped) / min(capped) < 1.5, gaps  # the cap holds: no more doubling
+    assert gaps[-1] / gaps[0] > 3, gaps
+
+
+def test_a_flapping_upstream_keeps_its_verdict_while_no_threshold_is_reached(flaky, edge):
+    blue = flaky("blue")
+    e = edge(
+        app_config({"blue": [blue.url]}, health={"healthy_threshold": 2, "unhealthy_threshold": 3})
+    )
+    events = Events(e)
+    start = len(blue.probes)
+    blue.health = [200, 500, 500]  # never 3 failures in a row
+    while len(blue.probes) < start + 12:
+        time.sleep(0.05)
+    assert events.none_within(0.01)
+    assert http_get(e.http_port).body == b"blue\n"
+    blue.health = [500, 500, 500, 200]  # 3 in a row: down; one pass never brings it back
+    assert events.next()[0] == "unhealthy"
+    start = len(blue.probes)
+    while len(blue.probes) < start + 8:
+        time.sleep(0.05)
+    assert events.none_within(0.01)
+    assert http_get(e.http_port).status == 503
+
+
+def test_a_switch_to_an_unhealthy_color_is_refused_naming_the_failing_check_unless_forced(
+    flaky, edge
+):
+    blue, green = flaky("blue"), flaky("green", health=[503])
+    e = edge(app_config({"blue": [blue.url], "green": [green.url]}))
+    ctl = ControlClient(e.socket_path)
+    with pytest.raises(ControlError) as err:
+        ctl.set("shop", "green", 10)
+    assert err.value.status == 409
+    assert f"green is unhealthy ({green.url}: GET /health → 503" in str(err.value)
+    assert ctl.app("shop")["weights"] == {"blue": 100, "green": 0}
+    view = ctl.set("shop", "green", 100, force=True)
+    assert view["active"] == "green"
+    # The active color has no healthy upstream: edgeproxy does not flip back on its own.
+    r = http_get(e.http_port)
+    assert r.status == 503 and r.header("Retry-After") == "5"
+    assert ctl.app("shop")["colors"]["green"]["healthy"] is False
+    assert blue.served == [] and green.served == []
+
+
+def test_a_restored_active_color_must_pass_its_check_before_it_gets_traffic(
+    flaky, edge, tmp_path: Path
+):
+    blue, green = flaky("blue"), flaky("green", health=[500])
+    state = tmp_path / "restored.json"
+    conf = app_config({"blue": [blue.url], "green": [green.url]})
+    e = edge({**conf, "state_file": str(state)})
+    ControlClient(e.socket_path).set("shop", "green", 100, force=True)
+    e.run(e.server.shutdown())
+    saved = json.loads(state.read_text())
+    assert saved["apps"]["shop"]["active"] == "green"
+    e2 = edge({**conf, "state_file": str(state)})  # a restart: green is restored as active
+    assert http_get(e2.http_port).status == 503
+    assert green.served == []
+    green.health = [200]
+    deadline = time.monotonic() + 10
+    while http_get(e2.http_port).status != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert http_get(e2.http_port).body == b"green\n"
+
+
+def test_switchctl_health_and_status_show_each_upstream_with_its_failing_check(flaky, edge):
+    good, bad = flaky("good"), flaky("bad", health=[500])
+    e = edge(app_config({"blue": [good.url, bad.url], "green": [good.url]}))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["--socket", str(e.socket_path), "health"])
+    assert out.exit_code == 0, out.output
+    assert good.url in out.output and bad.url in out.output
+    assert "GET /health → 500" in out.output
+    out = runner.invoke(cli, ["--socket", str(e.socket_path), "--json", "status"])
+    assert out.exit_code == 0, out.output
+    blue = json.loads(out.output)["shop"]["colors"]["blue"]
+    assert blue["healthy"] is True  # one of its two upstreams is fit
+    ups = {u["url"]: u for u in blue["upstreams"]}
+    assert ups[good.url]["healthy"] is True and ups[bad.url]["healthy"] is False
+    assert ups[bad.url]["check"] == "failing" and "→ 500" in ups[bad.url]["failing"]
+    out = runner.invoke(cli, ["--socket", str(e.socket_path), "status"])
+    assert out.exit_code == 0, out.output
+    assert bad.url in out.output
