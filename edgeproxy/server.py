@@ -72,6 +72,13 @@ class Server:
             raise
         if self.config.tls.reload_poll_seconds and self.certs.certs:
             self.spawn(self._watch_certs(), "cert-watch")
+        self.spawn(self._expire_reads(), "read-timeouts")
+
+    async def _expire_reads(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.25)
+            self.ctx.tracker.expire(loop.time())
 
     async def _start_listeners(self) -> None:
         listen = self.config.listen

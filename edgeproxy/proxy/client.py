@@ -57,6 +57,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         # -- per request
         self.queue: deque[Exchange] = deque()
+        self.out: list[bytes] = []
         self.cur: Exchange | None = None
         self.url_parts: list[bytes] = []
         self.header_bytes = 0
@@ -230,6 +231,20 @@ class ClientConnection(asyncio.Protocol):
 
     # -- used by exchanges -----------------------------------------------------
     def write(self, data: bytes) -> None:
+        # Writes are coalesced per loop iteration: a response head and its body
+        # usually arrive in one upstream read and leave in one send() (one TLS
+        # record) instead of two. Measured: send() was a third of the CPU.
+        out = self.out
+        out.append(data)
+        if len(out) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         if self.transport is not None:
             self.transport.write(data)
 
@@ -274,6 +289,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = True
         self.ctx.tracker.discard(ex)
         self._record(ex)
+        self.flush()
         if self.transport is not None:
             self.transport.close()
 
@@ -307,6 +323,7 @@ class ClientConnection(asyncio.Protocol):
         self._close_after_write()
 
     def _close_after_write(self) -> None:
+        self.flush()
         self.closing = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()  # flushes buffered writes first
@@ -339,6 +356,7 @@ class ClientConnection(asyncio.Protocol):
     # -- WebSocket tunnel ------------------------------------------------------
     def start_tunnel(self, ex: Exchange, conn: UpstreamConnection, tail: bytes) -> None:
         assert self.transport is not None
+        self.flush()  # the 101 head goes out before any tunnelled byte
         self.tunnel = conn
         self.tunnel_ex = ex
         conn.tunnel = self.transport

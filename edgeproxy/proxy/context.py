@@ -70,6 +70,26 @@ class Tracker:
         tunnels = sum(1 for ex in s if ex.tunnel)
         return len(s) - tunnels, tunnels
 
+    def expire(self, now: float) -> int:
+        """504 every exchange whose upstream has been silent longer than its read timeout.
+
+        One sweep a few times a second replaces a timer per request (a
+        call_later + cancel per request measured ~3% of the hot path).
+        """
+        late = [
+            ex
+            for live in self.live.values()
+            for ex in live
+            if ex.upstream is not None
+            and ex.req_done
+            and not ex.done
+            and not ex.tunnel
+            and now - ex.last_upstream >= ex.route_timeouts().read
+        ]
+        for ex in late:
+            ex.fail(504, f"no upstream byte for {ex.route_timeouts().read:g}s")
+        return len(late)
+
     def cut(self, app: str, color: str) -> int:
         s = list(self.live.get((app, color), ()))
         for ex in s:
@@ -127,7 +147,7 @@ class ProxyContext:
         self.draining_server = False
         self.https_port_suffix = b""
         """`:8443` when the HTTPS listener is not on 443 (for redirects)."""
-        self._rid_prefix = os.urandom(6).hex()
+        self._rid_prefix = os.urandom(6).hex().encode() + b"-"
         self._rid_counter = itertools.count(1)
         self.on_exchange_done: Callable[[Exchange], None] | None = None
         self.health_ok: Callable[[UpstreamPool], bool] | None = None
@@ -147,7 +167,7 @@ class ProxyContext:
 
     def new_request_id(self) -> bytes:
         # Cheap and unique per process: a random prefix and a counter.
-        return b"%s-%x" % (self._rid_prefix.encode(), next(self._rid_counter))
+        return self._rid_prefix + b"%x" % next(self._rid_counter)
 
     def is_trusted(self, ip: str) -> bool:
         return in_networks(ip, self.trusted)

@@ -302,8 +302,6 @@ class Exchange:
             self.client.resume_reading_for_buffer()
         else:
             conn.write(self.up_head)
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.route_timeouts().read, self._check_read)
 
     def route_timeouts(self) -> Timeouts:
         policy = self.policy
@@ -318,17 +316,6 @@ class Exchange:
             info.origin if info is not None else None
         )
         return headers
-
-    def _check_read(self) -> None:
-        self.timer = None
-        if self.done or self.tunnel:
-            return
-        timeout = self.route_timeouts().read
-        idle = self.loop.time() - self.last_upstream
-        if idle >= timeout:
-            self.fail(504, f"no upstream byte for {timeout:g}s")
-        else:
-            self.timer = self.loop.call_later(timeout - idle, self._check_read)
 
     # -- request body -------------------------------------------------------
     def on_request_body(self, chunk: bytes) -> None:
@@ -346,6 +333,7 @@ class Exchange:
 
     def on_request_complete(self) -> None:
         self.req_done = True
+        self.last_upstream = self.loop.time()  # the read timeout starts when the request is sent
         if self.chunked_req:
             self.on_request_body_raw(b"0\r\n\r\n")
         if self.done:
