@@ -168,15 +168,25 @@ class Traffic:
         return self
 
     def _run(self) -> None:
+        """Round-robin over 16 keep-alive "visitors", each from its own 127.0.0.x address
+        (edgeproxy splits a canary by a hash of the client address)."""
         import http.client
         from urllib.parse import urlsplit
 
         u = urlsplit(self.url)
-        conn: http.client.HTTPConnection | None = None
+        conns: list[http.client.HTTPConnection | None] = [None] * 16
+        n = 0
         while not self._stop.is_set():
+            n = (n + 1) % len(conns)
+            conn = conns[n]
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+                    conn = conns[n] = http.client.HTTPConnection(
+                        u.hostname or "",
+                        u.port,
+                        timeout=10,
+                        source_address=(f"127.0.0.{10 + n}", 0),
+                    )
                 conn.request("GET", self.path, headers={"Host": self.host})
                 resp = conn.getresponse()
                 body = resp.read().decode(errors="replace").strip()
@@ -186,16 +196,17 @@ class Traffic:
                     self._fail(f"{resp.status} {body[:80]}")
                 if resp.getheader("connection", "").lower() == "close":
                     conn.close()
-                    conn = None
+                    conns[n] = None
             except (OSError, http.client.HTTPException) as e:
                 self._fail(f"{type(e).__name__}: {e}")
                 if conn is not None:
                     conn.close()
-                conn = None
+                conns[n] = None
                 time.sleep(0.05)
-            time.sleep(0.01)
-        if conn is not None:
-            conn.close()
+            time.sleep(0.005)
+        for c in conns:
+            if c is not None:
+                c.close()
 
     def _fail(self, what: str) -> None:
         if not self.ok:
@@ -333,6 +344,16 @@ class Stack:
         return self.deploy_config
 
     # --- containers --------------------------------------------------------------------------
+
+    def db_connection(self, timeout: float = 10) -> socket.socket:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                return socket.create_connection(("127.0.0.1", self.db_port), timeout=5)
+            except ConnectionRefusedError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.1)
 
     def start_db(self) -> Any:
         return self.client.containers.run(
