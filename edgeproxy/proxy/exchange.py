@@ -17,6 +17,7 @@ from edgeproxy.config import Timeouts
 from edgeproxy.errors import ClientProtocolError
 from edgeproxy.policies import GzipEncoder, RoutePolicy, retry_after
 from edgeproxy.proxy import headers as h
+from edgeproxy.proxy.framing import CHUNKED, LENGTH, NOBODY, RECHUNK, UNTIL_CLOSE
 from edgeproxy.proxy.responses import build_response, redirect
 from edgeproxy.proxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -28,8 +29,6 @@ log = logging.getLogger("edgeproxy.proxy")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
-# Response framing towards the client.
-LENGTH, CHUNKED, RECHUNK, UNTIL_CLOSE, NOBODY = range(5)
 
 
 class Exchange:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from edgeproxy.config import Limits
 from edgeproxy.errors import ClientProtocolError
+from edgeproxy.proxy.framing import CHUNKED, LENGTH, NOBODY, RECHUNK, UNTIL_CLOSE
 from edgeproxy.proxy.responses import build_response, http_date
 
 if TYPE_CHECKING:
@@ -227,8 +228,6 @@ def response_head(
     ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
 ) -> tuple[bytes, int]:
     """The response head for the client and how its body is framed."""
-    from edgeproxy.proxy.exchange import CHUNKED, LENGTH, NOBODY, RECHUNK, UNTIL_CLOSE
-
     policy = ex.policy
     if policy is not None and not policy.passthrough and status != 101:
         info = ex.info

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -185,11 +186,12 @@ class UpstreamPool:
         if len(self.idle) >= self.max_idle:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
-        conn.idle_since = loop.time()
+        conn.idle_since = monotonic()
         self.idle.append(conn)
         if self._sweeper is None:
-            self._sweeper = loop.call_later(self.idle_timeout / 4, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self.idle_timeout / 4, self._sweep
+            )
 
     def forget(self, conn: UpstreamConnection) -> None:
         try:
@@ -201,7 +203,7 @@ class UpstreamPool:
         self._sweeper = None
         loop = asyncio.get_running_loop()
         # Close a little early rather than late: the sweep runs every timeout/4.
-        cutoff = loop.time() - self.idle_timeout * 0.75
+        cutoff = monotonic() - self.idle_timeout * 0.75
         keep = []
         for conn in self.idle:
             if conn.idle_since <= cutoff:
