@@ -17,7 +17,7 @@ import click
 
 from bench import report
 from bench.peers import PEERS
-from bench.procs import BenchError, log
+from bench.procs import BenchError, log, set_nice
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
@@ -64,9 +64,23 @@ def main() -> None:
     """Load benches for edgeproxy against nginx, HAProxy and the backend itself."""
 
 
+def _nice(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        set_nice(value)
+        log(f"every process this run starts runs under nice -n {value}")
+
+
 CPU_OPTIONS = [
     click.option("--proxy-cpus", default="0", help="taskset core list for the proxies"),
     click.option("--load-cpus", default="1", help="taskset core list for wrk/clients and backends"),
+    click.option(
+        "--nice",
+        default=0,
+        type=click.IntRange(-20, 19),
+        callback=_nice,
+        expose_value=False,
+        help="priority of every started process (negative: ahead of other work on the machine)",
+    ),
 ]
 
 

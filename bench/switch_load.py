@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers import Listen, answers, edgeproxy_argv, edgeproxy_conf
-from bench.procs import BenchError, Proc, free_port, log, pinned, running
+from bench.procs import BenchError, Proc, free_port, log, pinned, prioritize, running
 from bench.stats import binomial_ci95, median, percentile
 from bench.tlscert import make_selfsigned
 from switchctl.client import ClientError, ControlClient
@@ -180,6 +180,7 @@ def load(
     if sources:
         argv += ["--sources", str(sources)]
     run = LoadRun(subprocess.Popen(pinned(cpus, argv), start_new_session=True), out)
+    prioritize(run.popen.pid)
     try:
         yield run
     finally:

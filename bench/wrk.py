@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.procs import BenchError, pinned
+from bench.procs import BenchError, pinned, prioritize
 
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
@@ -94,7 +94,15 @@ def argv(
 
 def run(url: str, *, cpus: str | None, **kw: Any) -> WrkResult:
     cmd = pinned(cpus, argv(url, **kw))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=kw.get("duration", 5) + 60)
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        prioritize(proc.pid)
+        try:
+            out, err = proc.communicate(timeout=kw.get("duration", 5) + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
     if proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
-    return parse(proc.stdout)
+        raise BenchError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}{out}")
+    return parse(out)
