@@ -329,16 +329,26 @@ def backends(
     finish(doc, _json_path(json_path, "backends"), report.backends_markdown(docs), [])
 
 
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "throughput": report.throughput_markdown,
+    "tls-handshakes": report.handshakes_markdown,
+    "memory": report.memory_markdown,
+    "switch": report.switch_markdown,
+    "drain": report.drain_markdown,
+    "canary": report.canary_markdown,
+    "backends": lambda doc: report.backends_markdown(doc["runs"]),
+}
+
+
 @main.command("report")
 @click.argument("json_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report_cmd(json_file: Path) -> None:
-    """Print the Markdown tables of a saved `throughput` JSON again."""
+    """Print the Markdown report of a saved run again."""
     doc = json.loads(json_file.read_text())
-    if doc.get("command") != "throughput":
-        raise click.UsageError(
-            f"{json_file} holds a {doc.get('command')!r} run; only throughput re-renders"
-        )
-    click.echo(report.throughput_markdown(doc))
+    render = RENDERERS.get(doc.get("command", ""))
+    if render is None:
+        raise click.UsageError(f"{json_file} is not a bench JSON file (no known `command` key)")
+    click.echo(render(doc))
 
 
 def run() -> None:

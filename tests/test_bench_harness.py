@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,36 @@ def test_canary_split_reports_share_interval_and_per_client_consistency() -> Non
     assert split["clients"] == 1000
     assert not canary_split(second, "green", 10)["within_ci"]
     assert same_color_share(first, second) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["throughput", "tls-handshakes", "memory", "switch", "drain", "canary", "backends", "report"],
+)
+def test_every_bench_command_has_help(command: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", command, "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Usage:" in out.stdout
+
+
+def test_report_renders_a_saved_throughput_run_with_ratios(tmp_path: Path) -> None:
+    ms = [
+        _measurement("nginx", 60000.0, 1.0, 5.0, 0),
+        _measurement("edgeproxy", 30000.0, 2.0, 5.0, 0),
+    ]
+    summaries = summarize(ms)
+    doc = {
+        "command": "throughput",
+        "summaries": [asdict(s) for s in summaries],
+        "ratios": ratio_rows(summaries),
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "report", str(path)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| http 13 keepalive | edgeproxy | 30,000 |" in out.stdout
+    assert "| http 13 keepalive | 0.50x |" in out.stdout
