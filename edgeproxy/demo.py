@@ -115,7 +115,9 @@ class Traffic:
         while not self.stop.is_set():
             i += 1
             try:
-                self.seen[https_get(self.port, self.ctx, f"127.1.{i // 250 % 250}.{i % 250 + 1}")] += 1
+                self.seen[
+                    https_get(self.port, self.ctx, f"127.1.{i // 250 % 250}.{i % 250 + 1}")
+                ] += 1
             except Exception as e:  # counted and shown: the demo proves there are none
                 self.failures.append(repr(e))
 
@@ -124,7 +126,16 @@ class Traffic:
 def proxy_process(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     log = open(config.with_name("edgeproxy.log"), "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeproxy", "serve", "--config", str(config), "--log-format", "text"],
+        [
+            sys.executable,
+            "-m",
+            "edgeproxy",
+            "serve",
+            "--config",
+            str(config),
+            "--log-format",
+            "text",
+        ],
         stdout=log,
         stderr=log,
     )
@@ -184,7 +195,10 @@ def main() -> None:
             {
                 "hosts": [HOST, "localhost"],
                 "https_redirect": True,
-                "response_headers": {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"},
+                "response_headers": {
+                    "X-Frame-Options": "DENY",
+                    "X-Content-Type-Options": "nosniff",
+                },
                 "hsts": "max-age=31536000; includeSubDomains",
                 "routes": [{"path": "/", "app": "shop"}],
             }
@@ -199,7 +213,9 @@ def main() -> None:
     backends.start(colors)
     ctx = ssl.create_default_context(cafile=str(tls.ca_cert))
     try:
-        step(f"starting edgeproxy: https://{HOST}:{ports['https']} (HTTP :{ports['http']} redirects)")
+        step(
+            f"starting edgeproxy: https://{HOST}:{ports['https']} (HTTP :{ports['http']} redirects)"
+        )
         with proxy_process(config_path, ports["https"]):
             ctl = ControlClient(sock)
             traffic = Traffic(ports["https"], ctx)

@@ -30,7 +30,6 @@ log = logging.getLogger("edgeproxy.proxy")
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
-
 class Exchange:
     __slots__ = (
         "app",
