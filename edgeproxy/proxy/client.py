@@ -37,7 +37,6 @@ class ClientConnection(asyncio.Protocol):
         self.scheme = b"https" if tls else b"http"
         self.local_port_b = str(local_port).encode()
         self.loop = asyncio.get_running_loop()
-        self.override_header = b"x-edgeproxy-color"
         # -- per connection
         self.transport: asyncio.Transport | None = None
         self.parser: Any = httptools.HttpRequestParser(self)

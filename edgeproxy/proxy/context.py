@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeproxy.config import Config, Upstream
 from edgeproxy.policies import compile_route_policies, compile_site_policy
+from edgeproxy.proxy.headers import header_codes
 from edgeproxy.proxy.upstream import UpstreamPool
 from edgeproxy.routing.router import Router
 
@@ -139,6 +140,12 @@ class ProxyContext:
             name: _networks(app.override.allow_from) for name, app in config.apps.items()
         }
         self.request_id_header = config.forwarding.request_id_header.lower().encode()
+        self.override_headers = {
+            app.override.header.lower().encode()
+            for app in config.apps.values()
+            if app.override.header
+        }
+        self.header_codes = header_codes(self.request_id_header, self.override_headers)
         self.webroot: Path | None = config.acme.webroot
         self.tracker = Tracker()
         self.picker = picker

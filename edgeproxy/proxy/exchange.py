@@ -45,6 +45,7 @@ class Exchange:
         "error",
         "expect_continue",
         "finished_at",
+        "fwd",
         "headers",
         "host",
         "info",
@@ -82,6 +83,8 @@ class Exchange:
         self.client = client
         self.loop = client.loop
         self.headers: list[tuple[bytes, bytes]] = []
+        self.fwd: list[bytes] = []
+        """Pieces of the request headers to forward as they are (built by validate_request)."""
         self.method = b""
         self.target = b""
         self.path = b""

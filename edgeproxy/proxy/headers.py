@@ -26,29 +26,6 @@ if TYPE_CHECKING:
 
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 
-# Request headers never forwarded as received (we set our own where needed).
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"expect",
-        b"x-edgeproxy-color",
-    }
-)
-FORWARDED = frozenset(
-    {
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-real-ip",
-    }
-)
 RESPONSE_DROP = frozenset(
     {
         b"connection",
@@ -87,51 +64,114 @@ def host_without_port(host: bytes) -> bytes:
     return host.partition(b":")[0]
 
 
+# What validate_request does with each request header, by lowercase name:
+# absent → forward as is; FWD_* → forward and note; DROP_* → don't forward (we
+# set our own, or it is hop-by-hop). One dict lookup per header on the hot path.
+(
+    HOST,
+    CONTENT_LENGTH,
+    COOKIE,
+    ORIGIN,
+    ACCEPT_ENCODING,
+    ACR_METHOD,
+    DROP,
+    TRANSFER_ENCODING,
+    CONNECTION,
+    UPGRADE,
+    EXPECT,
+    XFF,
+    REAL_IP,
+    XF_PROTO,
+    REQUEST_ID,
+    OVERRIDE,
+) = range(16)
+FORWARD_MAX = ACR_METHOD  # codes up to this one are forwarded
+
+HEADER_CODES: dict[bytes, int] = {
+    b"host": HOST,
+    b"content-length": CONTENT_LENGTH,
+    b"cookie": COOKIE,
+    b"origin": ORIGIN,
+    b"accept-encoding": ACCEPT_ENCODING,
+    b"access-control-request-method": ACR_METHOD,
+    b"keep-alive": DROP,
+    b"proxy-connection": DROP,
+    b"te": DROP,
+    b"trailer": DROP,
+    b"x-forwarded-host": DROP,
+    b"x-forwarded-port": DROP,
+    b"x-edgeproxy-color": DROP,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"connection": CONNECTION,
+    b"upgrade": UPGRADE,
+    b"expect": EXPECT,
+    b"x-forwarded-for": XFF,
+    b"x-real-ip": REAL_IP,
+    b"x-forwarded-proto": XF_PROTO,
+}
+
+
+def header_codes(request_id_header: bytes, override_headers: set[bytes]) -> dict[bytes, int]:
+    """The per-config dispatch table (request id and tester override names are configurable)."""
+    codes = dict(HEADER_CODES)
+    codes[request_id_header] = REQUEST_ID
+    for name in override_headers:
+        codes[name] = OVERRIDE
+    return codes
+
+
 def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
-    """Read the headers once: framing checks, Host, and what forwarding needs."""
+    """Read the headers once: framing checks, Host, what forwarding needs, what to forward."""
     info = RequestInfo()
     host: bytes | None = None
     te: bytes | None = None
-    rid_name = ex.client.ctx.request_id_header
-    override_name = ex.client.override_header
+    codes = ex.client.ctx.header_codes
+    fwd = ex.fwd
     for name, value in ex.headers:
-        n = name.lower()
-        if n == b"host":
-            if host is not None:
-                raise ClientProtocolError(400, "more than one Host header")
-            host = value
-        elif n == b"content-length":
-            # llhttp has already refused duplicates and non-digits.
-            ex.content_length = int(value)
-        elif n == b"transfer-encoding":
+        code = codes.get(name.lower())
+        if code is None:
+            fwd += (name, b": ", value, b"\r\n")
+            continue
+        if code <= FORWARD_MAX:
+            fwd += (name, b": ", value, b"\r\n")
+            if code == HOST:
+                if host is not None:
+                    raise ClientProtocolError(400, "more than one Host header")
+                host = value
+            elif code == CONTENT_LENGTH:
+                # llhttp has already refused duplicates and non-digits.
+                ex.content_length = int(value)
+            elif code == COOKIE:
+                info.cookie = value if info.cookie is None else info.cookie + b"; " + value
+            elif code == ORIGIN:
+                info.origin = value
+            elif code == ACCEPT_ENCODING:
+                info.accept_encoding = value
+            else:
+                info.acr_method = value
+        elif code == DROP:
+            continue
+        elif code == TRANSFER_ENCODING:
             te = value
-        elif n == b"connection":
+        elif code == CONNECTION:
             info.connection_tokens = frozenset(t.strip().lower() for t in value.split(b","))
-        elif n == b"upgrade":
+        elif code == UPGRADE:
             info.upgrade_value = value
-        elif n == b"expect":
+        elif code == EXPECT:
             if value.lower() != b"100-continue":
                 raise ClientProtocolError(417, f"unsupported Expect: {value!r}")
             ex.expect_continue = True
-        elif n == rid_name:
+        elif code == XFF:
+            info.xff = value if info.xff is None else info.xff + b", " + value
+        elif code == REAL_IP:
+            info.real_ip = value
+        elif code == XF_PROTO:
+            info.xf_proto = value
+        elif code == REQUEST_ID:
             if 0 < len(value) <= 200 and value.isascii() and b" " not in value:
                 info.request_id = value
-        elif n == b"cookie":
-            info.cookie = value if info.cookie is None else info.cookie + b"; " + value
-        elif n == override_name:
+        else:
             info.override = value
-        elif n == b"x-forwarded-for":
-            info.xff = value if info.xff is None else info.xff + b", " + value
-        elif n == b"x-real-ip":
-            info.real_ip = value
-        elif n == b"x-forwarded-proto":
-            info.xf_proto = value
-        elif n == b"origin":
-            info.origin = value
-        elif n == b"accept-encoding":
-            info.accept_encoding = value
-        elif n == b"access-control-request-method":
-            info.acr_method = value
     if te is not None:
         if ex.version == "1.0":
             raise ClientProtocolError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
@@ -183,15 +223,19 @@ def client_ip(ex: Exchange, info: RequestInfo) -> str:
 def upstream_head(ex: Exchange, info: RequestInfo, route: RouteEntry) -> bytes:
     """The request head sent upstream: one buffer."""
     client = ex.client
-    # Headers the client listed in Connection are hop-by-hop too (never Host or framing).
-    drop = info.connection_tokens - _NEVER_DROPPED if info.connection_tokens else None
     parts = [ex.method, b" ", route.upstream_target(ex.target), b" HTTP/1.1\r\n"]
+    tokens = info.connection_tokens - _STANDARD_TOKENS if info.connection_tokens else None
+    if tokens:
+        # Rare: the client named extra hop-by-hop headers in Connection.
+        codes = client.ctx.header_codes
+        for name, value in ex.headers:
+            n = name.lower()
+            code = codes.get(n)
+            if (code is None or code <= FORWARD_MAX) and n not in tokens:
+                parts += (name, b": ", value, b"\r\n")
+    else:
+        parts += ex.fwd
     rid_name = client.ctx.request_id_header
-    for name, value in ex.headers:
-        n = name.lower()
-        if n in HOP_BY_HOP or n in FORWARDED or n == rid_name or (drop is not None and n in drop):
-            continue
-        parts += (name, b": ", value, b"\r\n")
     peer = client.peer_ip_b
     if client.peer_trusted:
         xff = info.xff + b", " + peer if info.xff else peer
@@ -313,5 +357,8 @@ def acme_response(webroot: Path, path: bytes, method: bytes) -> bytes:
     return build_response(200, body, content_type=ctype, head_only=method == b"HEAD")
 
 
-_NEVER_DROPPED = frozenset({b"host", b"content-length"})
+# Connection tokens that name nothing to strip beyond the usual (Host and framing never).
+_STANDARD_TOKENS = frozenset(
+    {b"keep-alive", b"close", b"upgrade", b"host", b"content-length", b"te"}
+)
 _TOKEN_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
