@@ -33,6 +33,8 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, ctx: ProxyContext, *, tls: bool, local_port: int) -> None:
         # -- shared / fixed
         self.ctx = ctx
+        self.max_header_bytes = ctx.limits.max_header_bytes
+        self.max_headers = ctx.limits.max_headers
         self.tls = tls
         self.scheme = b"https" if tls else b"http"
         self.local_port_b = str(local_port).encode()
@@ -185,13 +187,13 @@ class ClientConnection(asyncio.Protocol):
             raise ClientProtocolError(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        cur = self.cur
-        assert cur is not None
+        # Called once per header: limits are plain ints on self (no model lookups).
         self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.ctx.limits.max_header_bytes:
+        if self.header_bytes > self.max_header_bytes:
             raise ClientProtocolError(431, "request headers too large")
-        cur.headers.append((name, value))
-        if len(cur.headers) > self.ctx.limits.max_headers:
+        headers = self.cur.headers  # type: ignore[union-attr]
+        headers.append((name, value))
+        if len(headers) > self.max_headers:
             raise ClientProtocolError(431, "too many request headers")
 
     def on_headers_complete(self) -> None:
