@@ -52,7 +52,13 @@ def machine_info() -> dict[str, Any]:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             versions[mod] = "not installed"
+    git = subprocess.run(
+        ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    )
     return {
+        "git": git.stdout.strip() or "unknown",
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model,
         "kernel": platform.release(),
@@ -342,6 +348,7 @@ def handshakes_markdown(doc: dict[str, Any]) -> str:
                 fmt_num(s["p99_ms_median"], 2),
                 fmt_num(s["proxy_cpu_pct"]),
                 fmt_num(s["req_per_cpu_s"]),
+                fmt_num(s.get("wrk_cpu_pct")),
                 f"{check.get('version', '?')} {check.get('cipher', '')}".strip(),
                 {True: "yes", False: "no"}.get(check.get("resumed"), "?"),
                 s["errors"],

@@ -86,6 +86,7 @@ class Summary:
     """Requests per CPU-second of the proxy: less sensitive to a busy load core."""
     backend_cpu_pct: float | None
     req_per_backend_cpu_s: float | None
+    wrk_cpu_pct: float
     other_cpu_pct: float
     errors: int
 
@@ -141,6 +142,7 @@ def summarize(measurements: Sequence[Measurement]) -> list[Summary]:
                 req_per_cpu_s=_opt_median(per_cpu),
                 backend_cpu_pct=_opt_median([m.backend_cpu_pct for m in ms]),
                 req_per_backend_cpu_s=_opt_median(per_backend_cpu),
+                wrk_cpu_pct=median([m.wrk_cpu_pct for m in ms]),
                 other_cpu_pct=median([m.other_cpu_pct for m in ms]),
                 errors=sum(m.result.error_count for m in ms),
             )
