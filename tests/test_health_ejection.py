@@ -23,7 +23,7 @@ def test_consecutive_500s_eject_an_upstream_its_peer_serves_meanwhile_and_it_com
     good, bad = flaky("good"), flaky("bad", traffic=[500])
     e = edge(
         app_config(
-            {"blue": [good.url, bad.url]}, health={"interval": 5.0}, ejection=ejection(3, 0.3)
+            {"blue": [good.url, bad.url]}, health={"interval": 5.0}, ejection=ejection(3, 1.5)
         )
     )
 
@@ -46,9 +46,10 @@ def test_consecutive_500s_eject_an_upstream_its_peer_serves_meanwhile_and_it_com
     assert "ejected after 3 failed requests in a row (answered 500)" in ups[bad.url]["failing"]
     assert events.next()[0] == "readmitted"
     # Back in rotation, it fails again and is ejected for twice as long.
-    while events.q.empty():
+    for _ in range(20):
+        if not events.q.empty():
+            break
         http_get(e.http_port)
-        assert len(bad.served) < 20
     event, _, (served, _until, multiplier) = events.next()
     assert (event, served, multiplier) == ("ejected", 6, 2)
 
