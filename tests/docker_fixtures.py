@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import socket
@@ -24,12 +25,14 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,11 +173,18 @@ class Traffic:
     def _run(self) -> None:
         """Round-robin over 16 keep-alive "visitors", each from its own 127.0.0.x address
         (edgeproxy splits a canary by a hash of the client address)."""
-        import http.client
         from urllib.parse import urlsplit
 
         u = urlsplit(self.url)
         conns: list[http.client.HTTPConnection | None] = [None] * 16
+        try:
+            self._loop(u.hostname or "", u.port or 80, conns)
+        finally:
+            for c in conns:
+                if c is not None:
+                    c.close()
+
+    def _loop(self, host: str, port: int, conns: list[http.client.HTTPConnection | None]) -> None:
         n = 0
         while not self._stop.is_set():
             n = (n + 1) % len(conns)
@@ -182,10 +192,7 @@ class Traffic:
             try:
                 if conn is None:
                     conn = conns[n] = http.client.HTTPConnection(
-                        u.hostname or "",
-                        u.port,
-                        timeout=10,
-                        source_address=(f"127.0.0.{10 + n}", 0),
+                        host, port, timeout=10, source_address=(f"127.0.0.{10 + n}", 0)
                     )
                 conn.request("GET", self.path, headers={"Host": self.host})
                 resp = conn.getresponse()
@@ -204,9 +211,6 @@ class Traffic:
                 conns[n] = None
                 time.sleep(0.05)
             time.sleep(0.005)
-        for c in conns:
-            if c is not None:
-                c.close()
 
     def _fail(self, what: str) -> None:
         if not self.ok:
@@ -238,6 +242,7 @@ class Stack:
         self.client = client
         self.root = root
         self.id = uuid.uuid4().hex[:8]
+        self._sockets: list[socket.socket] = []
         self.app = f"shop{self.id}"
         (self.http_port, self.db_port, *app_ports) = free_ports(6)
         self.ports = {
@@ -349,7 +354,9 @@ class Stack:
         end = time.monotonic() + timeout
         while True:
             try:
-                return socket.create_connection(("127.0.0.1", self.db_port), timeout=5)
+                sock = socket.create_connection(("127.0.0.1", self.db_port), timeout=5)
+                self._sockets.append(sock)  # closed at teardown even if the test fails
+                return sock
             except ConnectionRefusedError:
                 if time.monotonic() > end:
                     raise
@@ -461,6 +468,8 @@ class Stack:
             )
 
     def teardown(self) -> None:
+        for sock in self._sockets:
+            sock.close()
         for c in self.client.containers.list(
             all=True, filters={"label": f"{TEST_LABEL}={self.id}"}
         ):
@@ -480,3 +489,20 @@ class Stack:
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    """dockerd with the test images built (once per session); skips when dockerd is absent."""
+    c = docker_or_none()
+    if c is None:
+        pytest.skip("dockerd is not running (tests/run.py starts it)")
+    build_images(c)
+    return c
+
+
+@pytest.fixture
+def docker_stack(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(docker_client, tmp_path)
+    yield s
+    s.teardown()

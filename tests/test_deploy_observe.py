@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import docker
 import pytest
 
 from switchctl.client import ControlClient
@@ -14,25 +11,18 @@ from switchctl.deploy.config import load_deploy_config
 from switchctl.deploy.observe import observe
 from switchctl.deploy.plan import Intent, plan
 from switchctl.deploy.proxyctl import ContainerRunner, check_config, install_config
-from tests.docker_fixtures import Stack, build_images, docker_or_none
+from tests import docker_fixtures
+from tests.docker_fixtures import Stack
+
+docker_client = docker_fixtures.docker_client  # the session's dockerd + test images
+docker_stack = docker_fixtures.docker_stack
 
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    c = docker_or_none()
-    if c is None:
-        pytest.skip("dockerd is not running (tests/run.py starts it)")
-    build_images(c)
-    return c
-
-
 @pytest.fixture
-def stack(client: docker.DockerClient, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(client, tmp_path)
-    yield s
-    s.teardown()
+def stack(docker_stack: Stack) -> Stack:
+    return docker_stack
 
 
 def test_observe_sees_labelled_colors_a_stopped_base_service_and_a_proxy_that_is_down(

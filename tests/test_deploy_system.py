@@ -15,36 +15,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from edgeproxy.control.store import StateStore
 from edgeproxy.switching.state import initial
 from switchctl.client import ControlClient
 from switchctl.deploy.history import History
-from tests.docker_fixtures import ROOT, Stack, Traffic, build_images, docker_or_none
+from tests import docker_fixtures
+from tests.docker_fixtures import ROOT, Stack, Traffic
+
+docker_client = docker_fixtures.docker_client  # the session's dockerd + test images
+docker_stack = docker_fixtures.docker_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def client() -> docker.DockerClient:
-    c = docker_or_none()
-    if c is None:
-        pytest.skip("dockerd is not running (tests/run.py starts it)")
-    build_images(c)
-    return c
-
-
 @pytest.fixture
-def stack(client: docker.DockerClient, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(client, tmp_path)
-    s.start_db()
-    yield s
-    s.teardown()
+def stack(docker_stack: Stack) -> Stack:
+    docker_stack.start_db()
+    return docker_stack
 
 
 def ok(run: subprocess.CompletedProcess[str]) -> str:

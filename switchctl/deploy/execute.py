@@ -8,45 +8,25 @@ what to do.
 
 from __future__ import annotations
 
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import docker
 import docker.errors
 
 from switchctl.client import AppView, ControlClient, ControlError, ProxyUnreachable
 from switchctl.deploy.config import DeployConfig, EnvFile, Gates
+from switchctl.deploy.containers import AppContainers, ReleaseSpec, tail
 from switchctl.deploy.errors import DeployError
 from switchctl.deploy.health import Probe, WaitTimeout, wait_until
 from switchctl.deploy.history import History, Release
 from switchctl.deploy.notify import Event, Report, notify
-from switchctl.deploy.observe import LABEL_APP, LABEL_COLOR, LABEL_RELEASE, LABEL_ROLE
 from switchctl.deploy.plan import POINT_OF_NO_RETURN, Plan, Step
 from switchctl.deploy.progress import Progress
 from switchctl.deploy.proxyctl import Runner, check_config, install_config
-
-
-@dataclass
-class ReleaseSpec:
-    id: str
-    image: str
-    ref: str | None
-    pull: bool = True
-    """False for a retained local image (rollback to a release) or a build."""
-    rollback_of: str | None = None
-
-
-def _tail(container: Any, lines: int = 15) -> str:
-    try:
-        out: bytes = container.logs(tail=lines)
-    except docker.errors.APIError:
-        return ""
-    return out.decode(errors="replace").rstrip()
 
 
 class Executor:
@@ -69,7 +49,7 @@ class Executor:
         self.progress = progress
         self.history = History(cfg.history_file)
         self.started = time.time()
-        self.image_id: str | None = None
+        self.apps = AppContainers(cfg, env, client, release)
         self.switched = False
 
     # --- the loop ----------------------------------------------------------------------------
@@ -127,7 +107,7 @@ class Executor:
                 "duration_s": round(duration, 1),
                 "failed_step": err.step,
                 "message": err.why,
-                "image_id": self.image_id,
+                "image_id": self.apps.image_id,
             }
         )
         self.history.record(final)
@@ -145,8 +125,8 @@ class Executor:
                 self._wait_drained(target)
         except (ControlError, ProxyUnreachable, WaitTimeout) as e:
             self.progress.info(f"rollback: could not take {target} out of edgeproxy: {e}")
-        kept = bool(self._containers(target))
-        self._remove_color(target, keep=True)
+        kept = bool(self.apps.of(target))
+        self.apps.remove(target, keep=True)
         if not kept:
             return (
                 f"{live} still serves all traffic; {target} was not started"
@@ -182,23 +162,6 @@ class Executor:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _containers(self, color: str) -> list[Any]:
-        return list(
-            self.docker.containers.list(
-                all=True,
-                filters={"label": [f"{LABEL_APP}={self.cfg.app}", f"{LABEL_COLOR}={color}"]},
-            )
-        )
-
-    def _remove_color(self, color: str, keep: bool = False) -> None:
-        for c in self._containers(color):
-            if c.labels.get(LABEL_ROLE) == "hook":
-                continue
-            if c.status in ("running", "restarting"):
-                c.stop(timeout=self.cfg.stop_timeout)
-            if not keep:
-                c.remove(force=True)
-
     def _server(self, color: str) -> str:
         return self.cfg.container_for(self.cfg.server_role, color)
 
@@ -220,18 +183,6 @@ class Executor:
             return wait_until(probe, what, deadline, h.first_delay, h.max_delay)
         except WaitTimeout as e:
             raise DeployError(what, str(e)) from e
-
-    def _labels(self, role: str, color: str) -> dict[str, str]:
-        return {
-            **self.cfg.extra_labels,
-            LABEL_APP: self.cfg.app,
-            LABEL_COLOR: color,
-            LABEL_ROLE: role,
-            LABEL_RELEASE: self.release.id,
-        }
-
-    def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        return {**self.env.values, **extra, "RELEASE_ID": self.release.id}
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -315,82 +266,15 @@ class Executor:
             if color not in view["draining"]:
                 self.control.drain(self.cfg.app, color, self.cfg.drain_timeout)
             self._wait_drained(color)
-        self._remove_color(color)
+        self.apps.remove(color)
 
     def _image(self, step: Step) -> str:
-        ref = self.release.image
-        try:
-            if self.cfg.build is not None and self.release.rollback_of is None:
-                b = self.cfg.build
-                image, _ = self.docker.images.build(
-                    path=str(b.context),
-                    dockerfile=b.dockerfile,
-                    tag=ref,
-                    buildargs=b.args,
-                    rm=True,
-                )
-            elif self.release.pull and self.cfg.pull != "never":
-                image = self._pull(ref)
-            else:
-                image = self.docker.images.get(ref)
-        except docker.errors.ImageNotFound as e:
-            raise DeployError(
-                "image",
-                f"{ref} is not on this server",
-                "deploy a retained release (`switchctl releases list`)",
-            ) from e
-        except (docker.errors.APIError, docker.errors.BuildError) as e:
-            raise DeployError(
-                "image", f"could not get {ref}: {e}", "check the image name and registry login"
-            ) from e
-        image.tag(*self.cfg.release_tag(self.release.id).split(":"))
-        self.image_id = image.id
-        return f"{image.short_id}, kept as {self.cfg.release_tag(self.release.id)}"
-
-    def _pull(self, ref: str) -> Any:
-        if self.cfg.pull == "missing":
-            try:
-                return self.docker.images.get(ref)
-            except docker.errors.ImageNotFound:
-                pass
-        repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "")
-        return self.docker.images.pull(repo, tag=tag or "latest")
-
-    def _run_one_off(self, command: list[str], timeout: float, name: str) -> tuple[int, str]:
-        extra: dict[str, Any] = (
-            {"network_mode": "host"}
-            if self.cfg.network == "host"
-            else {"network": self.cfg.network}
-        )
-        c = self.docker.containers.run(
-            self.image_id or self.release.image,
-            command,
-            name=name,
-            detach=True,
-            environment=self._env({}),
-            labels={**self._labels("hook", "none")},
-            init=True,
-            **extra,
-        )
-        try:
-            try:
-                rc = int(c.wait(timeout=timeout)["StatusCode"])
-            except Exception as e:
-                c.kill()
-                return -1, f"did not finish within {timeout:.0f}s ({e})\n{_tail(c)}"
-            return rc, _tail(c)
-        finally:
-            c.remove(force=True)
+        return self.apps.get_image()
 
     def _pre_deploy(self, step: Step) -> None:
         hook = self.cfg.hooks.pre_deploy
         assert hook is not None
-        if hook.where == "host":
-            rc, out = self._run_host(hook.command, hook.timeout)
-        else:
-            rc, out = self._run_one_off(
-                hook.command, hook.timeout, f"{self.cfg.app}-pre-deploy-{self.release.id}"
-            )
+        rc, out = self.apps.run_hook(hook, "pre-deploy", self.plan.target)
         if rc != 0:
             raise DeployError(
                 "pre-deploy hook",
@@ -398,66 +282,16 @@ class Executor:
                 "fix what the hook reports (nothing was switched), then deploy again",
             )
 
-    def _run_host(self, command: list[str], timeout: float) -> tuple[int, str]:
-        env = {
-            **self.env.values,
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "RELEASE_ID": self.release.id,
-            "APP": self.cfg.app,
-            "IMAGE": self.release.image,
-            "COLOR": self.plan.target,
-        }
-        try:
-            p = subprocess.run(
-                command, capture_output=True, text=True, timeout=timeout, env=env, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return -1, f"did not finish within {timeout:.0f}s"
-        return p.returncode, "\n".join((p.stdout + p.stderr).splitlines()[-15:])
-
     def _start_target(self, step: Step) -> str:
         color = str(step.color)
-        self._remove_color(color)  # anything left after the plan was made
-        names = []
-        for role_name, role in self.cfg.roles.items():
-            port = role.ports[color]
-            env = self._env(
-                {
-                    **role.env,
-                    self.cfg.port_env: str(
-                        port if self.cfg.network == "host" else self.cfg.container_port
-                    ),
-                    "EDGEPROXY_COLOR": color,
-                }
-            )
-            extra: dict[str, Any]
-            if self.cfg.network == "host":
-                extra = {"network_mode": "host"}
-            else:
-                extra = {
-                    "network": self.cfg.network,
-                    "ports": {f"{self.cfg.container_port}/tcp": ("127.0.0.1", port)},
-                }
-            name = self.cfg.container_for(role_name, color)
-            self.docker.containers.run(
-                self.image_id or self.release.image,
-                role.command,
-                name=name,
-                detach=True,
-                environment=env,
-                labels=self._labels(role_name, color),
-                init=True,
-                restart_policy={"Name": "unless-stopped"},
-                **extra,
-            )
-            names.append(name)
-        return ", ".join(names)
+        self.apps.remove(color)  # anything left since the plan was made
+        return ", ".join(self.apps.start(color))
 
     def _wait_healthy(self, step: Step) -> str:
         color = str(step.color)
         for role_name, role in self.cfg.roles.items():
             c = self.docker.containers.get(self.cfg.container_for(role_name, color))
-            probe = self._container_probe(c, role.health_path, role.ports[color])
+            probe = self.apps.probe(c, role.health_path, role.ports[color])
             try:
                 wait_until(
                     probe,
@@ -469,7 +303,7 @@ class Executor:
             except WaitTimeout as e:
                 raise DeployError(
                     f"wait for {c.name}",
-                    f"{e}\n{c.name}'s last log lines:\n{_tail(c)}",
+                    f"{e}\n{c.name}'s last log lines:\n{tail(c)}",
                     f"see `docker logs {c.name}`; its health check is "
                     f"{role.health_path or 'running'} on port {role.ports[color]}",
                 ) from e
@@ -479,31 +313,6 @@ class Executor:
             self.cfg.health.deadline,
         )
         return "every role healthy, edgeproxy agrees"
-
-    def _container_probe(self, c: Any, path: str | None, port: int) -> Callable[[], Probe]:
-        def probe() -> Probe:
-            c.reload()
-            st = c.attrs["State"]
-            if st["Status"] in ("exited", "dead") or c.attrs.get("RestartCount", 0) > 0:
-                return Probe(False, f"{c.name} exited with {st['ExitCode']}", fatal=True)
-            if st["Status"] != "running":
-                return Probe(False, f"{c.name} is {st['Status']}")
-            health = (st.get("Health") or {}).get("Status")
-            if health not in (None, "healthy"):
-                log = (st["Health"].get("Log") or [{}])[-1].get("Output", "").strip()
-                return Probe(False, f"docker health {health}: {log}")
-            if path is None:
-                return Probe(True, "running")
-            url = f"http://127.0.0.1:{port}{path}"
-            try:
-                with urllib.request.urlopen(url, timeout=self.cfg.health.request_timeout) as r:
-                    return Probe(True, f"GET {url} -> {r.status}")
-            except urllib.error.HTTPError as e:
-                return Probe(False, f"GET {url} -> {e.code}")
-            except OSError as e:
-                return Probe(False, f"GET {url}: {getattr(e, 'reason', e)}")
-
-        return probe
 
     def _smoke(self, step: Step) -> str:
         color = str(step.color)
@@ -593,11 +402,7 @@ class Executor:
         self._wait_drained(color)
 
     def _stop_old(self, step: Step) -> str:
-        names = [
-            c.name for c in self._containers(str(step.color)) if c.labels.get(LABEL_ROLE) != "hook"
-        ]
-        self._remove_color(str(step.color))
-        return ", ".join(names) or "nothing was running"
+        return ", ".join(self.apps.remove(str(step.color))) or "nothing was running"
 
     def _record(self, step: Step) -> None:
         rel = self.history.get(self.release.id)
@@ -607,30 +412,17 @@ class Executor:
                 update={
                     "outcome": "success",
                     "duration_s": round(time.time() - self.started, 1),
-                    "image_id": self.image_id,
+                    "image_id": self.apps.image_id,
                 }
             )
         )
-        self._prune_release_tags()
-
-    def _prune_release_tags(self) -> None:
         keep = {r.id for r in self.history.retained(self.cfg.keep_releases)}
-        for r in self.history.load():
-            if r.id not in keep and r.id != self.release.id:
-                try:
-                    self.docker.images.remove(self.cfg.release_tag(r.id), noprune=False)
-                except docker.errors.APIError:
-                    pass
+        self.apps.prune_release_tags(keep, [r.id for r in self.history.load()])
 
     def _post_deploy(self, step: Step) -> None:
         hook = self.cfg.hooks.post_deploy
         assert hook is not None
-        if hook.where == "host":
-            rc, out = self._run_host(hook.command, hook.timeout)
-        else:
-            rc, out = self._run_one_off(
-                hook.command, hook.timeout, f"{self.cfg.app}-post-deploy-{self.release.id}"
-            )
+        rc, out = self.apps.run_hook(hook, "post-deploy", self.plan.target)
         if rc != 0:
             raise DeployError(
                 "post-deploy hook",

@@ -9,8 +9,9 @@ import docker.errors
 
 from switchctl.client import ControlClient
 from switchctl.deploy.config import DeployConfig, EnvFile, read_env_file
+from switchctl.deploy.containers import ReleaseSpec
 from switchctl.deploy.errors import DeployError
-from switchctl.deploy.execute import Executor, ReleaseSpec
+from switchctl.deploy.execute import Executor
 from switchctl.deploy.history import History, Release, new_release_id
 from switchctl.deploy.lock import DeployLock, read_holder
 from switchctl.deploy.observe import observe
