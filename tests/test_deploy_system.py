@@ -8,11 +8,13 @@ may fail (except the 5xx a bad canary itself answers before its gate trips).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -200,20 +202,61 @@ def test_a_target_half_started_by_a_failed_deploy_is_replaced(
     assert all(c.labels["edgeproxy.release"] != "half" for c in stack.containers())
 
 
-def test_a_stopped_base_service_is_started_without_being_recreated(
+def test_a_stopped_base_service_is_started_without_being_recreated_and_hooks_run(
     stack: Stack, traffic: Traffic
 ) -> None:
     db = stack.client.containers.get(stack.db_name)
     db.stop(timeout=1)
     stack.run_color("blue")
     stack.create_proxy()
-    stack.write_deploy_config()
+    marker = stack.root / "post-deploy.txt"
+    stack.write_deploy_config(
+        hooks={
+            "pre_deploy": {"command": 'test -n "$JWT_SECRET" && echo migrated'},
+            "post_deploy": {
+                "command": f'echo "$RELEASE_ID $COLOR $JWT_SECRET" > {marker}',
+                "where": "host",
+            },
+        }
+    )
     out = ok(stack.deploy("--ref", "good"))
+    release = History(stack.root / "switchctl" / stack.app / "releases.json").load()[-1]
+    assert marker.read_text() == f"{release.id} green s3cr3t\n"
+    assert "s3cr3t" not in out
     assert f"start base service {stack.db_name}" in out
     db.reload()
     assert db.status == "running"
     assert db.id == stack.client.containers.get(stack.db_name).id
     assert_serving(stack, "green", traffic)
+
+
+class WebhookSink:
+    """A Slack-compatible receiver: records each JSON POST."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
 
 
 def failed(run: subprocess.CompletedProcess[str]) -> str:
@@ -234,9 +277,16 @@ def test_a_target_that_never_gets_healthy_is_rolled_back_and_blue_keeps_serving(
 ) -> None:
     stack.run_color("blue")
     stack.create_proxy()
-    stack.write_deploy_config(health={"deadline": 3})
+    hook = WebhookSink()
+    stack.write_deploy_config(health={"deadline": 3}, notify={"webhook": {"url": hook.url}})
     traffic.wait_ok()
-    err = failed(stack.deploy("--ref", "sick"))
+    try:
+        err = failed(stack.deploy("--ref", "sick"))
+    finally:
+        hook.close()
+    [note] = hook.received
+    assert note["event"] == "rollback"
+    assert note["failed_step"] == "wait until green is healthy (backoff with jitter, deadline)"
     assert "wait until green is healthy" in err
     assert "GET http://127.0.0.1:" in err
     assert "blue still serves all traffic" in err

@@ -18,7 +18,7 @@ import docker
 import docker.errors
 
 from switchctl.client import AppView, ControlClient, ControlError, ProxyUnreachable
-from switchctl.deploy.config import DeployConfig, EnvFile, Gates
+from switchctl.deploy.config import DeployConfig, EnvFile, Gates, Hook
 from switchctl.deploy.containers import AppContainers, ReleaseSpec, tail
 from switchctl.deploy.errors import DeployError
 from switchctl.deploy.health import Probe, WaitTimeout, wait_until
@@ -271,16 +271,23 @@ class Executor:
     def _image(self, step: Step) -> str:
         return self.apps.get_image()
 
-    def _pre_deploy(self, step: Step) -> None:
-        hook = self.cfg.hooks.pre_deploy
+    def _run_hook(self, name: str, hook: Hook | None, then: str, todo: str) -> None:
         assert hook is not None
-        rc, out = self.apps.run_hook(hook, "pre-deploy", self.plan.target)
+        rc, out = self.apps.run_hook(hook, name, self.plan.target)
         if rc != 0:
             raise DeployError(
-                "pre-deploy hook",
-                f"`{' '.join(hook.command)}` exited with {rc}; its last lines:\n{out}",
-                "fix what the hook reports (nothing was switched), then deploy again",
+                f"{name} hook",
+                f"`{' '.join(hook.command)}` exited with {rc}{then}; its last lines:\n{out}",
+                todo,
             )
+
+    def _pre_deploy(self, step: Step) -> None:
+        self._run_hook(
+            "pre-deploy",
+            self.cfg.hooks.pre_deploy,
+            "",
+            "fix what the hook reports (nothing was switched), then deploy again",
+        )
 
     def _start_target(self, step: Step) -> str:
         color = str(step.color)
@@ -420,15 +427,12 @@ class Executor:
         self.apps.prune_release_tags(keep, [r.id for r in self.history.load()])
 
     def _post_deploy(self, step: Step) -> None:
-        hook = self.cfg.hooks.post_deploy
-        assert hook is not None
-        rc, out = self.apps.run_hook(hook, "post-deploy", self.plan.target)
-        if rc != 0:
-            raise DeployError(
-                "post-deploy hook",
-                f"exited with {rc} (the release is live): {out}",
-                "run the hook by hand once its problem is fixed",
-            )
+        self._run_hook(
+            "post-deploy",
+            self.cfg.hooks.post_deploy,
+            " (the release is live)",
+            "run the hook by hand once its problem is fixed",
+        )
 
     def _notify(self, step: Step) -> None:
         rel = self.history.get(self.release.id)
