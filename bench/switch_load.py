@@ -386,6 +386,7 @@ def run_switch(opts: SwitchOptions, sopts: StageOptions) -> dict[str, Any]:
                     time.sleep(opts.interval)
                 time.sleep(opts.tail)
             doc, responses = proc.records()
+            _set(st, first, 100)  # leave the app as found (it matters with --target)
     result = analyze_switch(responses, flips)
     t0 = doc["started"]
     return {
@@ -519,6 +520,7 @@ def run_canary(opts: CanaryOptions, sopts: StageOptions) -> dict[str, Any]:
                 with load(st.url, [group], workdir, sopts.load_cpus, sources=clients) as proc:
                     proc.popen.wait()
                 passes.append(proc.records()[1])
+            _set(st, a, 100)  # end the canary: the active color takes everything again
     return {
         "command": "canary",
         "options": asdict(opts),
