@@ -46,7 +46,9 @@ def _targets(
 
 
 def _json_path(value: Path | None, command: str) -> Path:
-    return value or OUT_DIR / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = value or OUT_DIR / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)  # the plots are written beside it first
+    return path
 
 
 def finish(doc: dict[str, Any], json_path: Path, markdown: str, plots: list[Path]) -> None:
@@ -67,7 +69,7 @@ def main() -> None:
 def _nice(ctx: click.Context, param: click.Parameter, value: int) -> None:
     if value:
         set_nice(value)
-        log(f"every process this run starts runs under nice -n {value}")
+        log(f"every process this run starts gets scheduling priority {value} (autogroup nice)")
 
 
 CPU_OPTIONS = [
@@ -160,7 +162,7 @@ def stage_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _stage(kw: dict[str, Any]) -> Any:
-    from bench.switch_load import StageOptions
+    from bench.stage import StageOptions
 
     colors = tuple(c.strip() for c in kw.pop("colors").split(","))
     if len(colors) != 2:

@@ -26,7 +26,7 @@ from bench.peers import (
 )
 from bench.procs import free_port, running
 from bench.stats import binomial_ci95, fmt_k, fmt_ratio, median, percentile, ratio
-from bench.switch_load import (
+from bench.switch_analysis import (
     Flip,
     Response,
     analyze_switch,
