@@ -24,7 +24,7 @@ from bench.peers import (
     nginx_backend_conf,
     nginx_proxy_conf,
 )
-from bench.procs import free_port, running
+from bench.procs import BenchError, free_port, process_tree, running
 from bench.stats import binomial_ci95, fmt_k, fmt_ratio, median, percentile, ratio
 from bench.switch_analysis import (
     Flip,
@@ -381,3 +381,45 @@ def test_report_renders_a_saved_throughput_run_with_ratios(tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr
     assert "| http 13 keepalive | edgeproxy | 30,000 |" in out.stdout
     assert "| http 13 keepalive | 0.50x |" in out.stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_started_server_and_its_children_are_stopped_when_the_block_ends(
+    tmp_path: Path,
+) -> None:
+    script = f"sleep 300 & echo $! > {tmp_path}/child.pid; exec sleep 300"
+    with running(
+        "sleepers",
+        ["sh", "-c", script],
+        log_dir=tmp_path,
+        cpus=None,
+        ready=lambda: (tmp_path / "child.pid").exists(),
+    ) as proc:
+        child = int((tmp_path / "child.pid").read_text())
+        sample = proc.sample()
+        assert sample.pids == 2
+        assert sample.rss_kib > 0
+        assert set(process_tree(proc.pid)) == {proc.pid, child}
+    assert not _alive(proc.pid)
+    assert not _alive(child)
+
+
+def test_a_server_that_exits_while_starting_is_reported_with_its_log(tmp_path: Path) -> None:
+    with (
+        pytest.raises(BenchError, match=r"(?s)exited with status 3.*no such config"),
+        running(
+            "broken",
+            ["sh", "-c", "echo no such config; exit 3"],
+            log_dir=tmp_path,
+            cpus=None,
+            ready=lambda: False,
+        ),
+    ):
+        pass
