@@ -107,6 +107,12 @@ def test_blue_running_with_the_proxy_down_deploys_green(stack: Stack, traffic: T
     stack.run_color("blue")
     stack.create_proxy(start=False)
     stack.write_deploy_config()
+    planned = ok(stack.deploy("--ref", "good", "--plan"))
+    assert "found: edgeproxy is down" in planned
+    assert " 2. start edgeproxy" in planned
+    assert (
+        stack.client.containers.get(stack.proxy_name).status == "created"
+    )  # --plan changed nothing
     out = ok(stack.deploy("--ref", "good"))
     assert "edgeproxy is down" in out
     assert_serving(stack, "green", traffic)
@@ -410,3 +416,27 @@ def test_doctor_reports_inconsistencies_and_releases_rollback_redeploys_a_retain
     )
     assert clean.returncode == 0, clean.stdout
     assert "consistent: green serves" in clean.stdout
+
+
+def test_a_deploy_terminated_during_the_canary_rolls_back_before_it_exits(
+    stack: Stack, traffic: Traffic
+) -> None:
+    stack.run_color("blue")
+    stack.create_proxy()
+    stack.write_deploy_config(canary={"steps": [25, 100], "dwell": 30, "poll": 0.2})
+    traffic.wait_ok()
+    p = stack.deploy_popen("--ref", "good", "--json")
+    assert p.stdout is not None
+    for line in p.stdout:
+        if json.loads(line).get("kind") == "canary":
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)  # what CI's cancel or a cut ssh session sends
+    rest = [json.loads(line) for line in p.stdout if line.startswith("{")]
+    assert p.wait(30) == 1
+    p.stdout.close()
+    failed_event = next(e for e in rest if e["event"] == "deploy_failed")
+    assert failed_event["why"] == "switchctl received SIGTERM"
+    assert "blue still serves all traffic" in failed_event["todo"]
+    assert_rolled_back_to_blue(stack, traffic)
+    assert traffic.failures == []

@@ -19,7 +19,8 @@ import click
 from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_file
 from switchctl.deploy.errors import DeployConfigError, DeployError, LockHeld
 from switchctl.deploy.history import History
-from switchctl.deploy.orchestrate import connect, deploy, survey
+from switchctl.deploy.orchestrate import connect, deploy, stale_lock_note, survey
+from switchctl.deploy.plan import Plan
 from switchctl.deploy.progress import Progress
 
 config_option = click.option(
@@ -96,7 +97,7 @@ def _run(cfg: DeployConfig, ref: str | None, plan_only: bool, as_json: bool, **k
         click.echo(f"release {rel.id} is live on {rel.color} ({rel.duration_s}s)")
 
 
-def _plan_json(p: Any) -> dict[str, Any]:
+def _plan_json(p: Plan) -> dict[str, Any]:
     return {
         "live": p.live,
         "target": p.target,
@@ -114,8 +115,6 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
     cfg = _load(config_path)
     try:
         s = connect(cfg)
-        from switchctl.deploy.orchestrate import stale_lock_note
-
         obs, p = survey(s, stale_lock_note(s))
     except DeployError as e:
         _die(e, 2)

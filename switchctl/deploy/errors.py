@@ -37,3 +37,14 @@ class LockHeld(DeployError):
             f"another deploy holds the lock: {holder}",
             "wait for it to finish (the lock is released when that process exits)",
         )
+
+
+class Interrupted(DeployError):
+    """SIGTERM/SIGINT/SIGHUP arrived (CI cancelled, ssh cut): roll back like any failure."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(
+            "interrupted",
+            f"switchctl received {signame}",
+            "deploy again when ready; this one was rolled back if it had not switched yet",
+        )

@@ -78,17 +78,20 @@ class Executor:
         for f in plan.findings:
             self.progress.info(f"found: {f.problem} -> {f.action}")
         for n, step in enumerate(plan.steps, 1):
-            self.progress.step(n, step.describe(), step.kind)
             try:
+                self.progress.step(n, step.describe(), step.kind)
                 note = getattr(self, f"_{step.kind}")(step) or ""
+                if step.kind in POINT_OF_NO_RETURN:
+                    self.switched = True
+                self.progress.ok(n, note)
             except Exception as e:
                 err = e if isinstance(e, DeployError) else DeployError(step.kind, str(e))
-                err = DeployError(step.describe(), err.why, err.todo)
+                if err.step == "interrupted":
+                    err = DeployError(f"{step.describe()} (interrupted)", err.why, err.todo)
+                else:
+                    err = DeployError(step.describe(), err.why, err.todo)
                 self.progress.failed(n, err.why)
                 self._fail(record, step, err)
-            self.progress.ok(n, note)
-            if step.kind in POINT_OF_NO_RETURN:
-                self.switched = True
         return self.history.get(record.id) or record
 
     def _fail(self, record: Release, step: Step, err: DeployError) -> NoReturn:

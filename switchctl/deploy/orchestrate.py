@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 import docker
 import docker.errors
@@ -10,7 +14,7 @@ import docker.errors
 from switchctl.client import ControlClient
 from switchctl.deploy.config import DeployConfig, EnvFile, read_env_file
 from switchctl.deploy.containers import ReleaseSpec
-from switchctl.deploy.errors import DeployError
+from switchctl.deploy.errors import DeployError, Interrupted
 from switchctl.deploy.execute import Executor
 from switchctl.deploy.history import History, Release, new_release_id
 from switchctl.deploy.lock import DeployLock, read_holder
@@ -93,7 +97,31 @@ def deploy(
         obs, p = survey(s, stale)
         runner = runner_for(cfg.edgeproxy, s.docker)
         ex = Executor(cfg, s.env, s.docker, s.control, runner, release, progress)
-        return p, ex.run(p, config_was_valid=not obs.proxy.config_problems)
+        with rollback_on_signals():
+            return p, ex.run(p, config_was_valid=not obs.proxy.config_problems)
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def rollback_on_signals() -> Iterator[None]:
+    """The first SIGTERM/SIGINT/SIGHUP fails the current step (so the deploy rolls back);
+    later ones are ignored until the rollback is done."""
+    old = {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    for sig in SIGNALS:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def releases(cfg: DeployConfig) -> list[Release]:
