@@ -142,6 +142,9 @@ def throughput(json_path: Path | None, **kw: Any) -> None:
     path = _json_path(json_path, "throughput")
     plots = [report.plot_throughput(doc, path.with_suffix(".png"))] if doc["summaries"] else []
     finish(doc, path, report.throughput_markdown(doc), plots)
+    if doc["failed_runs"]:
+        log(f"{len(doc['failed_runs'])} runs failed (listed under the tables and in the JSON)")
+        sys.exit(1)
 
 
 def stage_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -113,8 +113,14 @@ def throughput_markdown(doc: dict[str, Any]) -> str:
                 f"| {fmt_ratio(r['per_cpu_vs_nginx'])} | {fmt_ratio(r['per_cpu_vs_haproxy'])} |"
             )
         out.append("\n".join(table))
-    if doc.get("skipped"):
-        out.append("\n".join(f"- skipped {k}: {v}" for k, v in doc["skipped"].items()))
+    notes = [f"- skipped {k}: {v}" for k, v in doc.get("skipped", {}).items()]
+    notes += [
+        f"- failed run: {config_of(f['case'])} {f['case']['peer']} round {f['round'] + 1}: "
+        + f["error"].splitlines()[0]
+        for f in doc.get("failed_runs", [])
+    ]
+    if notes:
+        out.append("\n".join(notes))
     return "\n\n".join(out) + "\n"
 
 

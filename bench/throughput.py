@@ -312,12 +312,22 @@ def run(
             f"≈ {len(cases) * opts.rounds * (opts.duration + 0.5) / 60:.1f} min"
         )
         measurements: list[Measurement] = []
+        failures: list[dict[str, Any]] = []
         for round_no in range(opts.rounds):
             for i, case in enumerate(rotated(cases, round_no)):
                 target = by_name[case.peer]
-                if round_no == 0 and opts.warmup > 0:
-                    measure(case, target, backend, opts, -1, opts.warmup)
-                m = measure(case, target, backend, opts, round_no, opts.duration)
+                try:
+                    if round_no == 0 and opts.warmup > 0:
+                        measure(case, target, backend, opts, -1, opts.warmup)
+                    m = measure(case, target, backend, opts, round_no, opts.duration)
+                except BenchError as e:
+                    # One broken run (a proxy that crashed, wrk that could not connect)
+                    # must not throw away the others: record it and go on.
+                    failures.append({"case": asdict(case), "round": round_no, "error": str(e)})
+                    log(f"round {round_no + 1} {case.peer} {case.config} failed: {e}")
+                    if target.proc is not None and target.proc.popen.poll() is not None:
+                        log(f"{case.peer} has exited:\n{target.proc.log_tail()}")
+                    continue
                 measurements.append(m)
                 cpu = f", proxy CPU {m.proxy_cpu_pct:.0f}%" if m.proxy_cpu_pct is not None else ""
                 log(
@@ -337,6 +347,7 @@ def run(
             "wrk_and_backend": f"taskset -c {opts.load_cpus}",
         },
         "skipped": opts.skipped,
+        "failed_runs": failures,
         "summaries": [asdict(s) for s in summaries],
         "ratios": ratios(summaries),
         "ratios_access_log": ratios(summaries, subject="edgeproxy-log"),

@@ -104,5 +104,6 @@ def run(url: str, *, cpus: str | None, **kw: Any) -> WrkResult:
             proc.kill()
             out, err = proc.communicate()
     if proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}{out}")
+        said = " / ".join(line for line in (err + out).splitlines() if line.strip())
+        raise BenchError(f"wrk exited with status {proc.returncode}: {said} ({' '.join(cmd)})")
     return parse(out)
