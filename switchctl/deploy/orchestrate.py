@@ -11,7 +11,7 @@ from types import FrameType
 import docker
 import docker.errors
 
-from switchctl.client import ControlClient
+from switchctl.client import ControlClient, ControlError
 from switchctl.deploy.config import DeployConfig, EnvFile, read_env_file
 from switchctl.deploy.containers import ReleaseSpec
 from switchctl.deploy.errors import DeployError, Interrupted
@@ -54,7 +54,17 @@ def intent(cfg: DeployConfig) -> Intent:
 
 def survey(s: Session, stale_lock: str | None = None) -> tuple[Observed, Plan]:
     runner = runner_for(s.cfg.edgeproxy, s.docker)
-    obs = observe(s.cfg, s.docker, runner, s.control, stale_lock)
+    try:
+        obs = observe(s.cfg, s.docker, runner, s.control, stale_lock)
+    except ControlError as e:
+        todo = (
+            "run switchctl as root or list your uid in edgeproxy's control.allow_uids"
+            if e.status == 403
+            else "see edgeproxy's log"
+        )
+        raise DeployError("observe edgeproxy", str(e), todo) from e
+    except docker.errors.DockerException as e:
+        raise DeployError("observe docker", str(e), "is dockerd healthy? `docker ps`") from e
     return obs, plan(obs, intent(s.cfg))
 
 
