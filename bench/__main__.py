@@ -52,13 +52,16 @@ def _json_path(value: Path | None, command: str) -> Path:
 
 
 def finish(doc: dict[str, Any], json_path: Path, markdown: str, plots: list[Path]) -> None:
-    """Write the JSON, print the Markdown and where everything went."""
+    """Write the JSON, print the Markdown and where everything went; exit 1 if a run failed."""
     doc["machine"] = report.machine_info()
     report.write_json(doc, json_path)
     click.echo(markdown)
     log(f"JSON: {json_path}")
     for p in plots:
         log(f"plot: {p}")
+    if doc.get("failed_runs"):
+        log(f"{len(doc['failed_runs'])} runs failed (listed under the tables and in the JSON)")
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -142,9 +145,6 @@ def throughput(json_path: Path | None, **kw: Any) -> None:
     path = _json_path(json_path, "throughput")
     plots = [report.plot_throughput(doc, path.with_suffix(".png"))] if doc["summaries"] else []
     finish(doc, path, report.throughput_markdown(doc), plots)
-    if doc["failed_runs"]:
-        log(f"{len(doc['failed_runs'])} runs failed (listed under the tables and in the JSON)")
-        sys.exit(1)
 
 
 def stage_options(f: Callable[..., Any]) -> Callable[..., Any]:
