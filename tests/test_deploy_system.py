@@ -344,12 +344,18 @@ def test_a_failing_pre_deploy_hook_switches_nothing(stack: Stack, traffic: Traff
     assert traffic.failures == []
 
 
-def test_a_failed_deploy_on_a_fresh_server_says_nothing_was_switched(stack: Stack) -> None:
+def test_a_failed_deploy_on_a_fresh_server_says_nothing_was_switched(
+    stack: Stack, traffic: Traffic
+) -> None:
     stack.create_proxy()
     stack.write_deploy_config(health={"deadline": 2})
     err = failed(stack.deploy("--ref", "sick"))
     assert "nothing was switched" in err
     assert running(stack) == set()
+    view = ControlClient(stack.socket).app(stack.app)
+    assert (view["candidate"], view["weight"]) == (None, 0)
+    assert traffic.total_ok == 0  # no color was ever healthy: every request failed, as it should
+    assert traffic.failures_before_first_ok > 0
 
 
 def test_a_deploy_killed_during_the_canary_is_recovered_by_the_next_one(
