@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeproxy.app import Observability
-from edgeproxy.observability.access_log import jstr
+from edgeproxy.observability.access_log import jbytes, jstr
 from tests.proxy_fixtures import Edge, http_get
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -111,3 +111,8 @@ def test_the_default_destination_is_stdout(backend, edge, capfd):
 @given(st.text())
 def test_any_string_is_written_as_valid_json(value: str) -> None:
     assert json.loads(jstr(value)) == value
+
+
+@given(st.binary())
+def test_any_request_bytes_are_written_as_valid_json(value: bytes) -> None:
+    assert json.loads(jbytes(value)) == value.decode("utf-8", "backslashreplace")

@@ -21,14 +21,17 @@ import json
 import logging
 import os
 import random
+import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from edgeproxy.config import AccessLog as AccessLogConfig
 from edgeproxy.errors import StartupError
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.exchange import Exchange
+    from edgeproxy.proxy.upstream import UpstreamPool
 
 log = logging.getLogger("edgeproxy.access")
 
@@ -45,8 +48,27 @@ def jstr(value: str | None) -> str:
     return json.dumps(value)
 
 
-def jbytes(value: bytes) -> str:
-    return jstr(value.decode("utf-8", "backslashreplace"))
+_NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]').search
+
+
+def jbytes(value: bytes) -> bytes:
+    """Raw request bytes as a JSON string (decoded as UTF-8, undecodable bytes escaped)."""
+    if _NEEDS_ESCAPE(value) is None:
+        return b'"%s"' % value
+    return json.dumps(value.decode("utf-8", "backslashreplace")).encode()
+
+
+def _cached(cache: dict[Any, bytes], key: Any, make: Callable[[], str]) -> bytes:
+    out = cache.get(key)
+    if out is None:
+        out = cache[key] = make().encode()
+    return out
+
+
+LINE = (
+    b'{"time":"%s.%03dZ","request_id":%s,"client":"%s","host":%s,"method":%s,"path":%s,'
+    b'"status":%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,%s,"tls":%s,"error":%s}\n'
+)
 
 
 class AccessLogWriter:
@@ -54,14 +76,20 @@ class AccessLogWriter:
         self.path = config.path
         self.sample = config.sample
         self.fd = -1
-        self.buf: list[str] = []
+        self.buf: list[bytes] = []
         self.size = 0
         self.timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.offset = 0.0
         """Wall clock minus loop clock."""
         self._sec = -1
-        self._prefix = ""
+        self._prefix = b""
+        self._where: dict[tuple[str | None, str | None, UpstreamPool | None], bytes] = {}
+        self._tls: dict[str | None, bytes] = {}
+        self._methods = {
+            m: b'"%s"' % m
+            for m in (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
+        }
         self.lines = 0
         self.broken = False
 
@@ -90,25 +118,39 @@ class AccessLogWriter:
         if self.sample < 1.0 and random.random() >= self.sample:
             return
         client = ex.client
-        pool = ex.pool
         local = ex.local
-        wall = ex.finished_at + self.offset
+        finished = ex.finished_at
+        wall = finished + self.offset
         sec = int(wall)
         if sec != self._sec:
             self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        ms = int((wall - sec) * 1000)
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
         started = ex.started_at
-        duration = (ex.finished_at - started) * 1000 if started else 0.0
-        line = (
-            f'{{"time":"{self._prefix}.{ms:03d}Z","request_id":{jbytes(ex.request_id)},'
-            f'"client":"{client.peer_ip}","host":{jbytes(ex.host)},'
-            f'"method":{jbytes(ex.method)},"path":{jbytes(ex.path)},"status":{ex.status},'
-            f'"bytes_in":{ex.body_sent},'
-            f'"bytes_out":{ex.resp_bytes or (len(local) if local is not None else 0)},'
-            f'"duration_ms":{duration:.3f},"app":{jstr(ex.app)},"color":{jstr(ex.color)},'
-            f'"upstream":{"null" if pool is None else jstr(pool.upstream.url)},'
-            f'"tls":{jstr(client.tls_version)},"error":{jstr(ex.error)}}}\n'
+        # Strings from the config or the socket are cached as JSON; only what the client
+        # sent (request id, host, path) is checked for characters to escape, per line.
+        where = self._where
+        key = (ex.app, ex.color, ex.pool)
+        target = where.get(key)
+        if target is None:
+            target = where[key] = self._target(key)
+        method = self._methods.get(ex.method)
+        if method is None:
+            method = jbytes(ex.method)
+        line = LINE % (
+            self._prefix,
+            int((wall - sec) * 1000),
+            jbytes(ex.request_id),
+            client.peer_ip_b,
+            jbytes(ex.host),
+            method,
+            jbytes(ex.path),
+            ex.status,
+            ex.body_sent,
+            ex.resp_bytes or (len(local) if local is not None else 0),
+            (finished - started) * 1000 if started else 0.0,
+            target,
+            _cached(self._tls, client.tls_version, lambda: jstr(client.tls_version)),
+            b"null" if ex.error is None else jstr(ex.error).encode(),
         )
         self.buf.append(line)
         self.size += len(line)
@@ -116,6 +158,12 @@ class AccessLogWriter:
             self.flush()
         elif self.timer is None and self.loop is not None:
             self.timer = self.loop.call_later(FLUSH_SECONDS, self.flush)
+
+    @staticmethod
+    def _target(key: tuple[str | None, str | None, UpstreamPool | None]) -> bytes:
+        app, color, pool = key
+        upstream = None if pool is None else pool.upstream.url
+        return f'"app":{jstr(app)},"color":{jstr(color)},"upstream":{jstr(upstream)}'.encode()
 
     # --- output --------------------------------------------------------------------------------
 
@@ -125,7 +173,7 @@ class AccessLogWriter:
             self.timer = None
         if not self.buf:
             return
-        data = "".join(self.buf).encode("utf-8", "backslashreplace")
+        data = b"".join(self.buf)
         self.lines += len(self.buf)
         self.buf.clear()
         self.size = 0
