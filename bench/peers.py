@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 from bench.procs import Proc, running
 from bench.tlscert import CertFiles
 
-PEERS = ("direct", "nginx", "haproxy", "edgeproxy", "edgeproxy-log")
-"""`edgeproxy-log` is edgeproxy with its JSON access log written to a file."""
+PEERS = ("direct", "nginx", "haproxy", "edgeproxy", "edgeproxy-log", "probe")
+"""`edgeproxy-log` is edgeproxy with its JSON access log written to a file; `probe` is
+the bare uvloop + httptools byte relay in `bench/probe.py` (the Python ceiling)."""
 
 FD_LIMIT = 20000
 """Hard RLIMIT_NOFILE here; the memory bench opens 10,000 client connections."""
@@ -316,6 +317,15 @@ def start_peer(
         )
         conf.write_text(text)
         argv = edgeproxy_argv(conf)
+    elif kind == "probe":
+        argv = [sys.executable, "-m", "bench.probe", "--upstream", upstream]
+        argv += [
+            "--listen",
+            f"127.0.0.1:{listen.http}",
+            "--tls-listen",
+            f"127.0.0.1:{listen.https}",
+        ]
+        argv += ["--cert", str(cert.cert), "--key", str(cert.key)]
     else:
         raise ValueError(f"unknown peer {kind!r}; choose from {', '.join(PEERS)}")
     http_url = f"http://127.0.0.1:{listen.http}"

@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.stats import fmt_k, fmt_num, fmt_ratio
 
-PEER_ORDER = ("direct", "nginx", "haproxy", "edgeproxy", "edgeproxy-log")
+PEER_ORDER = ("direct", "nginx", "haproxy", "probe", "edgeproxy", "edgeproxy-log")
 
 
 def _version(cmd: Sequence[str], pattern: str) -> str:

@@ -3,6 +3,7 @@ short real-socket run of its backend and load client. No timing assertions."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import shutil
@@ -428,3 +429,30 @@ def test_a_server_that_exits_while_starting_is_reported_with_its_log(tmp_path: P
         ),
     ):
         pass
+
+
+def test_the_probe_relays_keepalive_and_close_requests_to_the_backend(
+    backend: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.probe", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--upstream", backend.removeprefix("http://")]
+    with running(
+        "probe",
+        argv,
+        log_dir=tmp_path,
+        cpus=None,
+        ready=lambda: answers(f"http://127.0.0.1:{port}/health"),
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        bodies = []
+        for path in ("/16k", "/13"):
+            conn.request("GET", path)
+            bodies.append(conn.getresponse().read())
+        conn.request("GET", "/color", headers={"Connection": "close"})
+        last = conn.getresponse()
+        bodies.append(last.read())
+        conn.close()
+    assert bodies == [b"x" * 16384, b"Hello, World!", b"blue"]
+    assert last.getheader("Connection") == "close"
+    assert last.will_close
