@@ -97,7 +97,7 @@ def cpu_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command()
 @click.option(
-    "--peers", default="direct,nginx,haproxy,edgeproxy,edgeproxy-log", callback=_csv(PEERS)
+    "--peers", default="direct,nginx,haproxy,probe,edgeproxy,edgeproxy-log", callback=_csv(PEERS)
 )
 @click.option("--schemes", default="http,https", callback=_csv(("http", "https")))
 @click.option("--bodies", default="13,16k", callback=_csv(("13", "16k")))
