@@ -167,7 +167,7 @@ def format_status(views: dict[str, AppView], now: float | None = None) -> str:
         lines.extend(_table(color_rows, indent="  "))
         upstream_rows = format_upstreams(v["colors"], now)
         if upstream_rows:
-            lines.extend(_table(upstream_rows, indent="  "))
+            lines.extend(["", *_table(upstream_rows, indent="  ")])
     return "\n".join(lines)
 
 

@@ -56,14 +56,18 @@ class UpstreamHealth:
         checked = not self.spec.enabled or self.check.healthy is True
         return checked and not self.eject.ejected(now)
 
-    def failing(self, now: float) -> list[str]:
+    def reasons(self, now: float) -> list[str]:
+        """Why this upstream gets no requests (empty while it is fit)."""
         out = []
         if self.spec.enabled and self.check.healthy is not True:
-            out.append(f"{self.url}: {self.check.describe()}")
+            out.append(self.check.describe())
         if self.eject.ejected(now):
             left = self.eject.ejected_until - now
-            out.append(f"{self.url}: {self.eject.describe()}, back in {left:.0f}s")
+            out.append(f"{self.eject.describe()}, back in {left:.0f}s")
         return out
+
+    def failing(self, now: float) -> list[str]:
+        return [f"{self.url}: {r}" for r in self.reasons(now)]
 
     def view(self, now: float, wall: float) -> dict[str, Any]:
         check = self.check
@@ -77,7 +81,7 @@ class UpstreamHealth:
                 else {None: "pending", True: "passing", False: "failing"}[check.healthy]
             ),
             "last_check": wall - (now - check.last_check) if check.last_check else None,
-            "failing": "; ".join(self.failing(now)) or None,
+            "failing": "; ".join(self.reasons(now)) or None,
             "checks_passed": check.passed,
             "checks_failed": check.failed,
             "ejected": ejected,
