@@ -33,6 +33,7 @@ class Flaky:
     """Statuses for other paths, cycled (e.g. one 500 in twenty)."""
     probes: list[tuple[float, int]] = field(default_factory=list)
     served: list[int] = field(default_factory=list)
+    probe_hosts: list[str] = field(default_factory=list)
     runner: web.AppRunner | None = None
     site: web.TCPSite | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -51,6 +52,7 @@ class Flaky:
             script = self.health
             status = script[next(probe_no) % len(script)]
             self.probes.append((time.monotonic(), status))
+            self.probe_hosts.append(request.host)
             if status == 0:
                 await self.stopped.wait()  # hang until the test ends
             return web.Response(status=status, text=f"{self.name} {status}\n")

@@ -181,3 +181,20 @@ def test_switchctl_health_and_status_show_each_upstream_with_its_failing_check(f
     out = runner.invoke(cli, ["--socket", str(e.socket_path), "status"])
     assert out.exit_code == 0, out.output
     assert bad.url in out.output
+
+
+def test_a_check_sends_its_host_header_and_accepts_the_configured_status_range(flaky, edge):
+    blue = flaky("blue", health=[302])
+    e = edge(
+        app_config(
+            {"blue": [blue.url]},
+            health={"host": "health.internal", "expected_status": "200-399"},
+        )
+    )
+    assert http_get(e.http_port).body == b"blue\n"
+    assert set(blue.probe_hosts) == {"health.internal"}
+    blue.health = [404]
+    events = Events(e)
+    assert events.next()[0] == "unhealthy"
+    healthy, failing = e.run(_health(monitor(e), "blue"))
+    assert not healthy and "GET /health → 404 (expected 200-399)" in failing[0]
