@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 from collections.abc import Callable
 
 from tests.proxy_fixtures import Backend, Edge, http_get, raw_request, site
@@ -223,3 +224,41 @@ def test_a_route_prefix_is_stripped_and_the_longest_prefix_wins(backend, edge):
     assert search.seen[-1].path_qs == "/indexes/x?q=1"
     assert get(e.http_port, "/other", host="api.example.test:8080").body == b"blue\n"
     assert get(e.http_port, "/", host="example.test").status == 404
+
+
+def close_delimited_upstream(body: bytes) -> tuple[socket.socket, threading.Thread]:
+    """An upstream that answers without Content-Length or chunking and closes (old CGI style)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t
+
+
+def test_a_response_ended_by_the_upstream_closing_reaches_the_client_complete(edge):
+    body = b"line\n" * 20000
+    srv, _ = close_delimited_upstream(body)
+    try:
+        e = edge({"sites": [site(f"http://127.0.0.1:{srv.getsockname()[1]}")]})
+        r = get(e.http_port, "/cgi")
+        assert r.status == 200
+        assert r.body == body
+        # HTTP/1.0 clients get it close-delimited too.
+        out = raw_request(e.http_port, b"GET /cgi HTTP/1.0\r\nHost: a.test\r\n\r\n")
+        assert out.partition(b"\r\n\r\n")[2] == body
+    finally:
+        srv.close()

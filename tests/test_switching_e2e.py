@@ -357,3 +357,35 @@ def test_sigterm_lets_an_in_flight_request_finish_before_exiting(tmp_path, backe
     assert result == {"status": 200, "body": b"blue slept\n"}
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+def test_visitors_of_a_canary_with_no_healthy_upstream_are_served_by_the_active_color(
+    backend, edge
+):
+    blue = backend("blue")
+    e = edge(
+        {
+            "apps": {
+                "shop": {
+                    "colors": {
+                        "blue": {"upstreams": [blue.url]},
+                        "green": {"upstreams": [f"http://127.0.0.1:{free_port()}"]},  # dead
+                    },
+                    "health": {"interval": 0.2, "timeout": 0.2, "unhealthy_threshold": 1},
+                }
+            },
+            "sites": [site("shop")],
+        }
+    )
+    ctl = ControlClient(e.socket_path)
+    ctl.set("shop", "green", 50, force=True)
+    answers = Counter()
+    for i in range(40):
+        src = f"127.0.9.{i + 1}"
+        with socket.create_connection(("127.0.0.1", e.http_port), source_address=(src, 0)) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        answers[data.split(b"\r\n", 1)[0] + b" " + data.rsplit(b"\r\n\r\n", 1)[-1].strip()] += 1
+    assert answers == {b"HTTP/1.1 200 OK blue": 40}

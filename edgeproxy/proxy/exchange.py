@@ -74,6 +74,7 @@ class Exchange:
         "tunnel",
         "up_head",
         "up_keep",
+        "up_until_close",
         "upgrade",
         "upstream",
         "version",
@@ -122,6 +123,7 @@ class Exchange:
         self.last_upstream = 0.0
         self.request_id = b""
         self.up_keep = True
+        self.up_until_close = False
         self.reported = False
         self.paused = False
         self.set_cookie: bytes | None = None
@@ -218,6 +220,14 @@ class Exchange:
             color = ctx.config.apps[app].first_color
         self.color = color
         pool = ctx.colors[(app, color)].pick(ctx.health_ok)
+        if pool is None and picker is not None:
+            # A canary with no healthy upstream must not cost its share of
+            # visitors: they go to the active color (never the other way round).
+            active = picker.board.states[app].active
+            if color != active:
+                fallback = ctx.colors[(app, active)].pick(ctx.health_ok)
+                if fallback is not None:
+                    self.color, pool = active, fallback
         if pool is None:
             headers = [(b"retry-after", b"5"), *self.error_headers()]
             self.local = build_response(
@@ -386,6 +396,9 @@ class Exchange:
     def on_response_complete(self) -> None:
         if self.done or not self.resp_started or self.status == 101:
             return
+        self._finish_body(reusable=True)
+
+    def _finish_body(self, *, reusable: bool) -> None:
         if self.encoder is not None:
             tail = self.encoder.finish()
             self.encoder = None
@@ -396,7 +409,7 @@ class Exchange:
                     self.client.write(b"%x\r\n%b\r\n" % (len(tail), tail))
         if self.resp_mode in (CHUNKED, RECHUNK):
             self.client.write(b"0\r\n\r\n")
-        self._response_done(reusable=True)
+        self._response_done(reusable=reusable)
 
     def _response_done(self, *, reusable: bool) -> None:
         self.done = True
@@ -459,11 +472,9 @@ class Exchange:
                 return
             self.fail(502, f"upstream closed the connection: {exc or 'EOF'}")
             return
-        if self.resp_mode == UNTIL_CLOSE:
-            if self.encoder is not None:
-                self.client.write(self.encoder.finish())
-                self.encoder = None
-            self._response_done(reusable=False)
+        if self.up_until_close:
+            # No Content-Length, not chunked: the upstream's close ends the body.
+            self._finish_body(reusable=False)
             return
         # Truncated response: the client must see the connection end, not a short body.
         self.error = f"upstream closed mid-response: {exc or 'EOF'}"

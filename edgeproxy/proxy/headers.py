@@ -273,7 +273,11 @@ def response_head(
 ) -> tuple[bytes, int]:
     """The response head for the client and how its body is framed."""
     policy = ex.policy
+    framed = None
     if policy is not None and not policy.passthrough and status != 101:
+        if policy.gzip is not None:
+            # gzip drops Content-Length: note the upstream's own framing first.
+            framed = any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
         info = ex.info
         headers, ex.encoder = policy.response_head(
             status,
@@ -320,6 +324,9 @@ def response_head(
         mode = RECHUNK
     else:
         mode = UNTIL_CLOSE
+    if framed is None:
+        framed = has_length or chunked
+    ex.up_until_close = not framed and mode != NOBODY
     if mode in (CHUNKED, RECHUNK):
         parts.append(b"transfer-encoding: chunked\r\n")
     keep = ex.keep_alive and mode != UNTIL_CLOSE and not ex.client.closing
