@@ -198,3 +198,25 @@ def test_a_check_sends_its_host_header_and_accepts_the_configured_status_range(f
     assert events.next()[0] == "unhealthy"
     healthy, failing = e.run(_health(monitor(e), "blue"))
     assert not healthy and "GET /health → 404 (expected 200-399)" in failing[0]
+
+
+def test_asking_about_a_backed_off_color_probes_it_at_once_so_a_deploy_need_not_wait(flaky, edge):
+    blue, green = flaky("blue"), flaky("green", health=[500])
+    e = edge(
+        app_config(
+            {"blue": [blue.url], "green": [green.url]},
+            health={"interval": 0.05, "max_backoff": 600, "healthy_threshold": 1},
+        )
+    )
+    while len(green.probes) < 6:  # backed off: the next probe is due 6.4 s after the 6th
+        time.sleep(0.05)
+    green.health = [200]
+    ctl = ControlClient(e.socket_path)
+    deadline = time.monotonic() + 30
+    while not ctl.app("shop")["colors"]["green"]["healthy"]:  # a deploy waiting for green
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    passed = [t for t, status in green.probes if status == 200]
+    last_failed = max(t for t, status in green.probes if status == 500)
+    assert passed[0] - last_failed < 6.4 * 0.9 / 2  # well before the backoff would have ended
+    assert ctl.set("shop", "green", 10)["weights"] == {"blue": 90, "green": 10}

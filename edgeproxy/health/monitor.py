@@ -3,7 +3,10 @@
 `HealthMonitor.start()` runs one round of checks (each bounded by its
 `timeout`) before edgeproxy accepts connections, so a color restored from the
 state file must pass its check before it gets a request; the loops then keep
-probing every color, active or not. The data plane asks `ctx.health_ok(pool)`
+probing every color, active or not; a failing upstream is probed less and less
+often, unless someone asks about its color (a deploy waiting for it to become
+healthy, a refused switch): then it is probed at once, at most once per
+`interval`. The data plane asks `ctx.health_ok(pool)`
 per request; while every upstream is fit that hook is None and costs nothing.
 
 An upstream shared by several colors or apps (same host:port) has one verdict:
@@ -51,6 +54,8 @@ class UpstreamHealth:
         self.users: list[tuple[str, str]] = []
         """(app, color) pairs that route to this upstream."""
         self.readmit: asyncio.TimerHandle | None = None
+        self.wake = asyncio.Event()
+        """Set to probe now instead of at the end of the backoff."""
 
     def fit(self, now: float) -> bool:
         checked = not self.spec.enabled or self.check.healthy is True
@@ -151,8 +156,19 @@ class HealthMonitor:
             delay = u.check.next_delay(
                 u.spec.interval, u.spec.max_backoff, self.rng.uniform(-1.0, 1.0)
             )
-            await asyncio.sleep(delay)
+            u.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await u.wake.wait()
             await self._probe(u)
+
+    def _wake_backed_off(self, ups: list[UpstreamHealth], now: float) -> None:
+        """Someone asks about these upstreams (a deploy waiting, a refused switch): probe the
+        failing ones now rather than at the end of their backoff, at most once per interval."""
+        for u in ups:
+            check = u.check
+            if check.healthy is False and now - check.last_check >= u.spec.interval:
+                u.wake.set()
 
     async def _probe(self, u: UpstreamHealth) -> None:
         assert self.session is not None and self.loop is not None
@@ -226,7 +242,12 @@ class HealthMonitor:
         return pool not in self.down
 
     def health(self, app: str, color: str) -> tuple[bool, list[str]]:
-        """The SwitchBoard's hook: a color is healthy while one of its upstreams is fit."""
+        """The SwitchBoard's hook (views, switch checks): the verdict, and probe what fails."""
+        self._wake_backed_off(self.colors.get((app, color), []), self._now())
+        return self.verdict(app, color)
+
+    def verdict(self, app: str, color: str) -> tuple[bool, list[str]]:
+        """A color is healthy while one of its upstreams is fit; what fails on the others."""
         now = self._now()
         ups = self.colors.get((app, color), [])
         failing = [f for u in ups for f in u.failing(now)]
