@@ -128,6 +128,9 @@ class Observability:
         board = self.switching.board
         assert board is not None, "Switching must start before Observability"
         config, ctx = server.config, server.ctx
+        if config.access_log.enabled:  # first: the one step here that may refuse to start
+            self.access_log = AccessLogWriter(config.access_log)
+            self.access_log.open()
         self._health = health = HealthMonitor(config, ctx)
         await health.start()
         board.health = health.health
@@ -150,9 +153,6 @@ class Observability:
                 return sni(*args)
 
             server.certs.dispatch.sni_callback = counting_sni
-        if config.access_log.enabled:
-            self.access_log = AccessLogWriter(config.access_log)
-            self.access_log.open()
         ctx.on_exchange_done = self._observer()
 
     def _observer(self) -> Any:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeproxy.app import Observability
+from edgeproxy.app import Observability, build_server
+from edgeproxy.config import Config
+from edgeproxy.errors import StartupError
 from edgeproxy.observability.access_log import jbytes, jstr
 from tests.proxy_fixtures import Edge, http_get
 
@@ -116,3 +120,22 @@ def test_any_string_is_written_as_valid_json(value: str) -> None:
 @given(st.binary())
 def test_any_request_bytes_are_written_as_valid_json(value: bytes) -> None:
     assert json.loads(jbytes(value)) == value.decode("utf-8", "backslashreplace")
+
+
+def test_an_access_log_that_cannot_be_opened_stops_the_start_with_a_message(tmp_path):
+    config = Config.model_validate(
+        {
+            "listen": {"http": "127.0.0.1:0"},
+            "control": {"socket": str(tmp_path / "ctl.sock")},
+            "state_file": str(tmp_path / "state.json"),
+            "access_log": {"path": str(tmp_path / "missing-dir" / "access.log")},
+        }
+    )
+    server = build_server(config)
+
+    async def start() -> None:
+        await server.start()
+
+    with pytest.raises(StartupError, match=r"access_log\.path: cannot open .*missing-dir"):
+        asyncio.run(start())
+    assert not (tmp_path / "ctl.sock").exists()

@@ -160,7 +160,10 @@ class HealthMonitor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await u.wake.wait()
-            await self._probe(u)
+            try:
+                await self._probe(u)
+            except Exception:  # a bug must not end the checks of this upstream
+                log.exception("health check of %s failed unexpectedly", u.url)
 
     def _wake_backed_off(self, ups: list[UpstreamHealth], now: float) -> None:
         """Someone asks about these upstreams (a deploy waiting, a refused switch): probe the
@@ -200,7 +203,7 @@ class HealthMonitor:
             elif status == 499 or status == 0:
                 return  # the client went away: says nothing about the upstream
             else:
-                u.eject.failures = 0
+                u.eject.failures = 0  # EjectionState.success(), inlined: the common case
                 return
         elif status == 503:
             return  # drain cut or pause timeout: edgeproxy's decision, not the upstream's fault
