@@ -66,6 +66,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         ex.last_upstream = ex.loop.time()
+        client = ex.client
+        client.corked = True  # what this read produces leaves in one write, below
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -73,6 +75,9 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as e:
             log.warning("bad response from %s: %s", self.pool.upstream.url, e)
             ex.on_upstream_failed(502, f"malformed response: {e}")
+        finally:
+            client.corked = False
+            client.flush()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
