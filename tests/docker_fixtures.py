@@ -350,7 +350,7 @@ class Stack:
 
     # --- containers --------------------------------------------------------------------------
 
-    def db_connection(self, timeout: float = 10) -> socket.socket:
+    def db_connection(self, timeout: float = 30) -> socket.socket:
         end = time.monotonic() + timeout
         while True:
             try:

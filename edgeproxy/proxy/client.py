@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Coroutine
+from time import monotonic
 from typing import Any, cast
 
 import httptools
@@ -423,7 +424,7 @@ class ClientConnection(asyncio.Protocol):
     def _record(self, ex: Exchange) -> None:
         if ex.finished_at:
             return
-        ex.finished_at = self.loop.time()
+        ex.finished_at = monotonic()
         cb = self.ctx.on_exchange_done
         if cb is not None:
             cb(ex)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from edgeproxy.config import Timeouts
@@ -139,7 +140,8 @@ class Exchange:
         if self.method == b"CONNECT":
             raise ClientProtocolError(405, "CONNECT is not supported")
         info = h.validate_request(self, ctx.limits)
-        self.started_at = self.loop.time()
+        # time.monotonic(), not loop.time(): uvloop's clock moves in whole ms.
+        self.started_at = monotonic()
         host = self.host
         site = ctx.router.site_for(host)
         if site is None:
