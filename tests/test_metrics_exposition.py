@@ -17,7 +17,7 @@ from edgeproxy.observability.stats import PROM_BOUNDS
 from switchctl.client import ControlClient
 from tests.proxy_fixtures import client_tls_context, http_get, site
 
-SAMPLE = re.compile(r"^([a-z_:][a-z0-9_:]*)(?:\{(.*)\})? (-?[0-9.e+]+|\+Inf|NaN)$")
+SAMPLE = re.compile(r"^([a-z_:][a-z0-9_:]*)(?:\{(.*)\})? (-?[0-9.]+(?:e[+-]?[0-9]+)?|\+Inf|NaN)$")
 LABEL = re.compile(r'([a-z_]+)="((?:[^"\\]|\\.)*)"')
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
