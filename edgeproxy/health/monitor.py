@@ -210,7 +210,7 @@ class HealthMonitor:
         else:
             why = error
         assert self.loop is not None
-        seconds = u.eject.failure(why, ex.finished_at)
+        seconds = u.eject.failure(why, self.loop.time())  # one clock with call_at and fit()
         if seconds is not None:
             log.warning(
                 "%s ejected for %.0fs after %d failed requests in a row (last: %s)",
