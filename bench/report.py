@@ -368,6 +368,7 @@ def handshakes_markdown(doc: dict[str, Any]) -> str:
             "p99 ms",
             "proxy CPU %",
             "handshakes per proxy CPU-s",
+            "wrk CPU %",
             "TLS",
             "would resume",
             "errors",

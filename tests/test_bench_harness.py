@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import wrk
+from bench import report, wrk
 from bench.loadgen import Group, source_address
 from bench.peers import (
     Listen,
@@ -456,3 +456,16 @@ def test_the_probe_relays_keepalive_and_close_requests_to_the_backend(
     assert bodies == [b"x" * 16384, b"Hello, World!", b"blue"]
     assert last.getheader("Connection") == "close"
     assert last.will_close
+
+
+def test_handshake_table_rows_have_as_many_cells_as_its_header() -> None:
+    ms = [_measurement("nginx", 1500.0, 20.0, 4.0, 0)]
+    summaries = summarize(ms)
+    doc = {
+        "summaries": [asdict(s) for s in summaries],
+        "ratios": [],
+        "resumption": {"nginx": {"version": "TLSv1.3", "cipher": "X", "resumed": False}},
+    }
+    header, _, row = report.handshakes_markdown(doc).splitlines()[:3]
+    assert header.count("|") == row.count("|")
+    assert "| no |" in row
