@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Coroutine
 from time import monotonic
 from typing import Any, cast
@@ -31,6 +30,44 @@ PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_REJECTED = 1, 2, 4, 8
 
 
 class ClientConnection(asyncio.Protocol):
+    # Slots: ~1 KiB less per connection than an instance dict (10k idle clients).
+    __slots__ = (
+        "body_bytes",
+        "body_limit",
+        "closing",
+        "corked",
+        "ctx",
+        "cur",
+        "head_started",
+        "header_bytes",
+        "last_activity",
+        "local_port_b",
+        "loop",
+        "max_header_bytes",
+        "max_headers",
+        "out",
+        "parser",
+        "pause_mask",
+        "peer_ip",
+        "peer_ip_b",
+        "peer_trusted",
+        "pending_error",
+        "queue",
+        "scheme",
+        "sni",
+        "sni_site",
+        "tasks",
+        "timer",
+        "tls",
+        "tls_version",
+        "transport",
+        "tunnel",
+        "tunnel_ex",
+        "upgrade_buffer",
+        "url_parts",
+        "write_paused",
+    )
+
     def __init__(self, ctx: ProxyContext, *, tls: bool, local_port: int) -> None:
         # -- shared / fixed
         self.ctx = ctx
@@ -53,12 +90,13 @@ class ClientConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.head_started = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] | None = None  # made on first use (memory)
         # -- flow control: reading is paused while any reason bit is set
         self.pause_mask = 0
         self.write_paused = False
         # -- per request
-        self.queue: deque[Exchange] = deque()
+        # A list, not a deque: rarely more than one entry, and 560 bytes less per connection.
+        self.queue: list[Exchange] = []
         self.out: list[bytes] = []
         self.corked = False
         """True while an upstream read is being relayed: it flushes at its end."""
@@ -152,7 +190,7 @@ class ClientConnection(asyncio.Protocol):
                 self.ctx.tracker.discard(self.tunnel_ex)
         self.tunnel = None
         self.tunnel_ex = None
-        for t in self.tasks:
+        for t in self.tasks or ():
             t.cancel()
         # Break protocol <-> parser cycles so closed connections are freed at
         # once instead of piling up for the GC (measured: ~12 MB/s under TLS churn).
@@ -255,6 +293,8 @@ class ClientConnection(asyncio.Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a task tied to this connection (named, referenced, cancelled with it)."""
         task = self.loop.create_task(coro, name=name)
+        if self.tasks is None:
+            self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -263,7 +303,7 @@ class ClientConnection(asyncio.Protocol):
         self.ctx.tracker.discard(ex)
         self._record(ex)
         if self.queue and self.queue[0] is ex:
-            self.queue.popleft()
+            del self.queue[0]
         if not keep_alive or not ex.req_done:
             # Connection: close, or a body we did not read to the end: nothing
             # after this on the connection can be trusted as a new request.
