@@ -119,9 +119,13 @@ async def run(n: int, policies: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=50_000)
-    parser.add_argument("--policies", action="store_true", help="security headers + rate limit + gzip")
+    parser.add_argument(
+        "--policies", action="store_true", help="security headers + rate limit + gzip"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     results = sorted(uvloop.run(run(args.requests, args.policies)) for _ in range(args.rounds))
