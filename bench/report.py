@@ -136,6 +136,8 @@ def _pyplot() -> Any:
 def plot_throughput(doc: dict[str, Any], path: Path) -> Path:
     """Grouped bars: median req/s (min-max whiskers) and p99 per config, one bar per peer."""
     plt = _pyplot()
+    from matplotlib import ticker
+
     summaries = sorted(doc["summaries"], key=_sort_key)
     configs = list(dict.fromkeys(config_of(s["case"]) for s in summaries))
     peers = [p for p in PEER_ORDER if any(s["case"]["peer"] == p for s in summaries)]
@@ -162,6 +164,10 @@ def plot_throughput(doc: dict[str, Any], path: Path) -> Path:
     ax1.grid(axis="y", alpha=0.3)
     ax2.set_yscale("log")
     ax2.set_ylabel("p99 latency (ms, median; log scale)")
+    for ax in (ax1, ax2):  # plain numbers on the log axes, not 4x10^1
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax2.grid(axis="y", alpha=0.3)
     ax2.set_xticks(range(len(configs)))
     ax2.set_xticklabels(configs, rotation=30, ha="right", fontsize="small")
