@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import ssl
 from collections import deque
 from pathlib import Path
 from typing import cast
 
 import httptools
 import uvloop
+
+from bench.serving import parse_addr, serve_until_signal, server_tls_context
 
 BODY_13 = b"Hello, World!"
 BODY_16K = b"x" * 16384
@@ -118,31 +118,24 @@ class BackendProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def _addr(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host or "127.0.0.1", int(port)
-
-
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     routes = Routes(args.color)
     servers = []
     for listen in args.http:
-        host, port = _addr(listen)
-        servers.append(await loop.create_server(lambda: BackendProtocol(routes), host, port))
-    if args.https:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(args.cert, args.key)
-        host, port = _addr(args.https)
         servers.append(
-            await loop.create_server(lambda: BackendProtocol(routes), host, port, ssl=ctx)
+            await loop.create_server(
+                lambda: BackendProtocol(routes), *parse_addr(listen), backlog=4096
+            )
         )
-    stopped = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    await stopped.wait()
-    for s in servers:
-        s.close()
+    if args.https:
+        ctx = server_tls_context(args.cert, args.key)
+        servers.append(
+            await loop.create_server(
+                lambda: BackendProtocol(routes), *parse_addr(args.https), ssl=ctx, backlog=4096
+            )
+        )
+    await serve_until_signal(servers)
 
 
 def main(argv: list[str] | None = None) -> None:

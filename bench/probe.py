@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import signal
-import ssl
 from pathlib import Path
 from typing import cast
 
 import httptools
 import uvloop
+
+from bench.serving import parse_addr, serve_until_signal, server_tls_context
 
 CONNECTION_HEADER = re.compile(rb"(?im)^connection:[^\r\n]*\r\n")
 
@@ -145,32 +145,22 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = None
 
 
-def _addr(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host or "127.0.0.1", int(port)
-
-
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    pool = Pool(*_addr(args.upstream))
+    pool = Pool(*parse_addr(args.upstream))
     servers = [
-        await loop.create_server(lambda: ClientProtocol(pool), *_addr(args.listen), backlog=4096)
+        await loop.create_server(
+            lambda: ClientProtocol(pool), *parse_addr(args.listen), backlog=4096
+        )
     ]
     if args.tls_listen:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(args.cert, args.key)
-        ctx.options |= ssl.OP_NO_TICKET
+        ctx = server_tls_context(args.cert, args.key)
         servers.append(
             await loop.create_server(
-                lambda: ClientProtocol(pool), *_addr(args.tls_listen), ssl=ctx, backlog=4096
+                lambda: ClientProtocol(pool), *parse_addr(args.tls_listen), ssl=ctx, backlog=4096
             )
         )
-    stopped = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    await stopped.wait()
-    for s in servers:
-        s.close()
+    await serve_until_signal(servers)
 
 
 def main(argv: list[str] | None = None) -> None:
