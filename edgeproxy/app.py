@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,10 @@ from edgeproxy.observability.access_log import AccessLogWriter
 from edgeproxy.observability.guard import CanaryGuard
 from edgeproxy.observability.listener import start_metrics_listener
 from edgeproxy.observability.metrics import Metrics
+from edgeproxy.proxy.context import ProxyContext
 from edgeproxy.proxy.picker import Picker
 from edgeproxy.server import Server
-from edgeproxy.switching.board import SwitchBoard
+from edgeproxy.switching.board import SwitchBoard, reconcile
 from edgeproxy.switching.state import AppState, weights
 
 if TYPE_CHECKING:
@@ -50,6 +52,9 @@ class ServerHooks:
 
     async def reload_certs(self) -> dict[str, Any]:
         return await self.server.reload_certs()
+
+    async def reload_config(self) -> dict[str, Any]:
+        return await self.server.reload_config()
 
     def certs_view(self) -> dict[str, Any]:
         return {
@@ -82,6 +87,19 @@ class Switching:
         board.start()
         for app, state in board.states.items():
             log.info("app %s: %s", app, state.summary())
+
+    async def reconfigure(self, server: Server, config: Config, ctx: ProxyContext) -> None:
+        """A config reload: fit the switch states to the new apps and colors, persist them."""
+        board = self.board
+        assert board is not None
+        states, warnings = reconcile(config, board.states, time.time())
+        for w in warnings:
+            log.warning("%s", w)
+        board.store.save(states)  # raises before anything changed if the disk refuses
+        board.config = config
+        board.states = states
+        ctx.picker = Picker(config, board, ctx.override_nets)
+        # The board's data-plane hooks point at the tracker, which the new context shares.
 
     def _on_change(self, server: Server) -> Any:
         def changed(app: str, old: AppState, new: AppState) -> None:
@@ -125,9 +143,29 @@ class Observability:
         return self._metrics
 
     async def start(self, server: Server) -> None:
+        await self._build(server, server.config, server.ctx)
+        sni = server.certs.dispatch.sni_callback
+        if sni is not None:
+            # Count ClientHellos (the callback runs for each, with or without SNI).
+            def counting_sni(*args: Any) -> Any:
+                self.metrics.count_hello()  # the current Metrics, across config reloads
+                return sni(*args)
+
+            server.certs.dispatch.sni_callback = counting_sni
+
+    async def reconfigure(self, server: Server, config: Config, ctx: ProxyContext) -> None:
+        """A config reload: checks, metrics and guard for the new apps and upstreams.
+
+        The new health monitor judges every upstream once before the new context
+        takes requests; counters restart (Prometheus handles counter resets).
+        """
+        await self.stop()
+        await self._build(server, config, ctx)
+
+    async def _build(self, server: Server, config: Config, ctx: ProxyContext) -> None:
         board = self.switching.board
         assert board is not None, "Switching must start before Observability"
-        config, ctx = server.config, server.ctx
+        self.access_log = None
         if config.access_log.enabled:  # first: the one step here that may refuse to start
             self.access_log = AccessLogWriter(config.access_log)
             self.access_log.open()
@@ -145,14 +183,6 @@ class Observability:
             return {**metrics.color_stats(app, color), **health.color_view(app, color)}
 
         board.color_stats = color_stats
-        sni = server.certs.dispatch.sni_callback
-        if sni is not None:
-            # Count ClientHellos (the callback runs for each, with or without SNI).
-            def counting_sni(*args: Any) -> Any:
-                metrics.count_hello()
-                return sni(*args)
-
-            server.certs.dispatch.sni_callback = counting_sni
         ctx.on_exchange_done = self._observer()
 
     def _observer(self) -> Any:

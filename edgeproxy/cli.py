@@ -90,7 +90,7 @@ def check_config(file: Path) -> None:
     "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
 )
 def serve(config_path: Path, log_level: str, log_format: str) -> None:
-    """Run the proxy until SIGTERM/SIGINT (graceful) ; SIGHUP reloads certificates."""
+    """Run the proxy until SIGTERM/SIGINT (graceful); SIGHUP reloads the config and certificates."""
     setup_logging(log_level, log_format)
     config = load_or_exit(config_path)
     from edgeproxy.app import build_server

@@ -14,11 +14,12 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from edgeproxy.config import Config, parse_address
-from edgeproxy.errors import StartupError, TLSConfigError
+from edgeproxy.config import Config, load_config, parse_address
+from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
+from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ProxyContext
-from edgeproxy.tls.contexts import CertStore
+from edgeproxy.tls.contexts import CertStore, load_certificate
 
 log = logging.getLogger("edgeproxy.server")
 
@@ -33,6 +34,7 @@ class Server:
         self.addresses: dict[str, tuple[str, int]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self.plugins: list[Any] = []
         """Objects with async `start(server)` / `stop()` (control API, health, metrics)."""
 
@@ -95,11 +97,11 @@ class Server:
     async def _listen(self, name: str, address: str, *, tls: bool) -> None:
         host, port = parse_address(address)
         loop = asyncio.get_running_loop()
-        ctx = self.ctx
         local_port = port
 
         def factory() -> ClientConnection:
-            return ClientConnection(ctx, tls=tls, local_port=local_port)
+            # self.ctx, read per connection: a config reload swaps it.
+            return ClientConnection(self.ctx, tls=tls, local_port=local_port)
 
         try:
             srv = await loop.create_server(
@@ -161,6 +163,57 @@ class Server:
                 except TLSConfigError:
                     pass  # logged by reload(); retried on the next change
 
+    # -- config reload ------------------------------------------------------------
+    async def reload_config(self) -> dict[str, Any]:
+        """Apply the config file again without dropping a connection.
+
+        Everything new is built and checked first (model, policies, certificates);
+        then plugins move to it (switch states fitted to the new apps and colors,
+        health checks run once for the new upstreams), and the context pointer is
+        swapped. Listeners, the control socket and the state file stay: changing
+        those needs a restart, and the reload says so.
+        """
+        if self.config_path is None:
+            raise ConfigError(["no config file to reload: edgeproxy was started without one"])
+        async with self._reload_lock:
+            new = load_config(self.config_path)
+            problems = policy_problems(new)
+            fixed = [
+                k
+                for k in ("listen", "control", "state_file")
+                if getattr(new, k) != getattr(self.config, k)
+            ]
+            problems += [
+                f"{self.config_path}: {k}: changed; restart edgeproxy to apply it "
+                "(a reload keeps the listeners, the control socket and the state file)"
+                for k in fixed
+            ]
+            if problems:
+                raise ConfigError(problems)
+            try:
+                for spec in new.tls.certificates:
+                    load_certificate(spec, session_tickets=new.tls.session_tickets)
+            except TLSConfigError as e:
+                raise ConfigError([f"{self.config_path}: tls.certificates: {e}"]) from e
+            old = self.ctx
+            ctx = ProxyContext(new, previous=old)
+            for plugin in self.plugins:
+                reconfigure = getattr(plugin, "reconfigure", None)
+                if reconfigure is not None:
+                    await reconfigure(self, new, ctx)
+            self.certs.specs = list(new.tls.certificates)
+            self.certs.reload()
+            self.config, self.ctx = new, ctx
+            for conn in list(ctx.connections):
+                conn.ctx = ctx  # their next request routes with the new config
+            log.info(
+                "config reloaded from %s: %d sites, apps %s",
+                self.config_path,
+                len(new.sites),
+                ", ".join(new.apps) or "none",
+            )
+            return {"ok": True, "sites": len(new.sites), "apps": sorted(new.apps)}
+
     # -- run / stop -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -169,11 +222,17 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(self._sighup(), "sighup-reload"))
 
     async def _sighup(self) -> None:
-        log.info("SIGHUP: reloading certificates")
+        """SIGHUP reloads the config file (and with it the certificates), like nginx."""
+        log.info("SIGHUP: reloading %s", self.config_path or "certificates")
         try:
-            await self.reload_certs()
+            if self.config_path is not None:
+                await self.reload_config()
+            else:
+                await self.reload_certs()
+        except ConfigError as e:
+            log.error("reload refused, the previous config stays: %s", "; ".join(e.problems))
         except TLSConfigError:
-            pass
+            pass  # logged by CertStore.reload; the previous certificates stay
 
     async def run(self) -> None:
         await self.start()

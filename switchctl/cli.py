@@ -425,6 +425,31 @@ def certs_reload(ctx: click.Context, app: str | None, as_json: bool) -> None:
         click.echo(f"  {c.get('cert', '?')}: {c.get('days_left', '?')} days left")
 
 
+@cli.group(epilog=EXIT_CODES)
+def config() -> None:
+    """edgeproxy's config file."""
+
+
+@config.command("reload", epilog=EXIT_CODES)
+@common
+@click.pass_context
+def config_reload(ctx: click.Context, app: str | None, as_json: bool) -> None:
+    """Re-read the config file: new sites, routes, upstreams and policies, no dropped connection.
+
+    A config with problems is refused (exit 1, each problem printed) and the
+    previous one stays in force. Changing listen, control or state_file needs a
+    restart. `kill -HUP $(pidof edgeproxy)` does the same reload.
+    """
+    opts = _opts(ctx, app, as_json)
+    result = opts.client().reload_config()
+    if opts.as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(
+        f"reloaded: {result.get('sites')} site(s), apps: {', '.join(result.get('apps', [])) or 'none'}"
+    )
+
+
 def _load_plugins() -> None:
     """`switchctl deploy …` is registered by switchctl.deploy.cli when it exists."""
     try:

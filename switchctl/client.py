@@ -139,6 +139,9 @@ class ControlClient:
     def reload_certs(self) -> dict[str, Any]:
         return self._json("POST", "/v1/certs/reload", {})
 
+    def reload_config(self) -> dict[str, Any]:
+        return self._json("POST", "/v1/config/reload", {})
+
     # --- plumbing --------------------------------------------------------------------------
 
     def _app_verb(self, app: str, verb: str, body: dict[str, Any]) -> AppView:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from websockets.sync.client import connect
 
-from switchctl.client import ControlClient
+from switchctl.client import ControlClient, ControlError
 from tests.proxy_fixtures import http_get, site
 
 
@@ -389,3 +389,66 @@ def test_visitors_of_a_canary_with_no_healthy_upstream_are_served_by_the_active_
                 data += chunk
         answers[data.split(b"\r\n", 1)[0] + b" " + data.rsplit(b"\r\n\r\n", 1)[-1].strip()] += 1
     assert answers == {b"HTTP/1.1 200 OK blue": 40}
+
+
+def test_a_config_reload_adds_a_site_without_dropping_a_connection_and_a_bad_one_changes_nothing(
+    tmp_path, backend
+):
+    blue, green, search = backend("blue"), backend("green"), backend("search")
+    port = free_port()
+    config = write_config(tmp_path, blue.url, green.url, port)
+    proc = start_proxy(config, port)
+    ctl = ControlClient(tmp_path / "ctl.sock")
+    try:
+        ctl.set("shop", "green", 100)
+        before = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        before.request("GET", "/", headers={"Host": "a.test"})
+        assert before.getresponse().read() == b"green\n"
+        conf = yaml.safe_load(config.read_text())
+        conf["sites"].append(
+            {
+                "hosts": ["search.test"],
+                "https_redirect": False,
+                "routes": [{"path": "/", "upstream": search.url}],
+            }
+        )
+        config.write_text(yaml.safe_dump(conf))
+        result = ctl.reload_config()
+        assert result["sites"] == 2
+        assert http_get(port, "/", host="search.test").body == b"search\n"
+        # The connection opened before the reload still works, and the switch state held.
+        before.request("GET", "/", headers={"Host": "a.test"})
+        assert before.getresponse().read() == b"green\n"
+        assert ctl.app("shop")["active"] == "green"
+        # A bad config is refused with the problem named; the running one stays.
+        conf["sites"][1]["routes"][0]["bogus"] = 1
+        config.write_text(yaml.safe_dump(conf))
+        with pytest.raises(ControlError) as err:
+            ctl.reload_config()
+        assert err.value.status == 409
+        assert "bogus" in str(err.value)
+        conf["sites"][1]["routes"][0].pop("bogus")
+        conf["listen"]["http"] = "127.0.0.1:1"
+        config.write_text(yaml.safe_dump(conf))
+        with pytest.raises(ControlError, match="restart edgeproxy"):
+            ctl.reload_config()
+        assert http_get(port, "/", host="search.test").body == b"search\n"
+        before.request("GET", "/", headers={"Host": "a.test"})
+        assert before.getresponse().read() == b"green\n"
+        before.close()
+        # SIGHUP reloads too (like nginx): a third host appears.
+        conf["listen"]["http"] = f"127.0.0.1:{port}"
+        conf["sites"][1]["hosts"].append("find.test")
+        config.write_text(yaml.safe_dump(conf))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while http_get(port, "/", host="find.test").status != 200:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise AssertionError(proc.stderr.read().decode()[-3000:] if proc.stderr else "")
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeproxy.config import COLOR_RE, Control
 from edgeproxy.control.peercred import Peer, allowed, peer_of
-from edgeproxy.errors import EdgeproxyError, StartupError, TLSConfigError
+from edgeproxy.errors import ConfigError, EdgeproxyError, StartupError, TLSConfigError
 from edgeproxy.switching.board import SwitchBoard
 from edgeproxy.switching.state import AppState, weights
 
@@ -50,6 +50,10 @@ class ControlHooks(Protocol):
 
     def certs_view(self) -> dict[str, Any]:
         """{"certificates": [{"cert", "subject", "sans", "not_after", "days_left"}]}"""
+        ...
+
+    async def reload_config(self) -> dict[str, Any]:
+        """Re-read the config file → {"ok": true, ...}; raise ConfigError listing problems."""
         ...
 
     def health_view(self) -> dict[str, Any]:
@@ -93,6 +97,9 @@ class BoardHooks:
 
     def certs_view(self) -> dict[str, Any]:
         return {"certificates": []}
+
+    async def reload_config(self) -> dict[str, Any]:
+        raise ConfigError(["this control server has no config file to reload"])
 
     def health_view(self) -> dict[str, Any]:
         apps: dict[str, Any] = {}
@@ -242,6 +249,19 @@ async def reload_certs(request: web.Request) -> web.StreamResponse:
     return web.json_response(result)
 
 
+async def reload_config(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, EmptyBody)
+    try:
+        result = await request.app[HOOKS].reload_config()
+    except ConfigError as e:
+        _audit(request, "config reload", None, body, result="refused", error="; ".join(e.problems))
+        return _error(
+            409, "reload refused, the previous config stays in force: " + "; ".join(e.problems)
+        )
+    _audit(request, "config reload", None, body, result="ok")
+    return web.json_response(result)
+
+
 async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(openapi_document())
 
@@ -303,6 +323,7 @@ ROUTES = [
     Route("GET", "/v1/health", health, "Health of every color"),
     Route("POST", "/v1/certs/reload", reload_certs, "Reload TLS certificates", EmptyBody),
     Route("GET", "/v1/certs", certs, "Loaded certificates"),
+    Route("POST", "/v1/config/reload", reload_config, "Re-read the config file", EmptyBody),
     Route("GET", "/v1/openapi.json", openapi, "This document"),
     Route("GET", "/metrics", metrics, "Prometheus metrics"),
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,12 +115,19 @@ def in_networks(ip: str, nets: tuple[Network, ...]) -> bool:
 class ProxyContext:
     """Shared state of the data plane (one per loaded config)."""
 
-    def __init__(self, config: Config, *, picker: Any = None) -> None:
+    def __init__(
+        self, config: Config, *, picker: Any = None, previous: ProxyContext | None = None
+    ) -> None:
+        """`previous`: the context a config reload replaces. Its pools (and their idle
+        keep-alive connections), in-flight tracker, connection set and counters carry
+        over, so drains, metrics and graceful shutdown see one data plane."""
         self.config = config
         self.router = Router(config)
         self.timeouts = config.timeouts
         self.limits = config.limits
-        self.pools: dict[tuple[str, int], UpstreamPool] = {}
+        self.pools: dict[tuple[str, int], UpstreamPool] = (
+            {} if previous is None else dict(previous.pools)
+        )
         self.colors: dict[tuple[str, str], ColorTargets] = {}
         for app_name, app in config.apps.items():
             for color, spec in app.colors.items():
@@ -147,18 +154,25 @@ class ProxyContext:
         }
         self.header_codes = header_codes(self.request_id_header, self.override_headers)
         self.webroot: Path | None = config.acme.webroot
-        self.tracker = Tracker()
+        self.tracker: Tracker = Tracker() if previous is None else previous.tracker
         self.picker = picker
         """Chooses a color per request: `picker.choose(app, ex) -> color` (switching)."""
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientConnection] = (
+            set() if previous is None else previous.connections
+        )
         self.draining_server = False
         self.https_port_suffix = b""
         """`:8443` when the HTTPS listener is not on 443 (for redirects)."""
         self._rid_prefix = os.urandom(6).hex().encode() + b"-"
-        self._rid_counter = itertools.count(1)
+        self._rid_counter: Iterator[int] = (
+            itertools.count(1) if previous is None else previous._rid_counter
+        )
+        if previous is not None:
+            self._rid_prefix = previous._rid_prefix
+            self.https_port_suffix = previous.https_port_suffix
         self.on_exchange_done: Callable[[Exchange], None] | None = None
         self.health_ok: Callable[[UpstreamPool], bool] | None = None
-        self.accepted = [0, 0]
+        self.accepted: list[int] = [0, 0] if previous is None else previous.accepted
         """Connections accepted so far: [plain HTTP, TLS (handshake done)]."""
 
     def pool_for(self, upstream: Upstream) -> UpstreamPool:
