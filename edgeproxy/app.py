@@ -183,10 +183,14 @@ class Observability:
             return {**metrics.color_stats(app, color), **health.color_view(app, color)}
 
         board.color_stats = color_stats
-        ctx.on_exchange_done = self._observer()
+        ctx.on_exchange_done = self._observer(config)
 
-    def _observer(self) -> Any:
+    def _observer(self, config: Config) -> Any:
         observe, passive = self.metrics.observe, self.health.observe
+        if not config.metrics.enabled:
+            observe = _nothing
+        if self.access_log is None and not config.metrics.enabled:
+            return passive
         if self.access_log is None:
 
             def done(ex: Exchange) -> None:
@@ -210,6 +214,10 @@ class Observability:
             await self._health.stop()
         if self.access_log is not None:
             self.access_log.close()
+
+
+def _nothing(ex: Exchange) -> None:
+    return None
 
 
 class ControlPlane:

@@ -377,6 +377,12 @@ class AccessLog(Model):
     sample: float = Field(default=1.0, ge=0, le=1)
 
 
+class MetricsConfig(Model):
+    enabled: bool = True
+    """Per-request counters and latency histograms (off: /metrics shows the switch,
+    health and certificates only; health's passive ejection keeps working)."""
+
+
 class Forwarding(Model):
     trusted_proxies: list[str] = []
     """Networks whose X-Forwarded-For / X-Real-IP are believed (else they are replaced)."""
@@ -400,6 +406,7 @@ class Config(Model):
     limits: Limits = Limits()
     forwarding: Forwarding = Forwarding()
     access_log: AccessLog = AccessLog()
+    metrics: MetricsConfig = MetricsConfig()
     shutdown_grace: float = Field(default=30.0, ge=0)
     apps: dict[str, App] = {}
     sites: list[Site] = []
