@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from bench import report
-from bench.peers import PEERS
+from bench.peers import EXTRA_PEERS, PEERS
 from bench.procs import BenchError, log, set_nice
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -97,7 +97,9 @@ def cpu_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command()
 @click.option(
-    "--peers", default="direct,nginx,haproxy,probe,edgeproxy,edgeproxy-log", callback=_csv(PEERS)
+    "--peers",
+    default="direct,nginx,haproxy,probe,edgeproxy,edgeproxy-log",
+    callback=_csv(PEERS + EXTRA_PEERS),
 )
 @click.option("--schemes", default="http,https", callback=_csv(("http", "https")))
 @click.option("--bodies", default="13,16k", callback=_csv(("13", "16k")))

@@ -21,6 +21,12 @@ from bench.procs import Proc, running
 from bench.tlscert import CertFiles
 
 PEERS = ("direct", "nginx", "haproxy", "edgeproxy", "edgeproxy-log", "probe")
+EXTRA_PEERS = ("edgeproxy-bare", "edgeproxy-medusa", "edgeproxy-medusa-gzip")
+"""Variants for feature costs (not in the default list): `edgeproxy-bare` has per-request
+metrics off too; `edgeproxy-medusa` adds the MedusaJS policy set (security headers,
+HSTS, hidden headers, a rate limit that never trips, static-asset cache headers);
+`edgeproxy-medusa-gzip` adds gzip (min 1 KiB: the 16 KiB body is compressed, the
+13 B one is not). wrk sends `Accept-Encoding: gzip` to every peer."""
 """`edgeproxy-log` is edgeproxy with its JSON access log written to a file; `probe` is
 the bare uvloop + httptools byte relay in `bench/probe.py` (the Python ceiling)."""
 
@@ -240,6 +246,8 @@ def edgeproxy_conf(
     access_log: bool = False,
     app: str = "bench",
     active: str | None = None,
+    metrics: bool = True,
+    policies: str | None = None,
 ) -> str:
     """edgeproxy: one site, one app; `colors` maps color name → upstream `host:port`."""
     import yaml
@@ -270,15 +278,36 @@ def edgeproxy_conf(
                 "health": {"path": "/health", "interval": 1.0, "healthy_threshold": 1},
             }
         },
+        "metrics": {"enabled": metrics},
         "sites": [
             {
                 "hosts": ["127.0.0.1", "localhost"],
                 "https_redirect": False,
                 "routes": [{"path": "/", "app": app}],
+                **(medusa_policies(gzip=policies == "medusa-gzip") if policies else {}),
             }
         ],
     }
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def medusa_policies(*, gzip: bool) -> dict[str, object]:
+    """The API site's policies from compose/medusa/edgeproxy.yml, rate limit made harmless."""
+    policies: dict[str, object] = {
+        "response_headers": {
+            "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "strict-origin-when-cross-origin",
+            "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+        },
+        "hsts": "max-age=31536000; includeSubDomains",
+        "hide_headers": ["X-Powered-By", "Server"],
+        "rate_limit": {"rate": 1e9, "burst": 1_000_000},  # checked on every request, never trips
+        "static_cache": {},
+    }
+    if gzip:
+        policies["gzip"] = {"min_length": 1024}
+    return policies
 
 
 def edgeproxy_argv(conf: Path) -> list[str]:
@@ -310,10 +339,16 @@ def start_peer(
         conf = pdir / "haproxy.cfg"
         conf.write_text(haproxy_conf(pdir, listen, upstream, cert))
         argv = ["haproxy", "-f", str(conf), "-db"]
-    elif kind in ("edgeproxy", "edgeproxy-log"):
+    elif kind in ("edgeproxy", "edgeproxy-log", *EXTRA_PEERS):
         conf = pdir / "edgeproxy.yml"
         text = edgeproxy_conf(
-            pdir, listen, {"blue": upstream}, cert, access_log=kind == "edgeproxy-log"
+            pdir,
+            listen,
+            {"blue": upstream},
+            cert,
+            access_log=kind == "edgeproxy-log",
+            metrics=kind != "edgeproxy-bare",
+            policies=kind.removeprefix("edgeproxy-") if "medusa" in kind else None,
         )
         conf.write_text(text)
         argv = edgeproxy_argv(conf)
@@ -327,7 +362,7 @@ def start_peer(
         ]
         argv += ["--cert", str(cert.cert), "--key", str(cert.key)]
     else:
-        raise ValueError(f"unknown peer {kind!r}; choose from {', '.join(PEERS)}")
+        raise ValueError(f"unknown peer {kind!r}; choose from {', '.join(PEERS + EXTRA_PEERS)}")
     http_url = f"http://127.0.0.1:{listen.http}"
     https_url = f"https://127.0.0.1:{listen.https}"
     with running(

@@ -87,6 +87,8 @@ def argv(
 ) -> list[str]:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
     cmd += [f"--timeout={timeout:g}s"]
+    # What browsers send; only a peer with a gzip policy acts on it.
+    cmd += ["-H", "Accept-Encoding: gzip"]
     if close:
         cmd += ["-H", "Connection: close"]
     return [*cmd, url]
