@@ -1,43 +1,28 @@
 """A tiny HTTP+JSON client for edgeproxy's control unix socket (docs/control-api.md).
 
-Blocking and dependency-free on purpose: `certs install` runs as certbot's deploy
-hook, one request per run, and must not depend on the operator CLI's package.
+Blocking and stdlib-only on purpose: `certs install` runs as certbot's deploy
+hook, one request per run. The unix-socket connection is switchctl's (stdlib
+only too); the error messages here speak of certificates.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 from certs.errors import ReloadRefused, ReloadUnreachable
+from switchctl.client import UnixHTTPConnection
 
 DEFAULT_SOCKET = Path("/run/edgeproxy/control.sock")
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self._path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def call(
     socket_path: Path, method: str, path: str, body: Any = None, timeout: float = 30.0
 ) -> dict[str, Any]:
     """Send one request; return the decoded JSON reply or raise ReloadUnreachable/Refused."""
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    conn = UnixHTTPConnection(str(socket_path), timeout)
     payload = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} if payload is not None else {}
     try:

@@ -74,7 +74,9 @@ def socket_path(explicit: str | os.PathLike[str] | None = None) -> str:
     return str(explicit or os.environ.get("EDGEPROXY_SOCKET") or DEFAULT_SOCKET)
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (also used by `certs install`)."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -156,7 +158,7 @@ class ControlClient:
         return cast(dict[str, Any], data)
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
