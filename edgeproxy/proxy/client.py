@@ -65,7 +65,6 @@ class ClientConnection(asyncio.Protocol):
         "tunnel_ex",
         "upgrade_buffer",
         "url_parts",
-        "write_paused",
     )
 
     def __init__(self, ctx: ProxyContext, *, tls: bool, local_port: int) -> None:
@@ -93,7 +92,6 @@ class ClientConnection(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] | None = None  # made on first use (memory)
         # -- flow control: reading is paused while any reason bit is set
         self.pause_mask = 0
-        self.write_paused = False
         # -- per request
         # A list, not a deque: rarely more than one entry, and 560 bytes less per connection.
         self.queue: list[Exchange] = []
@@ -174,13 +172,8 @@ class ClientConnection(asyncio.Protocol):
             self.timer = None
         for ex in self.queue:
             if not ex.done:
-                ex.done = True
                 ex.status = ex.status or 499
-                ex._cancel_timer()
-                conn, ex.upstream = ex.upstream, None
-                if conn is not None:
-                    conn.exchange = None
-                    conn.close()
+                ex.abandon()
                 self.ctx.tracker.discard(ex)
                 self._record(ex)
         self.queue.clear()
@@ -198,7 +191,6 @@ class ClientConnection(asyncio.Protocol):
         self.cur = None
 
     def pause_writing(self) -> None:
-        self.write_paused = True
         ex = self.queue[0] if self.queue else None
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
@@ -206,7 +198,6 @@ class ClientConnection(asyncio.Protocol):
             self.tunnel.pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         ex = self.queue[0] if self.queue else None
         if ex is not None and ex.upstream is not None:
             ex.upstream.resume_reading()
@@ -347,12 +338,7 @@ class ClientConnection(asyncio.Protocol):
             if cur.resp_started:
                 self.abort(cur)
                 return
-            cur.done = True
-            cur._cancel_timer()
-            conn, cur.upstream = cur.upstream, None
-            if conn is not None:
-                conn.exchange = None
-                conn.close()
+            cur.abandon()
             self.ctx.tracker.discard(cur)
             self.queue.remove(cur)
         if cur is not None:

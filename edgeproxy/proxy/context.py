@@ -160,7 +160,6 @@ class ProxyContext:
         self.connections: set[ClientConnection] = (
             set() if previous is None else previous.connections
         )
-        self.draining_server = False
         self.https_port_suffix = b""
         """`:8443` when the HTTPS listener is not on 443 (for redirects)."""
         self._rid_prefix = os.urandom(6).hex().encode() + b"-"

@@ -9,7 +9,6 @@ meanwhile.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from time import monotonic
 from typing import TYPE_CHECKING
@@ -71,7 +70,6 @@ class Exchange:
         "started_at",
         "status",
         "target",
-        "timer",
         "tunnel",
         "up_head",
         "up_keep",
@@ -118,7 +116,6 @@ class Exchange:
         """Why edgeproxy ended this exchange itself (upstream failure, cut); None otherwise."""
         self.retried = False
         self.tunnel = False
-        self.timer: asyncio.TimerHandle | None = None
         self.started_at = 0.0
         self.finished_at = 0.0
         self.last_upstream = 0.0
@@ -334,21 +331,17 @@ class Exchange:
     def on_request_body(self, chunk: bytes) -> None:
         if self.chunked_req:
             chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
-        conn = self.upstream
-        if conn is not None:
-            conn.write(chunk)
+        if self.upstream is not None:
             self.body_sent += len(chunk)
-        elif not self.done:
-            self.body_buffer.append(chunk)
-            self.body_buffered += len(chunk)
-            if self.body_buffered > 262144:
-                self.client.pause_reading_for_buffer()
+        elif self.body_buffered + len(chunk) > 262144 and not self.done:
+            self.client.pause_reading_for_buffer()
+        self._send_body(chunk)
 
     def on_request_complete(self) -> None:
         self.req_done = True
         self.last_upstream = self.loop.time()  # the read timeout starts when the request is sent
         if self.chunked_req:
-            self.on_request_body_raw(b"0\r\n\r\n")
+            self._send_body(b"0\r\n\r\n")
         if self.done:
             self._report(self.keep_alive)
 
@@ -357,7 +350,8 @@ class Exchange:
             self.reported = True
             self.client.exchange_finished(self, keep_alive=keep_alive)
 
-    def on_request_body_raw(self, data: bytes) -> None:
+    def _send_body(self, data: bytes) -> None:
+        """Request body bytes to the upstream, or buffered until it is connected."""
         conn = self.upstream
         if conn is not None:
             conn.write(data)
@@ -415,7 +409,6 @@ class Exchange:
 
     def _response_done(self, *, reusable: bool) -> None:
         self.done = True
-        self._cancel_timer()
         conn, self.upstream = self.upstream, None
         if conn is not None:
             if (
@@ -442,7 +435,6 @@ class Exchange:
         if self.status != 101 or conn is None or not self.upgrade:
             self.fail(502, "upstream switched protocols unasked")
             return
-        self._cancel_timer()
         self.tunnel = True
         self.client.start_tunnel(self, conn, tail)
 
@@ -481,21 +473,23 @@ class Exchange:
         # Truncated response: the client must see the connection end, not a short body.
         self.error = f"upstream closed mid-response: {exc or 'EOF'}"
         self.done = True
-        self._cancel_timer()
         self.keep_alive = False
         self.client.abort(self)
+
+    def abandon(self) -> None:
+        """Mark this exchange done and drop its upstream connection (it can't be reused)."""
+        self.done = True
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            conn.exchange = None
+            conn.close()
 
     def fail(self, status: int, why: str) -> None:
         """End this exchange with an error status, or cut it if bytes already went out."""
         if self.done:
             return
-        self.done = True
         self.error = why
-        self._cancel_timer()
-        conn, self.upstream = self.upstream, None
-        if conn is not None:
-            conn.exchange = None
-            conn.close()
+        self.abandon()
         if not self.resp_started:
             log.info(
                 "%s %s %s -> %d: %s",
@@ -523,8 +517,3 @@ class Exchange:
         else:
             self.keep_alive = False
             self.fail(503, "drain deadline passed")
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -232,7 +231,3 @@ class CertStore:
 
     def views(self) -> list[dict[str, object]]:
         return [c.view() for c in self.certs]
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "no")
