@@ -13,20 +13,21 @@ from tests.test_switching_e2e import free_port, start_proxy, write_config
 SIZE = 256 * 1024 * 1024
 
 
-def peak_rss_mib(pid: int) -> float:
+def status_mib(pid: int, key: str) -> float:
+    """A memory figure of /proc/PID/status in MiB (VmRSS now, VmHWM the peak)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {key}")
+
+
+def peak_rss_mib(pid: int) -> float:
+    return status_mib(pid, "VmHWM")
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return status_mib(pid, "VmRSS")
 
 
 @pytest.mark.slow
