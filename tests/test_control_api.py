@@ -199,13 +199,22 @@ def request_as_nobody(sock: Path) -> tuple[int, str]:
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None or os.getuid() != 0:
         pytest.skip("needs root and a system python3 that uid 65534 can run")
+    # uid 65534 may not be able to read the checkout (a clone under a 0700
+    # mktemp dir, say): give it its own readable copy of the client package.
     root = Path(__file__).resolve().parent.parent
+    pkg = sock.parent / "pythonpath" / "switchctl"
+    if not pkg.exists():
+        pkg.mkdir(parents=True)
+        for name in ("__init__.py", "client.py"):
+            shutil.copy(root / "switchctl" / name, pkg / name)
+        for path in (pkg.parent, pkg, *pkg.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
     out = subprocess.run(
         [python, "-c", code],
         user=65534,
         group=65534,
         extra_groups=[],
-        env={"PYTHONPATH": str(root)},
+        env={"PYTHONPATH": str(pkg.parent)},
         capture_output=True,
         text=True,
         timeout=30,
