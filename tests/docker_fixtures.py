@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -131,14 +132,26 @@ def build_images(client: docker.DockerClient) -> dict[str, str]:
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n ports free on every interface, below the kernel's ephemeral range.
+
+    Containers here listen on 0.0.0.0 with host networking; a port from bind(0)
+    is an ephemeral one, which any outgoing connection may take before the
+    container binds it (the "database" container then exits at start).
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(20000, max(low, 20001))
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 def python_mounts() -> dict[str, dict[str, str]]:
