@@ -396,7 +396,11 @@ def _alive(pid: int) -> bool:
 def test_a_started_server_and_its_children_are_stopped_when_the_block_ends(
     tmp_path: Path,
 ) -> None:
-    script = f"sleep 300 & echo $! > {tmp_path}/child.pid; exec sleep 300"
+    # Written then renamed, so "the file exists" means "the pid is in it".
+    script = (
+        f"sleep 300 & echo $! > {tmp_path}/child.tmp; "
+        f"mv {tmp_path}/child.tmp {tmp_path}/child.pid; exec sleep 300"
+    )
     with running(
         "sleepers",
         ["sh", "-c", script],
