@@ -3,12 +3,13 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := docker.io busybox-static nginx-light haproxy wrk nghttp2-client pebble certbot slowhttptest iproute2
+BASE_PACKAGES := python3-venv
+APT_PACKAGES := $(BASE_PACKAGES) docker.io busybox-static nginx-light haproxy wrk nghttp2-client pebble certbot slowhttptest iproute2
 ONCE ?=
 
-.PHONY: demo test lint bench system-deps venv clean
+.PHONY: demo test lint bench base-deps system-deps apt-install venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | base-deps
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
@@ -16,8 +17,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Debian packages: `base-deps` for any command (a venv needs python3-venv),
+# `system-deps` for the tests and benches (dockerd, peers, ACME, load tools).
+base-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BASE_PACKAGES)"
+
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
