@@ -6,6 +6,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from tests.proxy_fixtures import Backend, Edge, http_get, raw_request, site
@@ -226,8 +227,12 @@ def test_a_route_prefix_is_stripped_and_the_longest_prefix_wins(backend, edge):
     assert get(e.http_port, "/", host="example.test").status == 404
 
 
-def close_delimited_upstream(body: bytes) -> tuple[socket.socket, threading.Thread]:
-    """An upstream that answers without Content-Length or chunking and closes (old CGI style)."""
+def scripted_upstream(answer: bytes, *, piece: int = 0) -> socket.socket:
+    """An upstream that reads one request head, writes `answer` as given and closes.
+
+    With `piece`, the answer leaves in writes of that many bytes, a moment apart,
+    so the proxy sees the response head arrive over many reads.
+    """
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
@@ -239,19 +244,28 @@ def close_delimited_upstream(body: bytes) -> tuple[socket.socket, threading.Thre
             except OSError:
                 return
             with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 data = b""
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body)
+                step = piece or len(answer)
+                for i in range(0, len(answer), step):
+                    conn.sendall(answer[i : i + step])
+                    if piece:
+                        time.sleep(0.002)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return srv, t
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def close_delimited_upstream(body: bytes) -> socket.socket:
+    """An upstream that answers without Content-Length or chunking and closes (old CGI style)."""
+    return scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body)
 
 
 def test_a_response_ended_by_the_upstream_closing_reaches_the_client_complete(edge):
     body = b"line\n" * 20000
-    srv, _ = close_delimited_upstream(body)
+    srv = close_delimited_upstream(body)
     try:
         e = edge({"sites": [site(f"http://127.0.0.1:{srv.getsockname()[1]}")]})
         r = get(e.http_port, "/cgi")
@@ -260,5 +274,44 @@ def test_a_response_ended_by_the_upstream_closing_reaches_the_client_complete(ed
         # HTTP/1.0 clients get it close-delimited too.
         out = raw_request(e.http_port, b"GET /cgi HTTP/1.0\r\nHost: a.test\r\n\r\n")
         assert out.partition(b"\r\n\r\n")[2] == body
+    finally:
+        srv.close()
+
+
+def test_a_response_head_arriving_a_few_bytes_at_a_time_is_relayed_intact(edge):
+    answer = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 201 Made It\r\nX-Spaced:   kept inside  \r\nX-Empty:\r\n"
+        b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    srv = scripted_upstream(answer, piece=7)
+    try:
+        e = edge({"sites": [site(f"http://127.0.0.1:{srv.getsockname()[1]}")]})
+        out = raw_request(
+            e.http_port, b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+        )
+        head, _, body = out.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"HTTP/1.1 201 Made It"
+        assert b"x-spaced: kept inside  " in [line.lower() for line in lines]
+        assert b"x-empty: " in [line.lower() for line in lines]
+        assert [line for line in lines if line.lower().startswith(b"set-cookie")] == [
+            b"Set-Cookie: a=1",
+            b"Set-Cookie: b=2",
+        ]
+        assert body == b"hello"
+    finally:
+        srv.close()
+
+
+def test_an_upstream_response_head_over_64_kib_is_a_502(edge):
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 200) for i in range(400))
+    answer = b"HTTP/1.1 200 OK\r\n" + filler + b"Content-Length: 2\r\n\r\nok"
+    srv = scripted_upstream(answer, piece=16384)
+    try:
+        e = edge({"sites": [site(f"http://127.0.0.1:{srv.getsockname()[1]}")]})
+        r = get(e.http_port, "/")
+        assert r.status == 502
+        assert b"X-Filler" not in r.body
     finally:
         srv.close()

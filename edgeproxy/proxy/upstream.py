@@ -23,11 +23,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy.upstream")
 
+MAX_RESPONSE_HEAD = 65536
+"""A larger upstream response head is a 502 (nginx: "upstream sent too big header")."""
+
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "closed",
         "exchange",
+        "head_bytes",
         "headers",
         "idle_since",
         "parser",
@@ -45,6 +49,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
+        self.head_bytes = 0
+        """Bytes read since the response began, until its head ends (-1 while in the body)."""
         self.reused = False
         self.closed = False
         self.idle_since = 0.0
@@ -66,15 +72,26 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         ex.last_upstream = ex.loop.time()
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
         client = ex.client
         client.corked = True  # what this read produces leaves in one write, below
         try:
             self.parser.feed_data(data)
+            if self.head_bytes > MAX_RESPONSE_HEAD:
+                # Counted per read, so a head that ends within its first 64 KiB
+                # read passes whatever follows it; one that keeps coming doesn't.
+                log.warning(
+                    "response head over %d bytes from %s", MAX_RESPONSE_HEAD, self.pool.upstream.url
+                )
+                ex.on_upstream_failed(502, "upstream response head too large")
+                self.close()
         except httptools.HttpParserUpgrade as e:
             ex.on_upstream_upgrade(data[e.args[0] :])
         except httptools.HttpParserError as e:
             log.warning("bad response from %s: %s", self.pool.upstream.url, e)
             ex.on_upstream_failed(502, f"malformed response: {e}")
+            self.close()  # a parser that failed can't frame another response
         finally:
             client.corked = False
             client.flush()
@@ -113,15 +130,17 @@ class UpstreamConnection(asyncio.Protocol):
         headers, self.headers = self.headers, []
         reason, self.reason = self.reason, b""
         assert self.exchange is not None
-        self.exchange.on_response_head(
-            self.parser.get_status_code(), reason, headers, self.parser.should_keep_alive()
-        )
+        status = self.parser.get_status_code()
+        if not 100 <= status < 200 or status == 101:
+            self.head_bytes = -1  # the body follows (an informational head: another head)
+        self.exchange.on_response_head(status, reason, headers, self.parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
             self.exchange.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self.head_bytes = 0
         if self.exchange is not None:
             self.exchange.on_response_complete()
 
