@@ -16,6 +16,7 @@ from typing import Any
 
 from edgeproxy.config import Config, load_config, parse_address
 from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
+from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ProxyContext
@@ -75,12 +76,21 @@ class Server:
         if self.config.tls.reload_poll_seconds and self.certs.certs:
             self.spawn(self._watch_certs(), "cert-watch")
         self.spawn(self._expire_reads(), "read-timeouts")
+        trim = heap_trimmer()
+        if trim is not None:
+            self.spawn(self._trim_heap(trim), "heap-trim")
 
     async def _expire_reads(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.25)
             self.ctx.tracker.expire(loop.time())
+
+    async def _trim_heap(self, trim: Any) -> None:
+        """Keep RSS flat under connection churn (see edgeproxy/memory.py)."""
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL)
+            trim()
 
     async def _start_listeners(self) -> None:
         listen = self.config.listen
