@@ -60,11 +60,14 @@ class Tracker:
         if s is None:
             s = self.live[key] = set()
         s.add(ex)
+        ex.tracked = s  # discard() needs no key or lookup (twice per request)
 
-    def discard(self, ex: Exchange) -> None:
-        s = self.live.get((ex.app or "", ex.color or ""))
+    @staticmethod
+    def discard(ex: Exchange) -> None:
+        s = ex.tracked
         if s is not None:
             s.discard(ex)
+            ex.tracked = None
 
     def counts(self, app: str, color: str) -> tuple[int, int]:
         s = self.live.get((app, color), ())

@@ -70,6 +70,7 @@ class Exchange:
         "started_at",
         "status",
         "target",
+        "tracked",
         "tunnel",
         "up_head",
         "up_keep",
@@ -116,6 +117,8 @@ class Exchange:
         """Why edgeproxy ended this exchange itself (upstream failure, cut); None otherwise."""
         self.retried = False
         self.tunnel = False
+        self.tracked: set[Exchange] | None = None
+        """The Tracker set this exchange is counted in while in flight."""
         self.started_at = 0.0
         self.finished_at = 0.0
         self.last_upstream = 0.0
