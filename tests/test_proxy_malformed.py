@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
+
 import pytest
 
 from tests.proxy_fixtures import raw_request, site
@@ -168,6 +172,82 @@ def test_an_over_long_request_line_gets_414_and_large_headers_get_431(backend, e
     out = raw_request(e.http_port, b"GET / HTTP/1.1\r\n" + H + many + b"\r\n")
     assert out.startswith(b"HTTP/1.1 431")
     assert b.seen == []
+
+
+def limited_edge(backend, edge):
+    b = backend("blue")
+    e = edge(
+        {
+            "limits": {"max_header_bytes": 4096},
+            "apps": {"shop": {"colors": {"blue": {"upstreams": [b.url]}}}},
+            "sites": [site("shop")],
+        }
+    )
+    return b, e
+
+
+def test_one_header_trickled_without_end_gets_431_before_it_completes(backend, edge):
+    # httptools buffers a header value until its line ends: without a per-read
+    # bound one connection could make the proxy hold any amount of memory.
+    b, e = limited_edge(backend, edge)
+    with socket.create_connection(("127.0.0.1", e.http_port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n" + H + b"X-Endless: ")
+        with contextlib.suppress(OSError):  # the proxy may close while we still send
+            for _ in range(64):
+                s.sendall(b"a" * 1024)
+                time.sleep(0.002)
+        assert s.recv(100).startswith(b"HTTP/1.1 431")
+    assert b.seen == []
+
+
+@pytest.mark.parametrize(("size", "status"), [(4096, 200), (4097, 431)])
+def test_the_header_limit_is_exact_for_a_head_arriving_in_small_pieces(backend, edge, size, status):
+    _, e = limited_edge(backend, edge)
+    # The limit counts the target and each header's name + value + 4: 1 + 14 + 9 + pad.
+    head = b"GET / HTTP/1.1\r\n" + H + b"X-Pad: " + b"p" * (size - 24) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", e.http_port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):
+            for i in range(0, len(head), 300):
+                s.sendall(head[i : i + 300])
+                time.sleep(0.002)
+        assert s.recv(100).startswith(b"HTTP/1.1 %d" % status)
+
+
+def test_a_small_head_in_one_read_with_a_large_body_is_not_a_431(backend, edge):
+    _, e = limited_edge(backend, edge)
+    body = b"x" * 200_000
+    out = raw_request(
+        e.http_port,
+        b"POST / HTTP/1.1\r\n"
+        + H
+        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body,
+    )
+    assert out.startswith(b"HTTP/1.1 200")
+
+
+def test_a_pipelined_head_after_a_large_body_in_the_same_read_is_not_a_431(backend, edge):
+    b, e = limited_edge(backend, edge)
+    body = b"x" * 100_000
+    first = b"POST / HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    second = (
+        b"GET /second HTTP/1.1\r\n"
+        + H
+        + b"X-Pad: "
+        + b"p" * 3000
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", e.http_port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(first + second[:50])  # the second head starts in the body's last read
+        time.sleep(0.05)
+        s.sendall(second[50:])
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.count(b"HTTP/1.1 200") == 2
+    assert b.seen[-1].path == "/second"
 
 
 def test_a_body_over_the_route_limit_gets_413_by_length_or_while_streaming(backend, edge):

@@ -34,12 +34,15 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "body_bytes",
         "body_limit",
+        "chunk_len",
         "closing",
         "corked",
         "ctx",
         "cur",
+        "head_begin_chunk",
+        "head_bytes",
         "head_started",
-        "header_bytes",
+        "in_head",
         "last_activity",
         "local_port_b",
         "loop",
@@ -64,6 +67,7 @@ class ClientConnection(asyncio.Protocol):
         "tunnel",
         "tunnel_ex",
         "upgrade_buffer",
+        "url_bytes",
         "url_parts",
     )
 
@@ -100,7 +104,15 @@ class ClientConnection(asyncio.Protocol):
         """True while an upstream read is being relayed: it flushes at its end."""
         self.cur: Exchange | None = None
         self.url_parts: list[bytes] = []
-        self.header_bytes = 0
+        self.url_bytes = 0
+        # Request head size, counted per read rather than per header (cheaper,
+        # and it bounds a single header trickled in forever, which httptools
+        # would otherwise buffer whole): `head_bytes` is an upper bound, the
+        # reads since the head began, counting all of the read it began in.
+        self.in_head = False
+        self.head_bytes = 0
+        self.head_begin_chunk = 0
+        self.chunk_len = 0
         self.body_bytes = 0
         self.body_limit: float = 0
         self.pending_error: ClientProtocolError | None = None
@@ -136,8 +148,13 @@ class ClientConnection(asyncio.Protocol):
         if self.upgrade_buffer is not None:
             self.upgrade_buffer.append(data)
             return
+        self.chunk_len = len(data)
         try:
             self.parser.feed_data(data)
+            if self.in_head:  # a request head is still arriving
+                self.head_bytes += len(data)
+                if self.head_bytes > self.max_header_bytes:
+                    self._check_partial_head()
         except httptools.HttpParserUpgrade as e:
             tail = data[e.args[0] :]
             ex = self.queue[-1] if self.queue else None
@@ -209,28 +226,48 @@ class ClientConnection(asyncio.Protocol):
         self.cur = Exchange(self)
         self.head_started = self.loop.time()
         self.url_parts = []
-        self.header_bytes = 0
+        self.url_bytes = 0
         self.body_bytes = 0
+        self.in_head = True
+        self.head_bytes = 0
+        self.head_begin_chunk = self.chunk_len
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
-        self.header_bytes += len(url)
-        if self.header_bytes > self.ctx.limits.max_request_line:
+        self.url_bytes += len(url)
+        if self.url_bytes > self.ctx.limits.max_request_line:
             raise ClientProtocolError(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Called once per header: limits are plain ints on self (no model lookups).
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.max_header_bytes:
-            raise ClientProtocolError(431, "request headers too large")
+        # Called once per header, so only the count is checked here; the size
+        # is checked per read (data_received) and once per head (below).
         headers = self.cur.headers  # type: ignore[union-attr]
         headers.append((name, value))
         if len(headers) > self.max_headers:
             raise ClientProtocolError(431, "too many request headers")
 
+    def _head_size(self, ex: Exchange) -> int:
+        """The size limits.max_header_bytes is about: target + each header's name and value."""
+        return self.url_bytes + sum(len(n) + len(v) + 4 for n, v in ex.headers)
+
+    def _check_partial_head(self) -> None:
+        """An incomplete head whose upper bound passed the limit: 431 once it surely has."""
+        ex = self.cur
+        # Every read after the first was all head: a lower bound. So is what is parsed.
+        if self.head_bytes - self.head_begin_chunk > self.max_header_bytes or (
+            ex is not None and self._head_size(ex) > self.max_header_bytes
+        ):
+            self.reject(ClientProtocolError(431, "request headers too large"))
+
     def on_headers_complete(self) -> None:
         ex = self.cur
         assert ex is not None
+        self.in_head = False
+        if (
+            self.head_bytes + self.chunk_len > self.max_header_bytes
+            and self._head_size(ex) > self.max_header_bytes
+        ):
+            raise ClientProtocolError(431, "request headers too large")
         parser = self.parser
         ex.method = parser.get_method()
         ex.version = parser.get_http_version()
