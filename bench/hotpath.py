@@ -6,8 +6,12 @@ reports microseconds of CPU per request (process time, so a busy machine
 inflates it less than wall-clock throughput). What it leaves out is the
 kernel: accept/recv/send/epoll. Use it to compare hot-path changes:
 
-    .venv/bin/python -m bench.hotpath [--requests 50000] [--policies]
-    .venv/bin/python -m bench.hotpath --instructions [--policies]
+    .venv/bin/python -m bench.hotpath [--requests 50000] [--policies] [--full]
+    .venv/bin/python -m bench.hotpath --instructions [--policies] [--full]
+
+`--full` adds what a running server hangs on the hot path: the switch state's
+color choice (two colors, blue active) and the metrics + passive health
+observers called for every finished exchange.
 
 `--instructions` counts CPU instructions per request instead (valgrind's
 callgrind, at two request counts, so start-up cancels out): slow (about a
@@ -24,15 +28,23 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from edgeproxy.config import Config
+from edgeproxy.control.store import StateStore
+from edgeproxy.health.monitor import HealthMonitor
+from edgeproxy.observability.metrics import Metrics
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ProxyContext
+from edgeproxy.proxy.picker import Picker
 from edgeproxy.proxy.upstream import UpstreamConnection
+from edgeproxy.switching.board import SwitchBoard
+from edgeproxy.tls.contexts import CertStore
 
 REQUEST = (
     b"GET /products?limit=10 HTTP/1.1\r\nHost: shop.example.test\r\n"
@@ -91,18 +103,46 @@ def config(policies: bool) -> Config:
     return Config.model_validate(
         {
             "access_log": {"enabled": False},
-            "apps": {"shop": {"colors": {"blue": {"upstreams": ["http://127.0.0.1:9"]}}}},
+            "apps": {
+                "shop": {
+                    "colors": {
+                        "blue": {"upstreams": ["http://127.0.0.1:9"]},
+                        "green": {"upstreams": ["http://127.0.0.1:10"]},
+                    }
+                }
+            },
             "sites": [site],
         }
     )
 
 
-async def run(n: int, policies: bool) -> float:
-    ctx = ProxyContext(config(policies))
+def wire_server_hooks(cfg: Config, ctx: ProxyContext, state_dir: Path) -> None:
+    """What the Switching and Observability plugins attach to the context (no tasks)."""
+    board = SwitchBoard.load(
+        cfg, StateStore(state_dir / "state.json"), inflight=ctx.tracker.counts, cut=ctx.tracker.cut
+    )
+    ctx.picker = Picker(cfg, board, ctx.override_nets)
+    health = HealthMonitor(cfg, ctx)
+    health.loop = asyncio.get_running_loop()
+    metrics = Metrics(cfg, ctx, board=board, health=health, certs=CertStore([]))
+
+    def done(ex: Any) -> None:
+        metrics.observe(ex)
+        health.observe(ex)
+
+    ctx.on_exchange_done = done
+
+
+async def run(n: int, policies: bool, full: bool = False) -> float:
+    cfg = config(policies)
+    ctx = ProxyContext(cfg)
+    if full:
+        with tempfile.TemporaryDirectory(prefix="hotpath-") as tmp:
+            wire_server_hooks(cfg, ctx, Path(tmp))
     client = ClientConnection(ctx, tls=False, local_port=80)
     ct = MemoryTransport(("203.0.113.7", 50000))
     client.connection_made(ct)  # type: ignore[arg-type]
-    pool = next(iter(ctx.pools.values()))
+    pool = ctx.colors[("shop", "blue")].pools[0]
     up = UpstreamConnection(pool)
     ut = MemoryTransport(("127.0.0.1", 9))
     up.connection_made(ut)  # type: ignore[arg-type]
@@ -129,15 +169,14 @@ async def run(n: int, policies: bool) -> float:
     return elapsed / n * 1e6
 
 
-def instructions(requests: int, policies: bool) -> int:
+def instructions(requests: int, flags: list[str]) -> int:
     """Instructions executed by one run of this script under callgrind."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         sys.exit("--instructions needs valgrind (apt-get install valgrind)")
     argv = [sys.executable, "-m", "bench.hotpath", "--requests", str(requests), "--rounds", "1"]
     out = subprocess.run(
-        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv]
-        + (["--policies"] if policies else []),
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv, *flags],
         capture_output=True,
         text=True,
         check=True,
@@ -156,25 +195,34 @@ def main() -> None:
     parser.add_argument(
         "--policies", action="store_true", help="security headers + rate limit + gzip"
     )
+    parser.add_argument(
+        "--full", action="store_true", help="switch color choice + metrics + health observers"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions per request (valgrind)"
     )
     args = parser.parse_args()
+    flags = [f for f, on in (("--policies", args.policies), ("--full", args.full)) if on]
+    label = ", ".join(
+        [
+            "with policies" if args.policies else "no policies",
+            *(["switch + metrics + health"] if args.full else []),
+        ]
+    )
     if args.instructions:
         few, many = 2000, 7000
-        per_request = (instructions(many, args.policies) - instructions(few, args.policies)) / (
-            many - few
-        )
+        per_request = (instructions(many, flags) - instructions(few, flags)) / (many - few)
         print(
-            f"hot path ({'with' if args.policies else 'no'} policies): "
-            f"{per_request:,.0f} instructions per request (callgrind, {many} - {few} requests)"
+            f"hot path ({label}): {per_request:,.0f} instructions per request "
+            f"(callgrind, {many} - {few} requests)"
         )
         return
-    results = sorted(uvloop.run(run(args.requests, args.policies)) for _ in range(args.rounds))
+    results = sorted(
+        uvloop.run(run(args.requests, args.policies, args.full)) for _ in range(args.rounds)
+    )
     print(
-        f"hot path ({'with' if args.policies else 'no'} policies): median "
-        f"{results[len(results) // 2]:.2f} µs CPU per request "
+        f"hot path ({label}): median {results[len(results) // 2]:.2f} µs CPU per request "
         f"(min {results[0]:.2f}, max {results[-1]:.2f}; {args.rounds} rounds of {args.requests})"
     )
 
