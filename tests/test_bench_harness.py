@@ -15,8 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import uvloop
 
-from bench import report, wrk
+from bench import hotpath, report, wrk
 from bench.loadgen import Group, source_address
 from bench.peers import (
     Listen,
@@ -473,3 +474,10 @@ def test_handshake_table_rows_have_as_many_cells_as_its_header() -> None:
     header, _, row = report.handshakes_markdown(doc).splitlines()[:3]
     assert header.count("|") == row.count("|")
     assert "| no |" in row
+
+
+@pytest.mark.parametrize(("policies", "full"), [(False, False), (True, False), (False, True)])
+def test_the_hot_path_bench_relays_every_request_in_each_mode(policies: bool, full: bool) -> None:
+    # run() asserts that each request reached the upstream and each response is a 200.
+    per_request = uvloop.run(hotpath.run(300, policies, full))
+    assert per_request > 0
