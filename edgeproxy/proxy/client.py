@@ -56,6 +56,7 @@ class ClientConnection(asyncio.Protocol):
         "peer_trusted",
         "pending_error",
         "queue",
+        "read_fresh",
         "scheme",
         "sni",
         "sni_site",
@@ -113,6 +114,8 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.head_begin_chunk = 0
         self.chunk_len = 0
+        self.read_fresh = False
+        """True until a message begins in a read that began with no message in progress."""
         self.body_bytes = 0
         self.body_limit: float = 0
         self.pending_error: ClientProtocolError | None = None
@@ -149,6 +152,7 @@ class ClientConnection(asyncio.Protocol):
             self.upgrade_buffer.append(data)
             return
         self.chunk_len = len(data)
+        self.read_fresh = self.cur is None
         try:
             self.parser.feed_data(data)
             if self.in_head:  # a request head is still arriving
@@ -230,7 +234,9 @@ class ClientConnection(asyncio.Protocol):
         self.body_bytes = 0
         self.in_head = True
         self.head_bytes = 0
-        self.head_begin_chunk = self.chunk_len
+        # A head that begins a read starts at its first byte; a later one somewhere in it.
+        self.head_begin_chunk = 0 if self.read_fresh else self.chunk_len
+        self.read_fresh = False
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
