@@ -133,20 +133,31 @@ def wire_server_hooks(cfg: Config, ctx: ProxyContext, state_dir: Path) -> None:
     ctx.on_exchange_done = done
 
 
+def connect_in_memory(
+    ctx: ProxyContext, app: str = "shop", color: str = "blue"
+) -> tuple[ClientConnection, MemoryTransport, UpstreamConnection, MemoryTransport]:
+    """A client connection, and one idle upstream connection of app/color in its pool.
+
+    Must run inside an event loop. Returns (client, its transport, upstream, its transport).
+    """
+    client = ClientConnection(ctx, tls=False, local_port=80)
+    ct = MemoryTransport(("203.0.113.7", 50000))
+    client.connection_made(ct)  # type: ignore[arg-type]
+    pool = ctx.colors[(app, color)].pools[0]
+    up = UpstreamConnection(pool)
+    ut = MemoryTransport(("127.0.0.1", 9))
+    up.connection_made(ut)  # type: ignore[arg-type]
+    pool.release(up)  # an idle keep-alive connection, reused by every request
+    return client, ct, up, ut
+
+
 async def run(n: int, policies: bool, full: bool = False) -> float:
     cfg = config(policies)
     ctx = ProxyContext(cfg)
     if full:
         with tempfile.TemporaryDirectory(prefix="hotpath-") as tmp:
             wire_server_hooks(cfg, ctx, Path(tmp))
-    client = ClientConnection(ctx, tls=False, local_port=80)
-    ct = MemoryTransport(("203.0.113.7", 50000))
-    client.connection_made(ct)  # type: ignore[arg-type]
-    pool = ctx.colors[("shop", "blue")].pools[0]
-    up = UpstreamConnection(pool)
-    ut = MemoryTransport(("127.0.0.1", 9))
-    up.connection_made(ut)  # type: ignore[arg-type]
-    pool.release(up)  # an idle keep-alive connection to reuse every time
+    client, ct, up, ut = connect_in_memory(ctx)
     loop = asyncio.get_running_loop()
 
     def one() -> None:

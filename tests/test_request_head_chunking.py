@@ -16,11 +16,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.hotpath import MemoryTransport
+from bench.hotpath import connect_in_memory
 from edgeproxy.config import Config
-from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ProxyContext
-from edgeproxy.proxy.upstream import UpstreamConnection
 
 LIMIT = 4096
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -54,15 +52,7 @@ def feed(stream: bytes, cuts: list[int]) -> tuple[list[bytes], bytes]:
     out: dict[str, Any] = {}
 
     async def go() -> None:
-        ctx = ProxyContext(config())
-        client = ClientConnection(ctx, tls=False, local_port=80)
-        ct = MemoryTransport(("203.0.113.7", 50000))
-        client.connection_made(ct)  # type: ignore[arg-type]
-        pool = ctx.colors[("shop", "blue")].pools[0]
-        up = UpstreamConnection(pool)
-        ut = MemoryTransport(("127.0.0.1", 9))
-        up.connection_made(ut)  # type: ignore[arg-type]
-        pool.release(up)
+        client, ct, up, ut = connect_in_memory(ProxyContext(config()))
         edges = [0, *sorted(set(cuts)), len(stream)]
         for a, b in itertools.pairwise(edges):
             if a < b and not ct.closed:
