@@ -434,8 +434,12 @@ class Stack:
         return Traffic(f"http://127.0.0.1:{self.http_port}", "shop.test", path).start()
 
     def deploy(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.switchctl("deploy", *args, timeout=timeout)
+
+    def switchctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """`switchctl ARGS -c <this stack's deploy config>`, output captured."""
         return subprocess.run(
-            [sys.executable, "-m", "switchctl", "deploy", "-c", str(self.deploy_config), *args],
+            [sys.executable, "-m", "switchctl", *args, "-c", str(self.deploy_config)],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -253,10 +253,21 @@ def site(
 
 
 def raw_request(
-    port: int, data: bytes, *, timeout: float = 5.0, read_until_close: bool = True
+    port: int,
+    data: bytes,
+    *,
+    timeout: float = 5.0,
+    read_until_close: bool = True,
+    source: str | None = None,
 ) -> bytes:
-    """Send raw bytes, return everything the server answers until it closes (or times out)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    """Send raw bytes, return everything the server answers until it closes (or times out).
+
+    `source`: the loopback address to connect from (a distinct client per address).
+    """
+    address = (source, 0) if source is not None else None
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=timeout, source_address=address
+    ) as s:
         s.sendall(data)
         chunks = []
         try:

@@ -360,9 +360,8 @@ def test_a_failed_deploy_on_a_fresh_server_says_nothing_was_switched(
     assert traffic.failures_before_first_ok > 0
 
 
-def test_a_deploy_killed_during_the_canary_is_recovered_by_the_next_one(
-    stack: Stack, traffic: Traffic
-) -> None:
+def deploy_held_in_canary(stack: Stack, traffic: Traffic) -> subprocess.Popen[str]:
+    """Blue serving; a deploy of green started (--json) and now in its 30 s canary dwell."""
     stack.run_color("blue")
     stack.create_proxy()
     stack.write_deploy_config(canary={"steps": [25, 100], "dwell": 30, "poll": 0.2})
@@ -373,6 +372,14 @@ def test_a_deploy_killed_during_the_canary_is_recovered_by_the_next_one(
         event: dict[str, Any] = json.loads(line)
         if event["event"] == "step_start" and event["kind"] == "canary":
             break
+    return p
+
+
+def test_a_deploy_killed_during_the_canary_is_recovered_by_the_next_one(
+    stack: Stack, traffic: Traffic
+) -> None:
+    p = deploy_held_in_canary(stack, traffic)
+    assert p.stdout is not None
     time.sleep(1)
     view = ControlClient(stack.socket).app(stack.app)
     assert (view["candidate"], view["weight"]) == ("green", 25)
@@ -394,34 +401,14 @@ def test_doctor_reports_inconsistencies_and_releases_rollback_redeploys_a_retain
     ok(stack.deploy("--ref", "good"))
     first = History(stack.root / "switchctl" / stack.app / "releases.json").load()[0]
     stack.run_color("green", release="stray")
-    cmd = [sys.executable, "-m", "switchctl"]
-    doc = subprocess.run(
-        [*cmd, "doctor", "-c", str(stack.deploy_config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    doc = stack.switchctl("doctor")
     assert doc.returncode == 1, doc.stdout + doc.stderr
     assert "both colors run" in doc.stdout
-    back = subprocess.run(
-        [*cmd, "releases", "rollback", first.id, "-c", str(stack.deploy_config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    ok(back)
+    ok(stack.switchctl("releases", "rollback", first.id))
     assert_serving(stack, "green", traffic)
     last = History(stack.root / "switchctl" / stack.app / "releases.json").load()[-1]
     assert last.rollback_of == first.id
-    clean = subprocess.run(
-        [*cmd, "doctor", "-c", str(stack.deploy_config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    clean = stack.switchctl("doctor")
     assert clean.returncode == 0, clean.stdout
     assert "consistent: green serves" in clean.stdout
 
@@ -429,15 +416,8 @@ def test_doctor_reports_inconsistencies_and_releases_rollback_redeploys_a_retain
 def test_a_deploy_terminated_during_the_canary_rolls_back_before_it_exits(
     stack: Stack, traffic: Traffic
 ) -> None:
-    stack.run_color("blue")
-    stack.create_proxy()
-    stack.write_deploy_config(canary={"steps": [25, 100], "dwell": 30, "poll": 0.2})
-    traffic.wait_ok()
-    p = stack.deploy_popen("--ref", "good", "--json")
+    p = deploy_held_in_canary(stack, traffic)
     assert p.stdout is not None
-    for line in p.stdout:
-        if json.loads(line).get("kind") == "canary":
-            break
     time.sleep(0.5)
     p.send_signal(signal.SIGTERM)  # what CI's cancel or a cut ssh session sends
     rest = [json.loads(line) for line in p.stdout if line.startswith("{")]

@@ -18,7 +18,9 @@ import yaml
 from websockets.sync.client import connect
 
 from switchctl.client import ControlClient, ControlError
-from tests.proxy_fixtures import http_get, site
+from tests.proxy_fixtures import http_get, raw_request, site
+
+GET_CLOSE = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
 
 
 def two_colors(backend, edge, **app: object):
@@ -238,11 +240,7 @@ def test_the_canary_split_over_ten_thousand_fresh_clients_is_within_one_point(ba
     for i in range(n):
         # Fresh clients from distinct loopback addresses (all of 127/8 is local).
         src = f"127.{1 + i // 65536}.{(i // 256) % 256}.{i % 256 or 1}"
-        with socket.create_connection(("127.0.0.1", e.http_port), source_address=(src, 0)) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
+        data = raw_request(e.http_port, GET_CLOSE, source=src)
         greens += data.endswith(b"green\n")
     share = greens / n * 100
     assert 9.0 <= share <= 11.0, share
@@ -381,12 +379,7 @@ def test_visitors_of_a_canary_with_no_healthy_upstream_are_served_by_the_active_
     ctl.set("shop", "green", 50, force=True)
     answers = Counter()
     for i in range(40):
-        src = f"127.0.9.{i + 1}"
-        with socket.create_connection(("127.0.0.1", e.http_port), source_address=(src, 0)) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
+        data = raw_request(e.http_port, GET_CLOSE, source=f"127.0.9.{i + 1}")
         answers[data.split(b"\r\n", 1)[0] + b" " + data.rsplit(b"\r\n\r\n", 1)[-1].strip()] += 1
     assert answers == {b"HTTP/1.1 200 OK blue": 40}
 
