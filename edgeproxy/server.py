@@ -20,7 +20,7 @@ from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ProxyContext
-from edgeproxy.tls.contexts import CertStore, load_certificate
+from edgeproxy.tls.contexts import CertStore
 
 log = logging.getLogger("edgeproxy.server")
 
@@ -201,8 +201,7 @@ class Server:
             if problems:
                 raise ConfigError(problems)
             try:
-                for spec in new.tls.certificates:
-                    load_certificate(spec, session_tickets=new.tls.session_tickets)
+                certs = self.certs.build(new.tls.certificates)
             except TLSConfigError as e:
                 raise ConfigError([f"{self.config_path}: tls.certificates: {e}"]) from e
             old = self.ctx
@@ -211,8 +210,8 @@ class Server:
                 reconfigure = getattr(plugin, "reconfigure", None)
                 if reconfigure is not None:
                     await reconfigure(self, new, ctx)
-            self.certs.specs = list(new.tls.certificates)
-            self.certs.reload()
+            self.certs.install(certs, new.tls.certificates)
+            self.certs.log_serving()
             self.config, self.ctx = new, ctx
             for conn in list(ctx.connections):
                 conn.ctx = ctx  # their next request routes with the new config

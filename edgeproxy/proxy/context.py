@@ -163,15 +163,14 @@ class ProxyContext:
         self.connections: set[ClientConnection] = (
             set() if previous is None else previous.connections
         )
-        self.https_port_suffix = b""
+        self.https_port_suffix: bytes = b"" if previous is None else previous.https_port_suffix
         """`:8443` when the HTTPS listener is not on 443 (for redirects)."""
-        self._rid_prefix = os.urandom(6).hex().encode() + b"-"
+        self._rid_prefix: bytes = (
+            os.urandom(6).hex().encode() + b"-" if previous is None else previous._rid_prefix
+        )
         self._rid_counter: Iterator[int] = (
             itertools.count(1) if previous is None else previous._rid_counter
         )
-        if previous is not None:
-            self._rid_prefix = previous._rid_prefix
-            self.https_port_suffix = previous.https_port_suffix
         self.on_exchange_done: Callable[[Exchange], None] | None = None
         self.health_ok: Callable[[UpstreamPool], bool] | None = None
         self.accepted: list[int] = [0, 0] if previous is None else previous.accepted

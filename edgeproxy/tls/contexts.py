@@ -228,9 +228,20 @@ class CertStore:
         self.dispatch.sni_callback = self._on_sni
         self.last_error: str | None = None
 
-    def load(self) -> list[LoadedCert]:
-        """Build every context, then swap them in at once; raise without changing anything."""
-        loaded = [load_certificate(s, session_tickets=self.session_tickets) for s in self.specs]
+    def build(self, specs: Sequence[Certificate] | None = None) -> list[LoadedCert]:
+        """Build the contexts of `specs` (default: the current ones); change nothing.
+
+        Raises TLSConfigError naming the file at fault.
+        """
+        return [
+            load_certificate(s, session_tickets=self.session_tickets)
+            for s in (self.specs if specs is None else specs)
+        ]
+
+    def install(
+        self, loaded: list[LoadedCert], specs: Sequence[Certificate] | None = None
+    ) -> list[LoadedCert]:
+        """Swap in contexts from build() at once (and the specs they came from)."""
         by_name: dict[str, ssl.SSLContext] = {}
         for c in loaded:
             for n in c.names:
@@ -241,11 +252,17 @@ class CertStore:
             first = loaded[0]
             self.dispatch.load_cert_chain(first.cert_path, first.key_path)
         # One assignment each: new handshakes see the new set, old ones keep theirs.
+        if specs is not None:
+            self.specs = list(specs)
         self._by_name = by_name
         self._default = loaded[0].context if loaded else None
         self.certs = loaded
         self.last_error = None
         return loaded
+
+    def load(self) -> list[LoadedCert]:
+        """Build every context, then swap them in at once; raise without changing anything."""
+        return self.install(self.build())
 
     def reload(self) -> list[LoadedCert]:
         try:
@@ -254,14 +271,17 @@ class CertStore:
             self.last_error = str(e)
             log.error("certificate reload failed, still serving the previous certificates: %s", e)
             raise
-        for c in loaded:
+        self.log_serving()
+        return loaded
+
+    def log_serving(self) -> None:
+        for c in self.certs:
             log.info(
                 "serving certificate %s (serial %x, %.0f days left)",
                 c.cert_path,
                 c.serial,
                 c.days_left(),
             )
-        return loaded
 
     def changed_on_disk(self) -> bool:
         for c in self.certs:
