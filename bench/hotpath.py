@@ -158,7 +158,6 @@ async def run(n: int, policies: bool, full: bool = False) -> float:
         with tempfile.TemporaryDirectory(prefix="hotpath-") as tmp:
             wire_server_hooks(cfg, ctx, Path(tmp))
     client, ct, up, ut = connect_in_memory(ctx)
-    loop = asyncio.get_running_loop()
 
     def one() -> None:
         client.data_received(REQUEST)
@@ -176,7 +175,6 @@ async def run(n: int, policies: bool, full: bool = False) -> float:
     assert len(ut.written) == n, "every request reached the upstream"
     assert all(w.startswith(b"HTTP/1.1 200") for w in ct.written[:10])
     await asyncio.sleep(0)
-    del loop
     return elapsed / n * 1e6
 
 
