@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgeproxy.tls.contexts import _read_cert_info_cryptography, read_cert_info
+from edgeproxy.config import Certificate
+from edgeproxy.errors import TLSConfigError
+from edgeproxy.tls.contexts import _read_cert_info_cryptography, load_certificate, read_cert_info
 from tests.test_switching_e2e import free_port, start_proxy
 
 
@@ -154,3 +156,12 @@ def _sign_for(cert: Path, key: Path) -> None:
         .sign(private, hashes.SHA256())
     )
     cert.write_bytes(new.public_bytes(serialization.Encoding.PEM))
+
+
+def test_an_unreadable_certificate_path_is_reported_as_unreadable(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.mkdir()  # exists, but can't be read as a file
+    key = tmp_path / "key.pem"
+    key.write_text("")
+    with pytest.raises(TLSConfigError, match=r"cert\.pem: cannot read: Is a directory"):
+        load_certificate(Certificate(cert=str(cert), key=str(key)))

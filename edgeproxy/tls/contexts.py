@@ -157,6 +157,7 @@ def read_cert_info(cert_path: Path) -> CertInfo:
     try:
         info = decode(str(cert_path))
     except ssl.SSLError as e:
+        cert_path.open("rb").close()  # an unreadable file: OSError, "cannot read", as before
         raise ValueError(str(e.args[0] if e.args else e)) from e
     rdns = info.get("subject", ())
     dns = tuple(v.lower() for k, v in info.get("subjectAltName", ()) if k == "DNS")
