@@ -3,19 +3,38 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-BASE_PACKAGES := python3-venv
+# A venv needs python3-venv; compiling the hot path (mypyc) needs a C compiler and Python's headers.
+BASE_PACKAGES := python3-venv gcc libc6-dev python3-dev
 APT_PACKAGES := $(BASE_PACKAGES) docker.io busybox-static nginx-light haproxy wrk nghttp2-client pebble certbot slowhttptest iproute2
 ONCE ?=
+# PURE=1: run the hot path from its Python sources instead of compiling it (edgeproxy/compiled.py).
+PURE ?=
+BUILD_MANIFEST := edgeproxy/hotpath-build.json
+EDGEPROXY_SOURCES := $(shell find edgeproxy -name '*.py')
+HOT_PATH := $(if $(PURE),pure,compile)
 
-.PHONY: demo test lint bench base-deps system-deps apt-install venv clean
+.PHONY: demo test lint bench base-deps system-deps apt-install venv compile pure clean
 
-$(STAMP): pyproject.toml | base-deps
+$(STAMP): pyproject.toml Makefile | base-deps
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q --upgrade pip 'setuptools>=77'
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The hot path compiled with mypyc, in place (rebuilt when any edgeproxy source changes).
+$(BUILD_MANIFEST): $(STAMP) $(EDGEPROXY_SOURCES) setup.py
+	@echo "compiling the hot path with mypyc (about 30 s; log: $(VENV)/compile.log)"
+	@EDGEPROXY_COMPILE=1 $(PY) setup.py build_ext --inplace >$(VENV)/compile.log 2>&1 \
+	  || { tail -30 $(VENV)/compile.log; echo "compiling failed; 'make PURE=1 ...' runs the sources"; exit 1; }
+	@$(PY) -m edgeproxy.compiled
+
+compile: $(BUILD_MANIFEST)
+
+pure:
+	rm -rf $(BUILD_MANIFEST) build
+	find edgeproxy -name '*.so' -delete
 
 # Debian packages: `base-deps` for any command (a venv needs python3-venv),
 # `system-deps` for the tests and benches (dockerd, peers, ACME, load tools).
@@ -34,19 +53,20 @@ apt-install:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: $(STAMP)
+demo: $(STAMP) $(HOT_PATH)
 	$(PY) -m edgeproxy.demo $(if $(ONCE),--once,)
 
-test: system-deps $(STAMP)
-	$(PY) tests/run.py
+test: system-deps $(STAMP) $(HOT_PATH)
+	$(if $(PURE),,EDGEPROXY_EXPECT_COMPILED=1) $(PY) tests/run.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check edgeproxy switchctl certs tests bench
-	$(VENV)/bin/ruff format --check edgeproxy switchctl certs tests bench
+	$(VENV)/bin/ruff check edgeproxy switchctl certs tests bench setup.py
+	$(VENV)/bin/ruff format --check edgeproxy switchctl certs tests bench setup.py
 	$(VENV)/bin/mypy
 
-bench: system-deps $(STAMP)
+bench: system-deps $(STAMP) $(HOT_PATH)
 	$(PY) -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo build $(BUILD_MANIFEST)
+	find edgeproxy -name '*.so' -delete

@@ -35,6 +35,7 @@ from typing import Any
 
 import uvloop
 
+from edgeproxy import compiled
 from edgeproxy.config import Config
 from edgeproxy.control.store import StateStore
 from edgeproxy.health.monitor import HealthMonitor
@@ -215,6 +216,7 @@ def main() -> None:
     flags = [f for f, on in (("--policies", args.policies), ("--full", args.full)) if on]
     label = ", ".join(
         [
+            "mypyc-compiled" if compiled.state().compiled else "pure Python",
             "with policies" if args.policies else "no policies",
             *(["switch + metrics + health"] if args.full else []),
         ]

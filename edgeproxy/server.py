@@ -14,12 +14,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from edgeproxy import compiled
 from edgeproxy.config import Config, load_config, parse_address
 from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
 from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ProxyContext
+from edgeproxy.proxy.upstream import as_protocol
 from edgeproxy.tls.contexts import CertStore
 
 log = logging.getLogger("edgeproxy.server")
@@ -54,6 +56,11 @@ class Server:
 
     # -- start ----------------------------------------------------------------
     async def start(self) -> None:
+        hot_path = compiled.state()
+        if hot_path.stale:
+            # It would serve the code as it was at the build, not as the sources say.
+            raise StartupError(hot_path.summary)
+        log.info("%s", hot_path.summary)
         try:
             self.certs.load()
         except TLSConfigError as e:
@@ -109,9 +116,9 @@ class Server:
         loop = asyncio.get_running_loop()
         local_port = port
 
-        def factory() -> ClientConnection:
+        def factory() -> asyncio.Protocol:
             # self.ctx, read per connection: a config reload swaps it.
-            return ClientConnection(self.ctx, tls=tls, local_port=local_port)
+            return as_protocol(ClientConnection(self.ctx, tls=tls, local_port=local_port))
 
         try:
             srv = await loop.create_server(

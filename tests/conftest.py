@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 
+from edgeproxy import compiled
 from edgeproxy.config import Config
 from edgeproxy.control.api import ControlHooks, start_control_server, stop_control_server
 from edgeproxy.control.store import StateStore
@@ -110,3 +111,10 @@ def control_proxy(
         proxy.loop.call_soon_threadsafe(proxy.loop.stop)
         thread.join(timeout=10)
         proxy.loop.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a compiled hot path built from older sources (it isn't the code here)."""
+    hot_path = compiled.state()
+    if hot_path.stale:
+        pytest.exit(hot_path.summary, returncode=3)

@@ -29,7 +29,9 @@ log = logging.getLogger("edgeproxy.client")
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_REJECTED = 1, 2, 4, 8
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """An asyncio protocol for one client connection (duck-typed: see `as_protocol`)."""
+
     # Slots: ~1 KiB less per connection than an instance dict (10k idle clients).
     __slots__ = (
         "body_bytes",
@@ -117,7 +119,7 @@ class ClientConnection(asyncio.Protocol):
         self.read_fresh = False
         """True until a message begins in a read that began with no message in progress."""
         self.body_bytes = 0
-        self.body_limit: float = 0
+        self.body_limit = 0.0
         self.pending_error: ClientProtocolError | None = None
         self.upgrade_buffer: list[bytes] | None = None
         self.tunnel: UpstreamConnection | None = None

@@ -27,7 +27,20 @@ MAX_RESPONSE_HEAD = 65536
 """A larger upstream response head is a 502 (nginx: "upstream sent too big header")."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+def as_protocol(proto: object) -> asyncio.Protocol:
+    """A protocol object for `create_server`/`create_connection`, typed as the loop wants it.
+
+    The connection classes implement asyncio's protocol methods without
+    inheriting `asyncio.Protocol` (uvloop and asyncio only call them): a class
+    with a Python base can't be compiled to a native class by mypyc, and native
+    classes are what make the compiled hot path fast (docs/architecture.md).
+    """
+    return cast(asyncio.Protocol, proto)
+
+
+class UpstreamConnection:
+    """An asyncio protocol for one upstream connection (duck-typed: see `as_protocol`)."""
+
     __slots__ = (
         "closed",
         "exchange",
@@ -198,10 +211,12 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout):
             _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(self), self.upstream.host, self.upstream.port
+                lambda: as_protocol(UpstreamConnection(self)),
+                self.upstream.host,
+                self.upstream.port,
             )
         self.opened += 1
-        return proto
+        return cast(UpstreamConnection, proto)
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed:
