@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from edgeproxy.config import Timeouts
 from edgeproxy.errors import ClientProtocolError
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy.proxy")
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class Exchange:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Final
 
 Header = tuple[bytes, bytes]
 
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REASONS: Final[dict[int, bytes]] = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REASONS[421] = b"Misdirected Request"
 _REASONS[499] = b"Client Closed Request"
 
@@ -33,7 +34,7 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
-ERROR_BODIES: dict[int, bytes] = {
+ERROR_BODIES: Final[dict[int, bytes]] = {
     400: b"400 Bad Request: the request is malformed or ambiguous\n",
     403: b"403 Forbidden\n",
     404: b"404 Not Found: no site or route matches this request\n",

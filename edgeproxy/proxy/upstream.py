@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy.upstream")
 
-MAX_RESPONSE_HEAD = 65536
+MAX_RESPONSE_HEAD: Final = 65536
 """A larger upstream response head is a 502 (nginx: "upstream sent too big header")."""
 
 
