@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
+import shutil
 import ssl
 import sys
 from collections.abc import Iterator
@@ -17,16 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import edgeproxy
 from bench.procs import Proc, running
 from bench.tlscert import CertFiles
+from edgeproxy import compiled
 
 PEERS = ("direct", "nginx", "haproxy", "edgeproxy", "edgeproxy-log", "probe")
-EXTRA_PEERS = ("edgeproxy-bare", "edgeproxy-medusa", "edgeproxy-medusa-gzip")
+EXTRA_PEERS = ("edgeproxy-bare", "edgeproxy-medusa", "edgeproxy-medusa-gzip", "edgeproxy-pure")
 """Variants for feature costs (not in the default list): `edgeproxy-bare` has per-request
 metrics off too; `edgeproxy-medusa` adds the MedusaJS policy set (security headers,
 HSTS, hidden headers, a rate limit that never trips, static-asset cache headers);
 `edgeproxy-medusa-gzip` adds gzip (min 1 KiB: the 16 KiB body is compressed, the
-13 B one is not). wrk sends `Accept-Encoding: gzip` to every peer."""
+13 B one is not); `edgeproxy-pure` is edgeproxy with its hot path run from the Python
+sources instead of the mypyc build (edgeproxy/compiled.py). wrk sends
+`Accept-Encoding: gzip` to every peer."""
 """`edgeproxy-log` is edgeproxy with its JSON access log written to a file; `probe` is
 the bare uvloop + httptools byte relay in `bench/probe.py` (the Python ceiling)."""
 
@@ -314,6 +320,18 @@ def edgeproxy_argv(conf: Path) -> list[str]:
     return [sys.executable, "-m", "edgeproxy", "serve", "--config", str(conf)]
 
 
+def pure_python_env(pdir: Path) -> dict[str, str]:
+    """An environment importing edgeproxy from a copy of its sources without the mypyc build."""
+    src = pdir / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(
+        Path(edgeproxy.__file__).parent,
+        src / "edgeproxy",
+        ignore=shutil.ignore_patterns("*.so", compiled.MANIFEST.name, "__pycache__"),
+    )
+    return {**os.environ, "PYTHONPATH": str(src)}
+
+
 @contextlib.contextmanager
 def start_peer(
     kind: str,
@@ -331,6 +349,7 @@ def start_peer(
     upstream = backend.http.removeprefix("http://")
     pdir = workdir / kind
     pdir.mkdir(exist_ok=True)
+    env = None
     if kind == "nginx":
         conf = pdir / "nginx.conf"
         conf.write_text(nginx_proxy_conf(pdir, listen, upstream, cert))
@@ -352,6 +371,8 @@ def start_peer(
         )
         conf.write_text(text)
         argv = edgeproxy_argv(conf)
+        if kind == "edgeproxy-pure":
+            env = pure_python_env(pdir)
     elif kind == "probe":
         argv = [sys.executable, "-m", "bench.probe", "--upstream", upstream]
         argv += [
@@ -372,5 +393,6 @@ def start_peer(
         cpus=cpus,
         ready=lambda: answers(http_url + "/13") and answers(https_url + "/13"),
         timeout=20,
+        env=env,
     ) as proc:
         yield Target(kind, http_url, https_url, proc)

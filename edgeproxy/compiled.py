@@ -35,6 +35,10 @@ HOT_PATH = (
     "edgeproxy.proxy.responses",
     "edgeproxy.proxy.upstream",
     "edgeproxy.routing.router",
+    "edgeproxy.observability.stats",
+    "edgeproxy.observability.metrics",
+    "edgeproxy.health.state",
+    "edgeproxy.health.monitor",
 )
 """Modules compiled together (one mypyc group: calls between them are native)."""
 

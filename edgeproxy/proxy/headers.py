@@ -184,7 +184,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         elif code == XF_PROTO:
             info.xf_proto = value
         elif code == REQUEST_ID:
-            if 0 < len(value) <= 200 and value.isascii() and b" " not in value:
+            if 0 < len(value) <= 200 and value.isascii() and value.find(b" ") == -1:
                 info.request_id = value
         else:
             info.override = value
@@ -214,7 +214,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         ex.target = target
     else:
         raise ClientProtocolError(400, "request target must be an absolute path")
-    if b"#" in target:
+    if target.find(b"#") != -1:  # faster than `b"#" in target` (which tries an int first)
         raise ClientProtocolError(400, "fragment in request target")
     ex.host = host.lower()
     q = target.find(b"?")
