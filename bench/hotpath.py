@@ -126,12 +126,7 @@ def wire_server_hooks(cfg: Config, ctx: ProxyContext, state_dir: Path) -> None:
     health = HealthMonitor(cfg, ctx)
     health.loop = asyncio.get_running_loop()
     metrics = Metrics(cfg, ctx, board=board, health=health, certs=CertStore([]))
-
-    def done(ex: Any) -> None:
-        metrics.observe(ex)
-        health.observe(ex)
-
-    ctx.on_exchange_done = done
+    ctx.exchange_observers = [metrics.observe, health.observe]
 
 
 def connect_in_memory(

@@ -5,7 +5,7 @@
    cutting a drained color, health and per-color figures.
 2. `Observability`: one round of health checks (a restored color must pass before
    it gets traffic), then the check loops; metrics, access log and canary guard
-   on `ctx.on_exchange_done`; the board's `health` and `color_stats` hooks.
+   in `ctx.exchange_observers`; the board's `health` and `color_stats` hooks.
 3. `ControlPlane`: the control socket (and the optional metrics listener), once
    every hook it serves is in place.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,29 +184,17 @@ class Observability:
             return {**metrics.color_stats(app, color), **health.color_view(app, color)}
 
         board.color_stats = color_stats
-        ctx.on_exchange_done = self._observer(config)
+        ctx.exchange_observers = self._observers(config)
 
-    def _observer(self, config: Config) -> Any:
-        observe, passive = self.metrics.observe, self.health.observe
-        if not config.metrics.enabled:
-            observe = _nothing
-        if self.access_log is None and not config.metrics.enabled:
-            return passive
-        if self.access_log is None:
-
-            def done(ex: Exchange) -> None:
-                observe(ex)
-                passive(ex)
-
-            return done
-        write = self.access_log.write
-
-        def done_and_log(ex: Exchange) -> None:
-            observe(ex)
-            passive(ex)
-            write(ex)
-
-        return done_and_log
+    def _observers(self, config: Config) -> list[Callable[[Exchange], None]]:
+        """What runs for every finished exchange: bound methods of compiled classes, no wrapper."""
+        observers: list[Callable[[Exchange], None]] = []
+        if config.metrics.enabled:
+            observers.append(self.metrics.observe)
+        observers.append(self.health.observe)
+        if self.access_log is not None:
+            observers.append(self.access_log.write)
+        return observers
 
     async def stop(self) -> None:
         if self.guard is not None:
@@ -214,10 +203,6 @@ class Observability:
             await self._health.stop()
         if self.access_log is not None:
             self.access_log.close()
-
-
-def _nothing(ex: Exchange) -> None:
-    return None
 
 
 class ControlPlane:

@@ -496,9 +496,8 @@ class ClientConnection:
         if ex.finished_at:
             return
         ex.finished_at = monotonic()
-        cb = self.ctx.on_exchange_done
-        if cb is not None:
-            cb(ex)
+        for observe in self.ctx.exchange_observers:
+            observe(ex)
 
     # -- shutdown -------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -171,7 +171,8 @@ class ProxyContext:
         self._rid_counter: Iterator[int] = (
             itertools.count(1) if previous is None else previous._rid_counter
         )
-        self.on_exchange_done: Callable[[Exchange], None] | None = None
+        self.exchange_observers: list[Callable[[Exchange], None]] = []
+        """Called with every finished exchange (metrics, passive health, access log)."""
         self.health_ok: Callable[[UpstreamPool], bool] | None = None
         self.accepted: list[int] = [0, 0] if previous is None else previous.accepted
         """Connections accepted so far: [plain HTTP, TLS (handshake done)]."""
