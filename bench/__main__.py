@@ -255,7 +255,7 @@ def canary(json_path: Path | None, **kw: Any) -> None:
 
 
 @main.command()
-@click.option("--peers", default="nginx,haproxy,edgeproxy", callback=_csv(PEERS[1:]))
+@click.option("--peers", default="nginx,haproxy,edgeproxy", callback=_csv(PEERS[1:] + EXTRA_PEERS))
 @click.option("--levels", default="1000,10000", help="idle connection counts, ascending")
 @click.option(
     "--settle", default=1.0, type=click.FloatRange(0), help="seconds to wait before reading RSS"
@@ -287,7 +287,7 @@ def memory(json_path: Path | None, levels: str, **kw: Any) -> None:
 
 
 @main.command("tls-handshakes")
-@click.option("--peers", default="nginx,haproxy,edgeproxy", callback=_csv(PEERS))
+@click.option("--peers", default="nginx,haproxy,edgeproxy", callback=_csv(PEERS + EXTRA_PEERS))
 @click.option("--rounds", default=3, type=click.IntRange(1))
 @click.option("--duration", default=5, type=click.IntRange(1), help="seconds per wrk run")
 @click.option("--connections", default=50, type=click.IntRange(1), help="wrk -c")

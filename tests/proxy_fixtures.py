@@ -317,3 +317,21 @@ def http_get(
         return Resp(r.status, r.headers, r.read())
     finally:
         conn.close()
+
+
+def in_memory_config(**extra: Any) -> Config:
+    """Site `a.test` → app `shop` (one color, blue); for in-memory `connect_in_memory` tests."""
+    return Config.model_validate(
+        {
+            "access_log": {"enabled": False},
+            "apps": {"shop": {"colors": {"blue": {"upstreams": ["http://127.0.0.1:9"]}}}},
+            "sites": [
+                {
+                    "hosts": ["a.test"],
+                    "https_redirect": False,
+                    "routes": [{"path": "/", "app": "shop"}],
+                }
+            ],
+            **extra,
+        }
+    )

@@ -17,28 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.hotpath import connect_in_memory
-from edgeproxy.config import Config
 from edgeproxy.proxy.context import ProxyContext
+from tests.proxy_fixtures import in_memory_config
 
 LIMIT = 4096
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-def config() -> Config:
-    return Config.model_validate(
-        {
-            "limits": {"max_header_bytes": LIMIT},
-            "access_log": {"enabled": False},
-            "apps": {"shop": {"colors": {"blue": {"upstreams": ["http://127.0.0.1:9"]}}}},
-            "sites": [
-                {
-                    "hosts": ["a.test"],
-                    "https_redirect": False,
-                    "routes": [{"path": "/", "app": "shop"}],
-                }
-            ],
-        }
-    )
 
 
 def head_of_size(size: int, path: bytes = b"/") -> bytes:
@@ -52,7 +35,9 @@ def feed(stream: bytes, cuts: list[int]) -> tuple[list[bytes], bytes]:
     out: dict[str, Any] = {}
 
     async def go() -> None:
-        client, ct, up, ut = connect_in_memory(ProxyContext(config()))
+        client, ct, up, ut = connect_in_memory(
+            ProxyContext(in_memory_config(limits={"max_header_bytes": LIMIT}))
+        )
         edges = [0, *sorted(set(cuts)), len(stream)]
         for a, b in itertools.pairwise(edges):
             if a < b and not ct.closed:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeproxy.config import Config, Upstream
 from edgeproxy.policies import compile_route_policies, compile_site_policy
-from edgeproxy.proxy.headers import header_codes
+from edgeproxy.proxy.headers import header_codes, response_codes
 from edgeproxy.proxy.upstream import UpstreamPool
 from edgeproxy.routing.router import Router
 
@@ -156,6 +156,7 @@ class ProxyContext:
             if app.override.header
         }
         self.header_codes = header_codes(self.request_id_header, self.override_headers)
+        self.response_codes = response_codes(self.request_id_header)
         self.webroot: Path | None = config.acme.webroot
         self.tracker: Tracker = Tracker() if previous is None else previous.tracker
         self.picker = picker

@@ -25,18 +25,48 @@ if TYPE_CHECKING:
 
 ACME_PREFIX: Final = b"/.well-known/acme-challenge/"
 
-RESPONSE_DROP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"trailer",
-        b"server",
-        b"date",
-    }
+# What response_head does with each upstream response header, by name.
+R_PASS: Final = 0
+R_DROP: Final = 1
+"""Hop-by-hop, or set by edgeproxy (Server, Date)."""
+R_TE: Final = 2
+R_UPGRADE: Final = 3
+R_LENGTH: Final = 4
+R_REQUEST_ID: Final = 5
+
+RESPONSE_CODES: Final[dict[bytes, int]] = {
+    b"connection": R_DROP,
+    b"keep-alive": R_DROP,
+    b"proxy-connection": R_DROP,
+    b"trailer": R_DROP,
+    b"server": R_DROP,
+    b"date": R_DROP,
+    b"transfer-encoding": R_TE,
+    b"upgrade": R_UPGRADE,
+    b"content-length": R_LENGTH,
+}
+
+COMMON_RESPONSE_HEADERS: Final = (
+    b"accept-ranges",
+    b"access-control-allow-origin",
+    b"age",
+    b"cache-control",
+    b"content-encoding",
+    b"content-security-policy",
+    b"content-type",
+    b"etag",
+    b"expires",
+    b"last-modified",
+    b"location",
+    b"pragma",
+    b"referrer-policy",
+    b"set-cookie",
+    b"strict-transport-security",
+    b"vary",
+    b"x-content-type-options",
+    b"x-frame-options",
 )
+"""Passed through as they are: listed so that their usual spelling is found without lower()."""
 
 
 class RequestInfo:
@@ -101,6 +131,8 @@ REAL_IP: Final = 12
 XF_PROTO: Final = 13
 REQUEST_ID: Final = 14
 OVERRIDE: Final = 15
+PASS: Final = -1
+"""Forwarded as is, nothing to note (also what a name missing from the table gets)."""
 FORWARD_MAX: Final = ACR_METHOD  # codes up to this one are forwarded
 
 HEADER_CODES: Final[dict[bytes, int]] = {
@@ -127,13 +159,61 @@ HEADER_CODES: Final[dict[bytes, int]] = {
 }
 
 
+COMMON_REQUEST_HEADERS: Final = (
+    b"accept",
+    b"accept-language",
+    b"authorization",
+    b"cache-control",
+    b"content-type",
+    b"dnt",
+    b"if-modified-since",
+    b"if-none-match",
+    b"pragma",
+    b"priority",
+    b"referer",
+    b"sec-fetch-dest",
+    b"sec-fetch-mode",
+    b"sec-fetch-site",
+    b"sec-fetch-user",
+    b"upgrade-insecure-requests",
+    b"user-agent",
+)
+"""Forwarded as they are: listed so that their usual spelling is found without lower()."""
+
+
+def canonical(name: bytes) -> bytes:
+    """The usual spelling of a lowercase header name: b"user-agent" -> b"User-Agent"."""
+    special = {b"etag": b"ETag", b"dnt": b"DNT", b"te": b"TE"}
+    return special.get(name) or b"-".join(w.capitalize() for w in name.split(b"-"))
+
+
+def spelled_both_ways(codes: dict[bytes, int]) -> dict[bytes, int]:
+    """`codes` (lowercase names) plus each name's usual spelling.
+
+    Header names are case-insensitive: a lookup tries the name as received
+    first and lower-cases it only when that misses, so the common spellings
+    cost one dict lookup instead of a lower() and a lookup.
+    """
+    both = dict(codes)
+    for name, code in codes.items():
+        both.setdefault(canonical(name), code)
+    return both
+
+
 def header_codes(request_id_header: bytes, override_headers: set[bytes]) -> dict[bytes, int]:
-    """The per-config dispatch table (request id and tester override names are configurable)."""
-    codes = dict(HEADER_CODES)
+    """The per-config request table (request id and tester override names are configurable)."""
+    codes = dict.fromkeys(COMMON_REQUEST_HEADERS, PASS) | HEADER_CODES
     codes[request_id_header] = REQUEST_ID
     for name in override_headers:
         codes[name] = OVERRIDE
-    return codes
+    return spelled_both_ways(codes)
+
+
+def response_codes(request_id_header: bytes) -> dict[bytes, int]:
+    """The per-config response table (the request id header is configurable)."""
+    codes = dict.fromkeys(COMMON_RESPONSE_HEADERS, R_PASS) | RESPONSE_CODES
+    codes[request_id_header] = R_REQUEST_ID
+    return spelled_both_ways(codes)
 
 
 def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
@@ -144,8 +224,10 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
     codes = ex.client.ctx.header_codes
     fwd = ex.fwd
     for name, value in ex.headers:
-        code = codes.get(name.lower())
+        code = codes.get(name)
         if code is None:
+            code = codes.get(name.lower(), PASS)
+        if code == PASS:
             fwd += (name, b": ", value, b"\r\n")
             continue
         if code <= FORWARD_MAX:
@@ -307,24 +389,28 @@ def response_head(
     has_length = False
     chunked = False
     upgrade_value = b""
-    rid_name = ex.client.ctx.request_id_header
+    ctx = ex.client.ctx
+    codes = ctx.response_codes
     rid_seen = False
     for name, value in headers:
-        n = name.lower()
-        if n in RESPONSE_DROP:
-            if n == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
-            elif n == b"upgrade":
-                upgrade_value = value
-            continue
-        if n == b"content-length":
+        code = codes.get(name)
+        if code is None:
+            code = codes.get(name.lower(), R_PASS)
+        if code == R_PASS:
+            parts += (name, b": ", value, b"\r\n")
+        elif code == R_LENGTH:
             has_length = True
-        elif n == rid_name:
+            parts += (name, b": ", value, b"\r\n")
+        elif code == R_REQUEST_ID:
             rid_seen = True
-        parts += (name, b": ", value, b"\r\n")
+            parts += (name, b": ", value, b"\r\n")
+        elif code == R_TE:
+            chunked = value.strip().lower().endswith(b"chunked")
+        elif code == R_UPGRADE:
+            upgrade_value = value
     parts += (b"date: ", http_date(), b"\r\nserver: edgeproxy\r\n")
     if not rid_seen:
-        parts += (rid_name, b": ", ex.request_id, b"\r\n")
+        parts += (ctx.request_id_header, b": ", ex.request_id, b"\r\n")
     if ex.set_cookie is not None:
         parts += (b"set-cookie: ", ex.set_cookie, b"\r\n")
     if status == 101:
