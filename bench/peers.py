@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import edgeproxy
-from bench.procs import Proc, running
+from bench.procs import BenchError, Proc, running
 from bench.tlscert import CertFiles
 from edgeproxy import compiled
 
@@ -329,7 +329,9 @@ def pure_python_env(pdir: Path) -> dict[str, str]:
         src / "edgeproxy",
         ignore=shutil.ignore_patterns("*.so", compiled.MANIFEST.name, "__pycache__"),
     )
-    return {**os.environ, "PYTHONPATH": str(src)}
+    # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (the
+    # checkout, with its build) ahead of PYTHONPATH.
+    return {**os.environ, "PYTHONPATH": str(src), "PYTHONSAFEPATH": "1"}
 
 
 @contextlib.contextmanager
@@ -395,4 +397,6 @@ def start_peer(
         timeout=20,
         env=env,
     ) as proc:
+        if kind == "edgeproxy-pure" and "hot path runs as Python" not in proc.log_tail(200):
+            raise BenchError(f"edgeproxy-pure did not start uncompiled; log {proc.log_path}")
         yield Target(kind, http_url, https_url, proc)

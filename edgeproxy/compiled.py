@@ -39,6 +39,10 @@ HOT_PATH = (
     "edgeproxy.observability.metrics",
     "edgeproxy.health.state",
     "edgeproxy.health.monitor",
+    "edgeproxy.policies.compiled",
+    "edgeproxy.policies.cors",
+    "edgeproxy.policies.gzip",
+    "edgeproxy.policies.ratelimit",
 )
 """Modules compiled together (one mypyc group: calls between them are native)."""
 
