@@ -3,7 +3,7 @@
 The modules in `HOT_PATH` are plain, strictly typed Python. `make` compiles
 them with mypyc (`python setup.py build_ext --inplace`) into C extensions next
 to their sources, which Python then imports instead of the `.py` files: the
-same code with native classes and calls, about 37 % fewer CPU instructions per
+same code with native classes and calls, about half the CPU instructions per
 proxied request (`python -m bench.hotpath --instructions`). Without a build
 (no C compiler, or `make pure`) the same modules run as Python.
 
