@@ -25,14 +25,16 @@ if TYPE_CHECKING:
 
 ACME_PREFIX: Final = b"/.well-known/acme-challenge/"
 
-# What response_head does with each upstream response header, by name.
+# What response_head does with each upstream response header, by name; codes up
+# to R_FORWARD_MAX are forwarded (like FORWARD_MAX for requests, below).
 R_PASS: Final = 0
-R_DROP: Final = 1
+R_LENGTH: Final = 1
+R_REQUEST_ID: Final = 2
+R_FORWARD_MAX: Final = R_REQUEST_ID
+R_DROP: Final = 3
 """Hop-by-hop, or set by edgeproxy (Server, Date)."""
-R_TE: Final = 2
-R_UPGRADE: Final = 3
-R_LENGTH: Final = 4
-R_REQUEST_ID: Final = 5
+R_TE: Final = 4
+R_UPGRADE: Final = 5
 
 RESPONSE_CODES: Final[dict[bytes, int]] = {
     b"connection": R_DROP,
@@ -112,9 +114,10 @@ def host_without_port(host: bytes) -> bytes:
     return host.partition(b":")[0]
 
 
-# What validate_request does with each request header, by lowercase name:
-# absent → forward as is; FWD_* → forward and note; DROP_* → don't forward (we
-# set our own, or it is hop-by-hop). One dict lookup per header on the hot path.
+# What validate_request does with each request header, by name (see
+# spelled_both_ways): absent or PASS → forward as is; up to FORWARD_MAX →
+# forward and note; the rest → don't forward (we set our own, or it is
+# hop-by-hop). One dict lookup per header for the usual spellings.
 HOST: Final = 0
 CONTENT_LENGTH: Final = 1
 COOKIE: Final = 2
@@ -181,10 +184,12 @@ COMMON_REQUEST_HEADERS: Final = (
 """Forwarded as they are: listed so that their usual spelling is found without lower()."""
 
 
+_SPELLED_OTHERWISE: Final = {b"etag": b"ETag", b"dnt": b"DNT", b"te": b"TE"}
+
+
 def canonical(name: bytes) -> bytes:
     """The usual spelling of a lowercase header name: b"user-agent" -> b"User-Agent"."""
-    special = {b"etag": b"ETag", b"dnt": b"DNT", b"te": b"TE"}
-    return special.get(name) or b"-".join(w.capitalize() for w in name.split(b"-"))
+    return _SPELLED_OTHERWISE.get(name) or b"-".join(w.capitalize() for w in name.split(b"-"))
 
 
 def spelled_both_ways(codes: dict[bytes, int]) -> dict[bytes, int]:
@@ -396,14 +401,12 @@ def response_head(
         code = codes.get(name)
         if code is None:
             code = codes.get(name.lower(), R_PASS)
-        if code == R_PASS:
+        if code <= R_FORWARD_MAX:
             parts += (name, b": ", value, b"\r\n")
-        elif code == R_LENGTH:
-            has_length = True
-            parts += (name, b": ", value, b"\r\n")
-        elif code == R_REQUEST_ID:
-            rid_seen = True
-            parts += (name, b": ", value, b"\r\n")
+            if code == R_LENGTH:
+                has_length = True
+            elif code == R_REQUEST_ID:
+                rid_seen = True
         elif code == R_TE:
             chunked = value.strip().lower().endswith(b"chunked")
         elif code == R_UPGRADE:
