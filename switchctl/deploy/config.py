@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeproxy.config import COLOR_RE
+from switchctl.deploy.envfile import ENV_KEY_RE
+from switchctl.deploy.envfile import EnvFile as EnvFile  # re-exported
+from switchctl.deploy.envfile import read_env_file as read_env_file  # re-exported
 from switchctl.deploy.errors import DeployConfigError
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Model(BaseModel):
@@ -287,58 +288,6 @@ class DeployConfig(Model):
     def release_tag(self, release_id: str) -> str:
         """Every deployed image is also tagged with this, so rollback finds it later."""
         return f"switchctl/{self.app}-release:{release_id}"
-
-
-class EnvFile:
-    """KEY=VALUE lines (comments, blank lines, `export`, quotes allowed). Values are secrets."""
-
-    def __init__(self, path: Path, values: dict[str, str]) -> None:
-        self.path = path
-        self.values = values
-
-    def __repr__(self) -> str:
-        return f"EnvFile({str(self.path)!r}, {len(self.values)} variables)"
-
-    def as_list(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.values.items()]
-
-
-def read_env_file(path: Path, required: list[str], check_mode: bool = True) -> EnvFile:
-    """Read the env file; its mode must be 0600 (or stricter) and every required key set."""
-    try:
-        st = path.stat()
-        text = path.read_text()
-    except OSError as e:
-        raise DeployConfigError(
-            [f"env_file {path}: cannot read it ({e.strerror}); create it with mode 0600"]
-        ) from e
-    problems = []
-    if check_mode and stat.S_IMODE(st.st_mode) & 0o077:
-        problems.append(
-            f"env_file {path}: mode is {stat.S_IMODE(st.st_mode):04o}; it holds secrets, "
-            f"run `chmod 600 {path}`"
-        )
-    values: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not ENV_KEY_RE.match(key):
-            problems.append(f"env_file {path}:{n}: expected KEY=VALUE (the value is not shown)")
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
-    for key in required:
-        if not values.get(key):
-            problems.append(f"{key} is missing from {path}")
-    if problems:
-        raise DeployConfigError(problems)
-    return EnvFile(path, values)
 
 
 def _format(source: str, err: ValidationError) -> list[str]:
