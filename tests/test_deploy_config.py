@@ -157,3 +157,12 @@ def test_the_compose_file_mounts_edgeproxy_directories_not_single_files() -> Non
     base = load_deploy_config(COMPOSE / "medusa" / "deploy.yml").base_services
     names = {s.get("container_name") for s in services.values()}
     assert set(base) <= names
+
+
+def test_the_medusa_configs_pass_the_cross_check_that_deploy_check_runs() -> None:
+    from edgeproxy.config import load_config
+    from switchctl.deploy.crosscheck import cross_check
+
+    deploy = load_deploy_config(COMPOSE / "medusa" / "deploy.yml")
+    proxy = load_config(COMPOSE / "medusa" / "edgeproxy.yml")
+    assert cross_check(deploy, proxy, "edgeproxy.yml") == []

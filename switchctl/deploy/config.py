@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeproxy.config import COLOR_RE
+from edgeproxy.config import COLOR_RE, human_message, key_path, yaml_problem
 from switchctl.deploy.envfile import ENV_KEY_RE
 from switchctl.deploy.envfile import EnvFile as EnvFile  # re-exported
 from switchctl.deploy.envfile import read_env_file as read_env_file  # re-exported
@@ -291,16 +291,10 @@ class DeployConfig(Model):
 
 
 def _format(source: str, err: ValidationError) -> list[str]:
-    out = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling against compose/deploy.example.yml"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        out.append(f"{source}: {loc}: {msg}")
-    return out
+    return [
+        f"{source}: {key_path(e['loc'])}: {human_message(e, 'compose/deploy.example.yml')}"
+        for e in err.errors()
+    ]
 
 
 def parse_deploy_config(
@@ -309,7 +303,11 @@ def parse_deploy_config(
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise DeployConfigError([f"{source}: not valid YAML: {e}"]) from e
+        raise DeployConfigError([yaml_problem(source, e)]) from e
+    if data is None:
+        raise DeployConfigError(
+            [f"{source}: the file is empty; see compose/deploy.example.yml for every key"]
+        )
     if not isinstance(data, dict):
         raise DeployConfigError([f"{source}: the top level must be a mapping of keys"])
     if base is not None:
