@@ -66,9 +66,13 @@ def test_canary_steps_must_climb_to_100() -> None:
     assert "increasing" in problems(GOOD + "canary: {steps: [50, 10, 100]}\n")[0]
 
 
-def test_edgeproxy_runs_either_as_a_container_or_as_a_systemd_unit() -> None:
+def test_edgeproxy_runs_as_a_container_a_systemd_unit_or_unmanaged_and_only_one_of_them() -> None:
     text = GOOD.replace("{container: edgeproxy,", "{container: edgeproxy, systemd_unit: e.service,")
-    assert "exactly one of `container` or `systemd_unit`" in problems(text)[0]
+    assert "exactly one of `container`, `systemd_unit` or `unmanaged: true`" in problems(text)[0]
+    neither = GOOD.replace("{container: edgeproxy,", "{")
+    assert "exactly one of" in problems(neither)[0]
+    unmanaged = parse_deploy_config(GOOD.replace("{container: edgeproxy,", "{unmanaged: true,"))
+    assert unmanaged.edgeproxy.unmanaged
 
 
 def test_an_image_template_needs_a_ref() -> None:

@@ -166,12 +166,32 @@ class Proxy(Model):
     """A known-good config (e.g. from the app repo) installed when the live one is invalid."""
     state_file: Path | None = None
     start_timeout: float = Field(default=30.0, gt=0)
+    unmanaged: bool = False
+    """edgeproxy is started some other way (by hand, supervisord, runit, no systemd): switchctl
+    only talks to its control socket, and says so when a repair needs a start or restart."""
 
     @model_validator(mode="after")
     def _one(self) -> Proxy:
-        if (self.container is None) == (self.systemd_unit is None):
-            raise ValueError("edgeproxy: set exactly one of `container` or `systemd_unit`")
+        given = [self.container is not None, self.systemd_unit is not None, self.unmanaged]
+        if sum(given) != 1:
+            raise ValueError(
+                "edgeproxy: set exactly one of `container`, `systemd_unit` or `unmanaged: true` "
+                "(edgeproxy started another way; switchctl then only uses its control socket)"
+            )
         return self
+
+    def hint(self) -> str:
+        """Where to look when edgeproxy's control socket does not answer."""
+        if self.container is not None:
+            c = self.container
+            return f"is its container running? `docker ps -a --filter name={c}`, `docker logs {c}`"
+        if self.systemd_unit is not None:
+            u = self.systemd_unit
+            return f"is the unit running? `systemctl status {u}`, `journalctl -u {u}`"
+        return (
+            "is it running? switchctl does not start it here (edgeproxy.unmanaged): "
+            "check it the way you started it"
+        )
 
 
 class DeployConfig(Model):
