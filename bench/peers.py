@@ -268,7 +268,10 @@ def edgeproxy_conf(
             listen_cfg["https"] = f"127.0.0.1:{listen.https}"
     doc: dict[str, object] = {
         "listen": listen_cfg,
-        "control": {"socket": str(workdir / "control.sock"), "mode": 0o600},
+        "control": {
+            "socket": str(workdir / "control.sock"),
+            "mode": "0600",
+        },  # octal text: yaml.safe_dump writes ints in decimal
         "state_file": str(workdir / "state.json"),
         "tls": tls,
         "timeouts": {"client_idle": 75},

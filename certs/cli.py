@@ -24,10 +24,16 @@ from certs.errors import CertsError, ReloadRefused, ReloadUnreachable
 from certs.inspect import CertInfo, FileReport, inspect_file
 from certs.install import Installed, ValidPair, install_pair, rollback, validate_pair
 from certs.selfsigned import KeyType, make_ca_and_leaf
+from edgeproxy import __version__
 from edgeproxy.config import Config, load_config
 from edgeproxy.errors import ConfigError
 
 DEFAULT_DEST = Path("/etc/edgeproxy/certs")
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 a certificate, key, config or certbot problem (the message says "
+    "which); 2 bad usage; 3 installed but edgeproxy unreachable or this user not allowed on "
+    "its socket; 4 installed but edgeproxy refused to load them."
+)
 PathArg = click.Path(path_type=Path)
 ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
 ExistingDir = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -44,7 +50,10 @@ class _Group(click.Group):
             ctx.exit(e.exit_code)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="certs")
 def cli() -> None:
     """Certificate tooling for edgeproxy (see docs/certificates.md)."""
 
@@ -84,7 +93,7 @@ def _print_report(report: FileReport) -> None:
         click.echo(f"  problem: {problem}")
 
 
-@cli.command("inspect")
+@cli.command("inspect", epilog=EXIT_CODES)
 @click.argument("paths", nargs=-1, required=True, type=ExistingFile)
 @click.option("--key", type=ExistingFile, help="Private key to match against the (single) PATH.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -115,7 +124,7 @@ def _load_config(path: Path) -> Config:
         raise CertsError(f"{path} is not a valid edgeproxy config:\n{e}") from e
 
 
-@cli.command("check")
+@cli.command("check", epilog=EXIT_CODES)
 @click.option("--config", "config_path", required=True, type=ExistingFile, help="edgeproxy.yml")
 @click.option(
     "--days",
@@ -150,7 +159,7 @@ def check_cmd(config_path: Path, days: int, as_json: bool) -> None:
 # --- selfsigned --------------------------------------------------------------------------
 
 
-@cli.command("selfsigned")
+@cli.command("selfsigned", epilog=EXIT_CODES)
 @click.option("--hosts", required=True, help="Comma-separated host names (and IPs) for the leaf.")
 @click.option("--out", "out_dir", required=True, type=PathArg, help="Directory to write into.")
 @click.option("--days", default=90, show_default=True, type=click.IntRange(1, 366))
@@ -210,7 +219,7 @@ def _certbot_options(f: Callable[..., None]) -> Callable[..., None]:
     return decorated
 
 
-@cli.command("issue")
+@cli.command("issue", epilog=EXIT_CODES)
 @click.option(
     "--domains", required=True, help="Comma-separated names; the first names the lineage."
 )
@@ -262,7 +271,7 @@ def issue_cmd(
         click.echo(f"next: certs install --lineage {lineage} (or re-run with --deploy-hook)")
 
 
-@cli.command("renew")
+@cli.command("renew", epilog=EXIT_CODES)
 @click.option("--cert-name", help="Renew only this lineage.")
 @click.option("--force-renewal", is_flag=True, help="Renew even if not due (certbot passthrough).")
 @click.option(
@@ -348,7 +357,7 @@ def _default_name(pair: ValidPair) -> str:
     return pair.sans[0].removeprefix("*.") if pair.sans else f"serial-{pair.serial[:16]}"
 
 
-@cli.command("install")
+@cli.command("install", epilog=EXIT_CODES)
 @click.option("--lineage", type=ExistingDir, help="certbot lineage (live/NAME) to install.")
 @click.option("--cert", "cert_path", type=ExistingFile, help="Certificate chain, leaf first.")
 @click.option("--key", "key_path", type=ExistingFile, help="Private key of --cert.")
@@ -396,7 +405,7 @@ def install_cmd(
     _reload(installed, socket_path, no_reload)
 
 
-@cli.command("rollback")
+@cli.command("rollback", epilog=EXIT_CODES)
 @click.option("--name", required=True, help="Folder under --dest.")
 @_dest_option
 @_socket_option

@@ -19,6 +19,11 @@ from edgeproxy.config import Config, load_config
 from edgeproxy.errors import ConfigError, StartupError
 from edgeproxy.policies import policy_problems
 
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 could not start (the message says why and what to do); "
+    "2 the config is invalid (every problem is printed with its key path)."
+)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per log line (errors and state changes; not the access log)."""
@@ -47,7 +52,7 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeproxy")
 def cli() -> None:
     """edgeproxy: a TLS edge proxy with blue/green switching for Docker apps."""
@@ -67,7 +72,7 @@ def load_or_exit(file: Path) -> Config:
     return config
 
 
-@cli.command("check-config")
+@cli.command("check-config", epilog=EXIT_CODES)
 @click.argument("file", type=click.Path(path_type=Path))
 def check_config(file: Path) -> None:
     """Validate FILE; exit 0, or exit 2 printing every problem with its key path."""
@@ -76,7 +81,7 @@ def check_config(file: Path) -> None:
     click.echo(f"{file}: ok ({len(config.sites)} sites, apps: {apps})")
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES)
 @click.option(
     "--config",
     "config_path",

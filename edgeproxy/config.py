@@ -1,12 +1,15 @@
 """The configuration model: one YAML file, validated once.
 
-Every key is declared here (unknown keys are errors). Cross-field checks raise
-one error naming the field and the fix. Expensive objects (SSLContexts) are
-built later, in `edgeproxy.tls`, from the validated model.
+Every key is declared here (unknown keys are errors). A file is checked as a
+whole: type errors and cross-field problems are all reported in one run, each
+with its key path (`sites[0].routes[1].app`) and what to write instead.
+Expensive objects (SSLContexts) are built later, in `edgeproxy.tls`, from the
+validated model.
 """
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import re
 from pathlib import Path
@@ -16,9 +19,11 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,6 +53,38 @@ def parse_size(value: Any) -> int:
 
 Size = Annotated[int, Field(ge=0)]
 
+_DURATION_RE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\s*$"
+)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}
+
+
+def parse_seconds(value: Any) -> Any:
+    """A duration is a number of seconds (`60`, `0.5`); `60s` or `5m` is refused saying what to write."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number of seconds such as 60 or 0.5, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        m = _DURATION_RE.match(value.lower())
+        if m:
+            unit = m.group(2)
+            key = "ms" if unit == "ms" else "s" if unit.startswith("s") else unit[0]
+            factor = _DURATION_UNITS["min" if key == "m" else key]
+            seconds = float(m.group(1)) * factor
+            raise ValueError(
+                f"durations are plain numbers of seconds, without a unit: write {seconds:g} "
+                f"instead of {value!r}"
+            )
+        raise ValueError(f"expected a number of seconds such as 60 or 0.5, got {value!r}")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_seconds)]
+"""A duration in seconds (a plain number; units are refused with the number to write)."""
+
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,6 +92,13 @@ class Model(BaseModel):
 
 def _sizes(*names: str) -> Any:
     return field_validator(*names, mode="before")(lambda cls, v: parse_size(v))
+
+
+def _address_text(value: Any) -> Any:
+    """`443` (a bare port, read by YAML as a number) is refused saying what to write."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"expected HOST:PORT such as 0.0.0.0:{value}, got the number {value}")
+    return value
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -94,9 +138,12 @@ def _check_upstream(url: str) -> str:
     return url
 
 
+Address = Annotated[str, BeforeValidator(_address_text)]
+
+
 class Listen(Model):
-    http: str | None = "127.0.0.1:8080"
-    https: str | None = None
+    http: Address | None = "127.0.0.1:8080"
+    https: Address | None = None
 
     @field_validator("http", "https")
     @classmethod
@@ -106,14 +153,79 @@ class Listen(Model):
         return v
 
 
+class OctalInt(int):
+    """An integer written in octal in the YAML file (`0660`), told apart from a decimal `660`."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1: `0660` is octal) that marks octal integers."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value: int = loader.construct_yaml_int(node)
+    digits = str(node.value).replace("_", "").lstrip("+-")
+    if len(digits) > 1 and digits[0] == "0" and digits.isdigit():
+        return OctalInt(value)
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+_OCTAL_RE = re.compile(r"^(?:0o)?([0-7]{3,4})$")
+
+
 class Control(Model):
     socket: Path = Path("/run/edgeproxy/control.sock")
     mode: int = 0o660
-    group: str | None = None
+    """Octal, as chmod takes it: `0660` (YAML octal), `0o660` or `"660"`. A decimal 660 is refused."""
+    group: int | None = None
+    """The socket's group: a numeric gid, or a group name that resolves where edgeproxy runs."""
     allow_uids: list[int] = []
     allow_gids: list[int] = []
-    metrics_listen: str | None = None
+    metrics_listen: Address | None = None
     """Optional TCP listener for GET /metrics (loopback unless you say otherwise)."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v: Any, info: ValidationInfo) -> int:
+        from_yaml = bool(info.context and info.context.get("yaml"))
+        if isinstance(v, str) and _OCTAL_RE.match(v.strip().lower()):
+            mode = int(_OCTAL_RE.match(v.strip().lower()).group(1), 8)  # type: ignore[union-attr]
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if from_yaml and not isinstance(v, OctalInt) and v > 7:
+                if set(str(v)) <= set("01234567"):
+                    fix = f'write 0{v} (or the string "{v}")'
+                elif v <= 0o777:
+                    fix = f"decimal {v} is 0{v:o}: write 0{v:o}"
+                else:
+                    fix = "write it like chmod takes it, e.g. 0660"
+                raise ValueError(f"{v} is read as a decimal number; a mode is octal: {fix}")
+            mode = int(v)
+        else:
+            raise ValueError(f"expected an octal mode such as 0660, got {v!r}")
+        if not 0 <= mode <= 0o777:
+            raise ValueError(f"mode {mode:o} (octal) is not a permission mode 0000-0777")
+        return mode
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _group(cls, v: Any) -> int | None:
+        if v is None:
+            return None
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return int(v)
+        if isinstance(v, str) and v.isdigit():
+            return int(v)
+        if isinstance(v, str) and v:
+            try:
+                return grp.getgrnam(v).gr_gid
+            except KeyError:
+                raise ValueError(
+                    f"there is no group named {v!r} where edgeproxy runs; write the numeric gid "
+                    f"instead (`getent group {v}` on the host prints it; a container does not "
+                    "know the host's group names)"
+                ) from None
+        raise ValueError(f"expected a numeric gid such as 1000 or a group name, got {v!r}")
 
     @field_validator("metrics_listen")
     @classmethod
@@ -131,7 +243,7 @@ class Certificate(Model):
 class TLS(Model):
     certificates: list[Certificate] = []
     session_tickets: bool = True
-    reload_poll_seconds: float = Field(default=5.0, ge=0)
+    reload_poll_seconds: Seconds = Field(default=5.0, ge=0)
     """How often certificate files are checked for changes (0 disables polling)."""
     expiry_warning_days: int = Field(default=21, ge=0)
 
@@ -142,14 +254,14 @@ class Acme(Model):
 
 
 class Timeouts(Model):
-    connect: float = Field(default=5.0, gt=0)
-    read: float = Field(default=60.0, gt=0)
+    connect: Seconds = Field(default=5.0, gt=0)
+    read: Seconds = Field(default=60.0, gt=0)
     """Longest wait for an upstream byte (response head or body) → 504."""
-    send: float = Field(default=60.0, gt=0)
+    send: Seconds = Field(default=60.0, gt=0)
     """Longest a client may take between request bytes → 408."""
-    client_idle: float = Field(default=75.0, gt=0)
+    client_idle: Seconds = Field(default=75.0, gt=0)
     """Idle keep-alive connections from clients are closed after this."""
-    upstream_idle: float = Field(default=4.0, gt=0)
+    upstream_idle: Seconds = Field(default=4.0, gt=0)
     """Pooled upstream connections are closed after this (below Node's 5 s)."""
 
 
@@ -283,13 +395,13 @@ class Color(Model):
 
 class Health(Model):
     path: str = "/health"
-    interval: float = Field(default=2.0, gt=0)
-    timeout: float = Field(default=1.0, gt=0)
+    interval: Seconds = Field(default=2.0, gt=0)
+    timeout: Seconds = Field(default=1.0, gt=0)
     healthy_threshold: int = Field(default=2, ge=1)
     unhealthy_threshold: int = Field(default=3, ge=1)
     expected_status: str = "200-299"
     host: str | None = None
-    max_backoff: float = Field(default=30.0, gt=0)
+    max_backoff: Seconds = Field(default=30.0, gt=0)
     enabled: bool = True
 
     @field_validator("expected_status")
@@ -307,13 +419,13 @@ class Health(Model):
 
 class Ejection(Model):
     consecutive_failures: int = Field(default=5, ge=1)
-    base_seconds: float = Field(default=10.0, gt=0)
-    max_seconds: float = Field(default=300.0, gt=0)
+    base_seconds: Seconds = Field(default=10.0, gt=0)
+    max_seconds: Seconds = Field(default=300.0, gt=0)
 
 
 class CanaryGuard(Model):
     enabled: bool = True
-    window_seconds: float = Field(default=60.0, gt=0)
+    window_seconds: Seconds = Field(default=60.0, gt=0)
     min_requests: int = Field(default=100, ge=1)
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     error_rate_factor: float = Field(default=2.0, ge=1)
@@ -345,8 +457,8 @@ class App(Model):
     canary_guard: CanaryGuard = CanaryGuard()
     override: Override = Override()
     sticky_cookie: str | None = "edgeproxy_canary"
-    drain_timeout: float = Field(default=30.0, gt=0)
-    pause_max_wait: float = Field(default=30.0, gt=0)
+    drain_timeout: Seconds = Field(default=30.0, gt=0)
+    pause_max_wait: Seconds = Field(default=30.0, gt=0)
 
     @field_validator("colors")
     @classmethod
@@ -407,55 +519,148 @@ class Config(Model):
     forwarding: Forwarding = Forwarding()
     access_log: AccessLog = AccessLog()
     metrics: MetricsConfig = MetricsConfig()
-    shutdown_grace: float = Field(default=30.0, ge=0)
+    shutdown_grace: Seconds = Field(default=30.0, ge=0)
     apps: dict[str, App] = {}
     sites: list[Site] = []
 
     @model_validator(mode="after")
-    def _cross(self) -> Config:
-        seen: dict[str, int] = {}
-        for i, site in enumerate(self.sites):
-            for host in site.hosts:
-                if host in seen:
-                    raise ValueError(
-                        f"sites[{i}].hosts: {host!r} is already listed in sites[{seen[host]}]; "
-                        "each host belongs to one site"
-                    )
-                seen[host] = i
-            paths = [r.path for r in site.routes]
-            dups = {p for p in paths if paths.count(p) > 1}
-            if dups:
-                raise ValueError(f"sites[{i}].routes: path {sorted(dups)[0]!r} is listed twice")
-            for j, route in enumerate(site.routes):
-                if route.app is not None and route.app not in self.apps:
-                    known = ", ".join(self.apps) or "none are defined"
-                    raise ValueError(
-                        f"sites[{i}].routes[{j}].app: unknown app {route.app!r} "
-                        f"(apps: {known}); add it under `apps:` or fix the name"
-                    )
-        if self.listen.https and not self.tls.certificates:
-            raise ValueError(
-                "tls.certificates: listen.https is set but no certificate is configured; "
-                "add one (`certs selfsigned` makes a pair for staging)"
-            )
-        if self.listen.http is None and self.listen.https is None:
-            raise ValueError("listen: set at least one of http or https")
+    def _cross(self, info: ValidationInfo) -> Config:
+        if info.context and info.context.get("cross_checked"):
+            return self  # parse_config reports these beside the type errors
+        problems = cross_field_problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
-def _format_errors(source: str, err: ValidationError) -> list[str]:
-    problems = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = (
-                "unknown key; remove it or check its spelling against compose/edgeproxy.example.yml"
-            )
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        problems.append(f"{source}: {loc}: {msg}")
+# --- checks across fields, on the raw data (so they run even when a type is wrong) -------------
+
+
+def _dicts(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, v) for i, v in enumerate(value)] if isinstance(value, list) else []
+
+
+def cross_field_problems(data: dict[str, Any]) -> list[str]:
+    """Problems that involve more than one key, each `path: what is wrong; what to do`.
+
+    Works on the raw mapping read from YAML, tolerating wrong types elsewhere
+    (those are the model's to report), so one run shows every problem.
+    """
+    problems: list[str] = []
+    apps = data.get("apps")
+    app_names = [str(k) for k in apps] if isinstance(apps, dict) else []
+    seen: dict[str, int] = {}
+    for i, site in _dicts(data.get("sites")):
+        if not isinstance(site, dict):
+            continue
+        hosts = site.get("hosts")
+        for host in hosts if isinstance(hosts, list) else []:
+            if not isinstance(host, str):
+                continue
+            name = host.lower().rstrip(".")
+            if name in seen and seen[name] != i:
+                problems.append(
+                    f"sites[{i}].hosts: {name!r} is already listed in sites[{seen[name]}]; "
+                    "each host belongs to one site"
+                )
+            seen.setdefault(name, i)
+        routes = [(j, r) for j, r in _dicts(site.get("routes")) if isinstance(r, dict)]
+        paths = [r.get("path", "/") for _, r in routes]
+        for dup in sorted({p for p in paths if isinstance(p, str) and paths.count(p) > 1}):
+            problems.append(f"sites[{i}].routes: path {dup!r} is listed twice")
+        for j, route in routes:
+            app = route.get("app")
+            if isinstance(app, str) and app not in app_names:
+                known = ", ".join(app_names) or "none are defined"
+                problems.append(
+                    f"sites[{i}].routes[{j}].app: unknown app {app!r} "
+                    f"(apps: {known}); add it under `apps:` or fix the name"
+                )
+    listen = data.get("listen")
+    listen = listen if isinstance(listen, dict) else {}
+    http = listen.get("http", Listen.model_fields["http"].default)
+    https = listen.get("https")
+    tls = data.get("tls")
+    certificates = tls.get("certificates") if isinstance(tls, dict) else None
+    if https and not certificates:
+        problems.append(
+            "tls.certificates: listen.https is set but no certificate is configured; "
+            "add one (`certs selfsigned` makes a pair for staging)"
+        )
+    if http is None and https is None:
+        problems.append("listen: set at least one of http or https")
     return problems
+
+
+# --- reading a file ------------------------------------------------------------------------------
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's ("sites", 0, "routes", 1, "app") → `sites[0].routes[1].app`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a yes/no value)"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping (key: value)"
+    return type(value).__name__
+
+
+_COMPARE = {
+    "greater_than": ("greater than", "gt"),
+    "greater_than_equal": ("at least", "ge"),
+    "less_than": ("less than", "lt"),
+    "less_than_equal": ("at most", "le"),
+}
+
+
+def human_message(e: Any, example: str = "compose/edgeproxy.example.yml") -> str:
+    """One pydantic error as a sentence: what was expected, what the file says."""
+    kind, value, ctx = e["type"], e.get("input"), e.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"unknown key; remove it or check its spelling against {example}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "string_type":
+        return f"expected text, got {_describe(value)}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected a whole number, got {_describe(value)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_describe(value)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {_describe(value)}"
+    if kind == "list_type":
+        return f"expected a list such as [a, b], got {_describe(value)}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping of keys (key: value), got {_describe(value)}"
+    if kind in _COMPARE:
+        words, key = _COMPARE[kind]
+        return f"must be {words} {ctx.get(key)}, got {_describe(value)}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s)"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}, got {_describe(value)}"
+    return str(e["msg"]).removeprefix("Value error, ")
+
+
+def _format_errors(source: str, err: ValidationError) -> list[str]:
+    return [f"{source}: {key_path(e['loc'])}: {human_message(e)}" for e in err.errors()]
 
 
 def load_config(path: str | Path) -> Config:
@@ -468,21 +673,44 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, str(path), base=path.parent)
 
 
-def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+def yaml_problem(source: str, e: yaml.YAMLError) -> str:
+    """A YAML syntax error as `FILE:LINE:COLUMN: not valid YAML: what`."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """The YAML document (octal integers marked as `OctalInt`); ConfigError on a syntax error."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as e:
-        raise ConfigError([f"{source}: not valid YAML: {e}"]) from e
+        raise ConfigError([yaml_problem(source, e)]) from e
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    data = read_yaml(text, source)
     if data is None:
-        data = {}
+        raise ConfigError(
+            [
+                f"{source}: the file is empty (or only comments); a config needs at least "
+                "`apps:` and `sites:` (see compose/edgeproxy.example.yml)"
+            ]
+        )
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of keys"])
     if base is not None:
         _resolve_paths(data, base)
+    problems = [f"{source}: {p}" for p in cross_field_problems(data)]
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data, context={"yaml": True, "cross_checked": True})
     except ValidationError as e:
-        raise ConfigError(_format_errors(source, e)) from e
+        problems = _format_errors(source, e) + problems
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

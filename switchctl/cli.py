@@ -2,7 +2,8 @@
 
 Every command validates its arguments before it sends anything, has `--json`
 for scripts, and exits 0 ok, 1 refused by the proxy, 2 usage error, 3 proxy
-unreachable. The `deploy` commands live in `switchctl.deploy` and register
+unreachable, 4 (status, health) an app has no healthy color, so nothing can
+serve it. The `deploy` commands live in `switchctl.deploy` and register
 themselves on the `cli` group below when that package is installed.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from edgeproxy import __version__
 from edgeproxy.config import COLOR_RE
 from switchctl.client import (
     DEFAULT_SOCKET,
@@ -27,11 +30,15 @@ from switchctl.client import (
     ProxyUnreachable,
 )
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOTHING_SERVES = 0, 1, 2, 3, 4
 EXIT_CODES = (
     "Exit codes: 0 ok; 1 refused by the proxy (the message says why); "
     "2 usage error; 3 proxy unreachable (is edgeproxy running? is --socket right?)."
 )
+EXIT_CODES_HEALTH = EXIT_CODES.removesuffix(".") + (
+    "; 4 an app has no healthy color, so nothing can serve it."
+)
+DEPLOY_CONFIG = "/etc/switchctl/deploy.yml"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,7 +62,20 @@ class _Group(click.Group):
         except ControlError as e:
             _fail(ctx, e.message, e.status, EXIT_REFUSED)
         except ProxyUnreachable as e:
-            _fail(ctx, str(e), None, EXIT_UNREACHABLE)
+            _fail(ctx, e.describe(_deploy_config_hint(e.socket_path)), None, EXIT_UNREACHABLE)
+
+
+def _deploy_config_hint(socket_path: str) -> str | None:
+    """How edgeproxy runs here, from the deploy config when it names this socket."""
+    from switchctl.deploy.config import load_deploy_config
+    from switchctl.deploy.errors import DeployConfigError
+
+    path = os.environ.get("SWITCHCTL_DEPLOY_CONFIG") or DEPLOY_CONFIG
+    try:
+        proxy = load_deploy_config(path).edgeproxy
+    except (DeployConfigError, OSError):
+        return None
+    return proxy.hint() if str(proxy.socket) == socket_path else None
 
 
 def _fail(ctx: click.Context, message: str, status: int | None, code: int) -> None:
@@ -101,7 +121,12 @@ def resolve_app(opts: Options, client: ControlClient) -> str:
     raise click.UsageError(f"--app is required: the proxy has {len(apps)} apps ({listed})")
 
 
-@click.group(cls=_Group, epilog=EXIT_CODES, context_settings={"show_default": True})
+@click.group(
+    cls=_Group,
+    epilog=EXIT_CODES_HEALTH,
+    context_settings={"show_default": True, "help_option_names": ["-h", "--help"]},
+)
+@click.version_option(__version__, prog_name="switchctl")
 @click.option(
     "--socket",
     "socket_path",
@@ -214,7 +239,24 @@ def _app_verb(
 # --- commands -------------------------------------------------------------------------------
 
 
-@cli.command(epilog=EXIT_CODES)
+def _exit_if_nothing_serves(ctx: click.Context, colors_by_app: dict[str, dict[str, Any]]) -> None:
+    """Exit 4 naming each app whose every color is unhealthy (nothing can serve it)."""
+    dead = [
+        app
+        for app, colors in sorted(colors_by_app.items())
+        if colors and not any(c.get("healthy", True) for c in colors.values())
+    ]
+    for app in dead:
+        click.echo(
+            f"switchctl: nothing can serve {app}: every color is unhealthy "
+            f"(`switchctl health --app {app}` shows why)",
+            err=True,
+        )
+    if dead:
+        ctx.exit(EXIT_NOTHING_SERVES)
+
+
+@cli.command(epilog=EXIT_CODES_HEALTH)
 @common
 @click.pass_context
 def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
@@ -224,14 +266,17 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
     views = {opts.app: client.app(opts.app)} if opts.app else client.apps()
     if opts.as_json:
         click.echo(json.dumps(views, indent=2))
-        return
-    click.echo(format_status(views))
-    certs = client.certs().get("certificates", [])
-    if certs:
-        click.echo("\ncertificates:")
-        for c in certs:
-            names = ", ".join(c.get("sans", [])) or c.get("subject", "?")
-            click.echo(f"  {names}: expires {c.get('not_after')} ({c.get('days_left')} days left)")
+    else:
+        click.echo(format_status(views))
+        certs = client.certs().get("certificates", [])
+        if certs:
+            click.echo("\ncertificates:")
+            for c in certs:
+                names = ", ".join(c.get("sans", [])) or c.get("subject", "?")
+                click.echo(
+                    f"  {names}: expires {c.get('not_after')} ({c.get('days_left')} days left)"
+                )
+    _exit_if_nothing_serves(ctx, {name: dict(v["colors"]) for name, v in views.items()})
 
 
 @cli.command("set", epilog=EXIT_CODES)
@@ -328,7 +373,7 @@ def resume(ctx: click.Context, app: str | None, as_json: bool) -> None:
     _app_verb(ctx, app, as_json, ControlClient.resume)
 
 
-@cli.command(epilog=EXIT_CODES)
+@cli.command(epilog=EXIT_CODES_HEALTH)
 @common
 @click.pass_context
 def health(ctx: click.Context, app: str | None, as_json: bool) -> None:
@@ -339,6 +384,7 @@ def health(ctx: click.Context, app: str | None, as_json: bool) -> None:
         apps = {opts.app: apps.get(opts.app, {})}
     if opts.as_json:
         click.echo(json.dumps({"apps": apps}, indent=2))
+        _exit_if_nothing_serves(ctx, apps)
         return
     rows = [["APP", "COLOR", "HEALTH", "DETAILS"]]
     for name, colors in sorted(apps.items()):
@@ -352,6 +398,7 @@ def health(ctx: click.Context, app: str | None, as_json: bool) -> None:
         if upstream_rows:
             lines += ["", f"{name}:", *_table(upstream_rows, indent="  ")]
     click.echo("\n".join(lines))
+    _exit_if_nothing_serves(ctx, apps)
 
 
 def format_watch(view: AppView, rates: dict[str, float | None]) -> str:

@@ -30,15 +30,25 @@ class ControlError(ClientError):
         super().__init__(f"{message} (HTTP {status})")
 
 
-class ProxyUnreachable(ClientError):
-    """Nothing answers on the control socket."""
+GENERIC_HINT = (
+    "is it running? in a container: `docker ps -a --filter name=edgeproxy`, "
+    "`docker logs edgeproxy`; as a unit: `systemctl status edgeproxy`"
+)
 
-    def __init__(self, socket_path: str, reason: str) -> None:
+
+class ProxyUnreachable(ClientError):
+    """Nothing answers on the control socket. `hint` says where to look (how edgeproxy runs)."""
+
+    def __init__(self, socket_path: str, reason: str, hint: str | None = None) -> None:
         self.socket_path = socket_path
         self.reason = reason
-        super().__init__(
-            f"cannot reach edgeproxy on {socket_path}: {reason} "
-            f"(is it running? check `systemctl status edgeproxy` and `ls -l {socket_path}`)"
+        self.hint = hint or GENERIC_HINT
+        super().__init__(self.describe())
+
+    def describe(self, hint: str | None = None) -> str:
+        return (
+            f"cannot reach edgeproxy on {self.socket_path}: {self.reason} "
+            f"({hint or self.hint}; `ls -l {self.socket_path}`)"
         )
 
 
@@ -93,9 +103,13 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class ControlClient:
-    def __init__(self, path: str | Path | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str | Path | None = None, *, timeout: float = 10.0, hint: str | None = None
+    ) -> None:
         self.socket_path = socket_path(path)
         self.timeout = timeout
+        self.hint = hint
+        """Where to look when the socket does not answer (how edgeproxy runs here)."""
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -165,12 +179,12 @@ class ControlClient:
             try:
                 conn.request(method, path, body=payload, headers=headers)
             except OSError as e:
-                raise ProxyUnreachable(self.socket_path, e.strerror or str(e)) from e
+                raise ProxyUnreachable(self.socket_path, e.strerror or str(e), self.hint) from e
             try:
                 resp = conn.getresponse()
                 raw = resp.read()
             except (OSError, http.client.HTTPException) as e:
-                raise ProxyUnreachable(self.socket_path, f"no reply: {e}") from e
+                raise ProxyUnreachable(self.socket_path, f"no reply: {e}", self.hint) from e
         finally:
             conn.close()
         if resp.status >= 400:

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from edgeproxy.config import load_config
 from edgeproxy.control.api import BoardHooks, start_control_server
 from edgeproxy.control.store import StateStore
-from edgeproxy.errors import StartupError, TLSConfigError
+from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
 from edgeproxy.switching.board import SwitchBoard
 from switchctl.client import ControlClient, ControlError, ProxyUnreachable
 from tests.conftest import ControlProxy
@@ -348,15 +349,23 @@ def test_the_socket_group_is_set_from_the_config(control_proxy: StartProxy) -> N
     assert proxy.socket.stat().st_gid == 65534
 
 
-async def test_an_unknown_socket_group_stops_startup_with_the_key_named(
-    tmp_path: Path, make_config: Callable[..., Any]
+def test_a_socket_group_name_that_does_not_resolve_is_a_config_error_suggesting_the_gid(
+    tmp_path: Path,
 ) -> None:
-    config = make_config(
-        control={"socket": str(tmp_path / "c.sock"), "group": "no-such-group"}, shop=("blue",)
+    path = tmp_path / "edgeproxy.yml"
+    path.write_text(
+        "control: {group: no-such-group}\n"
+        "apps: {shop: {colors: {blue: {upstreams: ['http://127.0.0.1:9']}}}}\n"
     )
-    board = SwitchBoard.load(config, StateStore(tmp_path / "s.json"))
-    with pytest.raises(
-        StartupError, match=r"control\.group: there is no group named 'no-such-group'"
-    ):
-        await start_control_server(config.control, board)
-    assert not (tmp_path / "c.sock").exists()
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert e.value.problems == [
+        f"{path}: control.group: there is no group named 'no-such-group' where edgeproxy runs; "
+        "write the numeric gid instead (`getent group no-such-group` on the host prints it; "
+        "a container does not know the host's group names)"
+    ]
+
+
+def test_a_numeric_socket_group_is_taken_as_a_gid(control_proxy: StartProxy) -> None:
+    proxy = control_proxy(control={"group": 65534}, shop=("blue",))
+    assert proxy.socket.stat().st_gid == 65534

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import click
+import pytest
 from click.testing import CliRunner
 
-from switchctl.deploy.commands import deploy_cmd, releases_group
+from switchctl.deploy import commands
+from switchctl.deploy.commands import deploy_cmd, doctor_cmd, releases_group
 from switchctl.deploy.history import History, Release
+from switchctl.deploy.plan import Finding, Plan
 
 CONFIG = """
 app: shop
@@ -76,3 +81,115 @@ def test_releases_list_shows_history_and_rollback_refuses_an_unknown_release(
     back = CliRunner().invoke(releases_group, ["rollback", "nope", "-c", str(cfg)])
     assert back.exit_code == 2
     assert "no successful release nope" in back.output
+
+
+PROXY = """
+apps:
+  shop:
+    colors:
+      blue: {upstreams: ["http://127.0.0.1:9000"]}
+      green: {upstreams: ["http://127.0.0.1:9002"]}
+    health: {path: /health}
+sites:
+  - hosts: [shop.example.com]
+    routes:
+      - {path: /, app: shop}
+      - {path: /search/, upstream: "http://127.0.0.1:7700"}
+"""
+
+CROSS = """
+app: shop
+image: shop:{ref}
+env_file: app.env
+roles:
+  server: {traffic: true, ports: {blue: 9000, green: 9004}, health_path: /healthz}
+edgeproxy: {container: edgeproxy, config: edgeproxy.yml}
+smoke:
+  checks:
+    - {path: /health, host: shop.example.com}
+    - {path: /, host: api.example.com}
+    - {path: /search/x, host: shop.example.com}
+state_dir: state
+"""
+
+
+def test_check_compares_the_deploy_config_with_edgeproxys_and_reports_every_disagreement(
+    tmp_path: Path,
+) -> None:
+    cfg = setup(tmp_path, "JWT_SECRET=x\n")
+    cfg.write_text(CROSS)
+    proxy = tmp_path / "edgeproxy.yml"
+    proxy.write_text(PROXY)
+    res = CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--check"])
+    assert res.exit_code == 2, res.output
+    out = res.output
+    assert (
+        f"roles.server.ports.green: green listens on 9004, but {proxy} sends green's traffic "
+        "to http://127.0.0.1:9002 (apps.shop.colors.green.upstreams)"
+    ) in out
+    assert (
+        f"roles.server.health_path: /healthz, but {proxy} checks /health (apps.shop.health.path)"
+    ) in out
+    assert f"smoke.checks[1].host: no site of {proxy} serves api.example.com" in out
+    assert "smoke.checks[2]: shop.example.com/search/x goes to route /search/ (not shop)" in out
+    assert "roles.server.ports.blue" not in out
+    assert "smoke.checks[0]" not in out
+
+
+def test_check_names_an_app_that_edgeproxys_config_does_not_have(tmp_path: Path) -> None:
+    cfg = setup(tmp_path, "JWT_SECRET=x\n")
+    cfg.write_text(
+        CONFIG.replace(
+            "edgeproxy: {container: edgeproxy}",
+            "edgeproxy: {container: edgeproxy, config: edgeproxy.yml}",
+        )
+    )
+    (tmp_path / "edgeproxy.yml").write_text(
+        PROXY.replace("  shop:", "  medusa:").replace("app: shop", "app: medusa")
+    )
+    res = CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--check"])
+    assert res.exit_code == 2
+    assert f"app: 'shop' is not an app of {tmp_path / 'edgeproxy.yml'} (apps: medusa)" in res.output
+
+
+def test_check_with_json_prints_one_report_for_scripts(tmp_path: Path) -> None:
+    cfg = setup(tmp_path, "JWT_SECRET=hunter2\n")
+    good = CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--check", "--json"])
+    assert good.exit_code == 0
+    report = json.loads(good.stdout)
+    assert (report["ok"], report["app"], report["variables"], report["problems"]) == (
+        True,
+        "shop",
+        1,
+        [],
+    )
+    assert "hunter2" not in good.output
+    (tmp_path / "app.env").write_text("OTHER=1\n")
+    bad = CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--check", "--json"])
+    assert bad.exit_code == 2
+    assert json.loads(bad.stdout)["problems"] == [
+        f"JWT_SECRET is missing from {tmp_path / 'app.env'}"
+    ]
+
+
+def test_plan_exits_4_when_the_plan_is_blocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = Plan(live=None, target="blue", blockers=[Finding("shop is paused", "resume it")])
+    monkeypatch.setattr(commands, "connect", lambda cfg: None)
+    monkeypatch.setattr(commands, "deploy", lambda *a, **kw: (blocked, None))
+    cfg = setup(tmp_path, "JWT_SECRET=x\n")
+    res = CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--plan"])
+    assert res.exit_code == 4
+    assert "BLOCKED: shop is paused" in res.output
+    ok = Plan(live="blue", target="green")
+    monkeypatch.setattr(commands, "deploy", lambda *a, **kw: (ok, None))
+    assert CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--plan"]).exit_code == 0
+
+
+@pytest.mark.parametrize("command", [deploy_cmd, doctor_cmd, releases_group])
+def test_every_deploy_command_lists_its_exit_codes_in_help(command: click.Command) -> None:
+    res = CliRunner().invoke(command, ["--help"])
+    assert res.exit_code == 0
+    codes = " ".join(res.output.split("Exit codes:")[1].split())
+    assert all(f"{n} " in codes for n in (0, 1, 2))

@@ -66,9 +66,13 @@ def test_canary_steps_must_climb_to_100() -> None:
     assert "increasing" in problems(GOOD + "canary: {steps: [50, 10, 100]}\n")[0]
 
 
-def test_edgeproxy_runs_either_as_a_container_or_as_a_systemd_unit() -> None:
+def test_edgeproxy_runs_as_a_container_a_systemd_unit_or_unmanaged_and_only_one_of_them() -> None:
     text = GOOD.replace("{container: edgeproxy,", "{container: edgeproxy, systemd_unit: e.service,")
-    assert "exactly one of `container` or `systemd_unit`" in problems(text)[0]
+    assert "exactly one of `container`, `systemd_unit` or `unmanaged: true`" in problems(text)[0]
+    neither = GOOD.replace("{container: edgeproxy,", "{")
+    assert "exactly one of" in problems(neither)[0]
+    unmanaged = parse_deploy_config(GOOD.replace("{container: edgeproxy,", "{unmanaged: true,"))
+    assert unmanaged.edgeproxy.unmanaged
 
 
 def test_an_image_template_needs_a_ref() -> None:
@@ -157,3 +161,12 @@ def test_the_compose_file_mounts_edgeproxy_directories_not_single_files() -> Non
     base = load_deploy_config(COMPOSE / "medusa" / "deploy.yml").base_services
     names = {s.get("container_name") for s in services.values()}
     assert set(base) <= names
+
+
+def test_the_medusa_configs_pass_the_cross_check_that_deploy_check_runs() -> None:
+    from edgeproxy.config import load_config
+    from switchctl.deploy.crosscheck import cross_check
+
+    deploy = load_deploy_config(COMPOSE / "medusa" / "deploy.yml")
+    proxy = load_config(COMPOSE / "medusa" / "edgeproxy.yml")
+    assert cross_check(deploy, proxy, "edgeproxy.yml") == []

@@ -11,7 +11,6 @@ in through a `ControlHooks` object.
 from __future__ import annotations
 
 import errno
-import grp
 import json
 import logging
 import os
@@ -445,17 +444,9 @@ def _prepare_socket_path(path: Path) -> None:
         probe.close()
     raise StartupError(
         f"another process is already listening on the control socket {path} "
-        "(is another edgeproxy running? `systemctl status edgeproxy`)"
+        "(is another edgeproxy running? `docker ps` for a container, "
+        "`systemctl status edgeproxy` for a unit)"
     )
-
-
-def _gid_of(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise StartupError(f"control.group: there is no group named {group!r}") from None
 
 
 async def start_control_server(
@@ -463,7 +454,7 @@ async def start_control_server(
 ) -> web.AppRunner:
     """Serve the control API on `control.socket` (mode `control.mode`, group `control.group`)."""
     path = control.socket
-    gid = -1 if control.group is None else _gid_of(control.group)
+    gid = -1 if control.group is None else control.group  # a name was resolved by the config
     _prepare_socket_path(path)
     runner = web.AppRunner(make_app(board, hooks or BoardHooks(board), control), access_log=None)
     await runner.setup()

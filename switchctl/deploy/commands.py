@@ -16,7 +16,10 @@ from typing import Any, NoReturn
 
 import click
 
+from edgeproxy.config import load_config
+from edgeproxy.errors import ConfigError
 from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_file
+from switchctl.deploy.crosscheck import cross_check
 from switchctl.deploy.errors import DeployConfigError, DeployError, LockHeld
 from switchctl.deploy.history import History
 from switchctl.deploy.orchestrate import connect, deploy, stale_lock_note, survey
@@ -35,25 +38,47 @@ config_option = click.option(
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 
+DEPLOY_EXIT_CODES = (
+    "Exit codes: 0 live (--check: valid; --plan: nothing blocks); 1 the deploy failed "
+    "(rolled back when it could be); 2 invalid deploy config or env file, or it disagrees "
+    "with edgeproxy's config; 3 another deploy holds the lock; 4 blocked by the plan "
+    "(nothing was changed; the message says what to fix)."
+)
+DOCTOR_EXIT_CODES = (
+    "Exit codes: 0 everything agrees; 1 inconsistencies a deploy repairs; 2 something "
+    "blocks a deploy (the message says what to fix), or the deploy config is invalid."
+)
+RELEASES_EXIT_CODES = (
+    "Exit codes: 0 ok; 1 the rollback deploy failed; 2 invalid deploy config or unknown "
+    "release; 3 another deploy holds the lock; 4 blocked by the plan."
+)
 
-def _load(config_path: Path) -> DeployConfig:
+
+def _load(config_path: Path, as_json: bool = False) -> DeployConfig:
     try:
         return load_deploy_config(config_path)
     except DeployConfigError as e:
-        _die(e, 2)
+        _die(e, 2, as_json)
 
 
-def _die(e: DeployError, code: int) -> NoReturn:
+def _die(e: DeployError, code: int, as_json: bool = False) -> NoReturn:
+    """The error on stderr; with --json also one JSON line on stdout for scripts."""
+    if as_json:
+        click.echo(json.dumps({"error": e.why, "step": e.step, "todo": e.todo, "exit": code}))
     click.echo(f"switchctl: {e.step} failed: {e.why}", err=True)
     if e.todo:
         click.echo(f"  what to do: {e.todo}", err=True)
     sys.exit(code)
 
 
-@click.command("deploy")
+@click.command("deploy", epilog=DEPLOY_EXIT_CODES)
 @config_option
 @click.option("--ref", help="Git ref / image tag to deploy (fills {ref} in `image`).")
-@click.option("--check", is_flag=True, help="Validate the deploy config and env file, then exit.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Validate the deploy config and env file, compare them with edgeproxy's config, then exit.",
+)
 @click.option(
     "--plan", "plan_only", is_flag=True, help="Print what deploy would do; change nothing."
 )
@@ -62,18 +87,58 @@ def deploy_cmd(
     config_path: Path, ref: str | None, check: bool, plan_only: bool, as_json: bool
 ) -> None:
     """Release a new version with zero downtime, from whatever state the server is in."""
-    cfg = _load(config_path)
     if check:
-        try:
-            env = read_env_file(cfg.env_file, cfg.required_env)
-        except DeployConfigError as e:
-            _die(e, 2)
-        click.echo(
-            f"{config_path}: ok (app {cfg.app}, roles {', '.join(cfg.roles)}, "
-            f"{len(env.values)} variables in {cfg.env_file})"
-        )
-        return
+        sys.exit(_check(config_path, as_json))
+    cfg = _load(config_path, as_json)
     _run(cfg, ref, plan_only, as_json)
+
+
+def _check(config_path: Path, as_json: bool) -> int:
+    """`deploy --check`: every problem of the deploy config, the env file and their agreement
+    with edgeproxy's config, in one run. Returns the exit code."""
+    problems: list[str] = []
+    notes: list[str] = []
+    report: dict[str, Any] = {"config": str(config_path)}
+    try:
+        cfg: DeployConfig | None = load_deploy_config(config_path)
+    except DeployConfigError as e:
+        cfg, problems = None, list(e.problems)
+    if cfg is not None:
+        report |= {"app": cfg.app, "roles": list(cfg.roles), "env_file": str(cfg.env_file)}
+        try:
+            report["variables"] = len(read_env_file(cfg.env_file, cfg.required_env).values)
+        except DeployConfigError as e:
+            problems += e.problems
+        proxy_file = next(
+            (p for p in (cfg.edgeproxy.config, cfg.edgeproxy.config_source) if p and p.exists()),
+            None,
+        )
+        if proxy_file is None:
+            notes.append(
+                f"not compared with edgeproxy's config: {cfg.edgeproxy.config} does not exist "
+                "(edgeproxy.config)"
+            )
+        else:
+            report["edgeproxy_config"] = str(proxy_file)
+            try:
+                problems += cross_check(cfg, load_config(proxy_file), str(proxy_file))
+            except ConfigError as e:
+                problems += e.problems
+    report |= {"ok": not problems, "problems": problems, "notes": notes}
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for p in problems:
+            click.echo(f"switchctl: {p}", err=True)
+        for n in notes:
+            click.echo(f"note: {n}")
+        if not problems and cfg is not None:
+            compared = f", agrees with {proxy_file}" if proxy_file else ""
+            click.echo(
+                f"{config_path}: ok (app {cfg.app}, roles {', '.join(cfg.roles)}, "
+                f"{report['variables']} variables in {cfg.env_file}{compared})"
+            )
+    return 2 if problems else 0
 
 
 def _run(cfg: DeployConfig, ref: str | None, plan_only: bool, as_json: bool, **kw: Any) -> None:
@@ -82,14 +147,16 @@ def _run(cfg: DeployConfig, ref: str | None, plan_only: bool, as_json: bool, **k
         s = connect(cfg)
         p, rel = deploy(s, ref, progress, plan_only=plan_only, **kw)
     except LockHeld as e:
-        _die(e, 3)
+        _die(e, 3, as_json)
     except DeployConfigError as e:
-        _die(e, 2)
+        _die(e, 2, as_json)
     except DeployError as e:
         progress.event("deploy_failed", step=e.step, why=e.why, todo=e.todo)
         _die(e, 4 if e.step == "plan" else 1)
     if plan_only:
         click.echo(json.dumps(_plan_json(p)) if as_json else p.render())
+        if p.blockers:
+            sys.exit(4)
         return
     assert rel is not None
     progress.event("deploy_ok", release=rel.id, color=rel.color, seconds=rel.duration_s)
@@ -107,17 +174,17 @@ def _plan_json(p: Plan) -> dict[str, Any]:
     }
 
 
-@click.command("doctor")
+@click.command("doctor", epilog=DOCTOR_EXIT_CODES)
 @config_option
 @json_option
 def doctor_cmd(config_path: Path, as_json: bool) -> None:
     """Report inconsistencies (containers vs state file vs proxy) and what deploy would do."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, as_json)
     try:
         s = connect(cfg)
         obs, p = survey(s, stale_lock_note(s))
     except DeployError as e:
-        _die(e, 2)
+        _die(e, 2, as_json)
     if as_json:
         click.echo(json.dumps(_plan_json(p)))
     else:
@@ -136,17 +203,17 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
     sys.exit(2 if p.blockers else 1 if p.findings else 0)
 
 
-@click.group("releases")
+@click.group("releases", epilog=RELEASES_EXIT_CODES)
 def releases_group() -> None:
     """Released versions (history) and rollback to a retained one."""
 
 
-@releases_group.command("list")
+@releases_group.command("list", epilog=RELEASES_EXIT_CODES)
 @config_option
 @json_option
 def releases_list(config_path: Path, as_json: bool) -> None:
     """List releases, newest last."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, as_json)
     rels = History(cfg.history_file).load()
     if as_json:
         click.echo(json.dumps([r.model_dump() for r in rels]))
@@ -157,15 +224,17 @@ def releases_list(config_path: Path, as_json: bool) -> None:
         click.echo(f"{r.id}  {at}  {r.color:6}  {r.outcome}{extra}  {r.image}  {r.git_sha or ''}")
 
 
-@releases_group.command("rollback")
+@releases_group.command("rollback", epilog=RELEASES_EXIT_CODES)
 @config_option
 @click.argument("release_id")
 @json_option
 def releases_rollback(config_path: Path, release_id: str, as_json: bool) -> None:
     """Redeploy RELEASE_ID's retained image through the same health checks and canary gates."""
-    cfg = _load(config_path)
+    cfg = _load(config_path, as_json)
     rel = History(cfg.history_file).get(release_id)
     if rel is None or rel.outcome != "success":
+        if as_json:
+            click.echo(json.dumps({"error": f"no successful release {release_id}", "exit": 2}))
         click.echo(
             f"switchctl: no successful release {release_id} (see `switchctl releases list`)",
             err=True,

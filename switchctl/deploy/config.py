@@ -10,18 +10,19 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import stat
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeproxy.config import COLOR_RE
+from edgeproxy.config import COLOR_RE, human_message, key_path, yaml_problem
+from switchctl.deploy.envfile import ENV_KEY_RE
+from switchctl.deploy.envfile import EnvFile as EnvFile  # re-exported
+from switchctl.deploy.envfile import read_env_file as read_env_file  # re-exported
 from switchctl.deploy.errors import DeployConfigError
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Model(BaseModel):
@@ -165,12 +166,32 @@ class Proxy(Model):
     """A known-good config (e.g. from the app repo) installed when the live one is invalid."""
     state_file: Path | None = None
     start_timeout: float = Field(default=30.0, gt=0)
+    unmanaged: bool = False
+    """edgeproxy is started some other way (by hand, supervisord, runit, no systemd): switchctl
+    only talks to its control socket, and says so when a repair needs a start or restart."""
 
     @model_validator(mode="after")
     def _one(self) -> Proxy:
-        if (self.container is None) == (self.systemd_unit is None):
-            raise ValueError("edgeproxy: set exactly one of `container` or `systemd_unit`")
+        given = [self.container is not None, self.systemd_unit is not None, self.unmanaged]
+        if sum(given) != 1:
+            raise ValueError(
+                "edgeproxy: set exactly one of `container`, `systemd_unit` or `unmanaged: true` "
+                "(edgeproxy started another way; switchctl then only uses its control socket)"
+            )
         return self
+
+    def hint(self) -> str:
+        """Where to look when edgeproxy's control socket does not answer."""
+        if self.container is not None:
+            c = self.container
+            return f"is its container running? `docker ps -a --filter name={c}`, `docker logs {c}`"
+        if self.systemd_unit is not None:
+            u = self.systemd_unit
+            return f"is the unit running? `systemctl status {u}`, `journalctl -u {u}`"
+        return (
+            "is it running? switchctl does not start it here (edgeproxy.unmanaged): "
+            "check it the way you started it"
+        )
 
 
 class DeployConfig(Model):
@@ -289,69 +310,11 @@ class DeployConfig(Model):
         return f"switchctl/{self.app}-release:{release_id}"
 
 
-class EnvFile:
-    """KEY=VALUE lines (comments, blank lines, `export`, quotes allowed). Values are secrets."""
-
-    def __init__(self, path: Path, values: dict[str, str]) -> None:
-        self.path = path
-        self.values = values
-
-    def __repr__(self) -> str:
-        return f"EnvFile({str(self.path)!r}, {len(self.values)} variables)"
-
-    def as_list(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.values.items()]
-
-
-def read_env_file(path: Path, required: list[str], check_mode: bool = True) -> EnvFile:
-    """Read the env file; its mode must be 0600 (or stricter) and every required key set."""
-    try:
-        st = path.stat()
-        text = path.read_text()
-    except OSError as e:
-        raise DeployConfigError(
-            [f"env_file {path}: cannot read it ({e.strerror}); create it with mode 0600"]
-        ) from e
-    problems = []
-    if check_mode and stat.S_IMODE(st.st_mode) & 0o077:
-        problems.append(
-            f"env_file {path}: mode is {stat.S_IMODE(st.st_mode):04o}; it holds secrets, "
-            f"run `chmod 600 {path}`"
-        )
-    values: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not ENV_KEY_RE.match(key):
-            problems.append(f"env_file {path}:{n}: expected KEY=VALUE (the value is not shown)")
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
-    for key in required:
-        if not values.get(key):
-            problems.append(f"{key} is missing from {path}")
-    if problems:
-        raise DeployConfigError(problems)
-    return EnvFile(path, values)
-
-
 def _format(source: str, err: ValidationError) -> list[str]:
-    out = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling against compose/deploy.example.yml"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        out.append(f"{source}: {loc}: {msg}")
-    return out
+    return [
+        f"{source}: {key_path(e['loc'])}: {human_message(e, 'compose/deploy.example.yml')}"
+        for e in err.errors()
+    ]
 
 
 def parse_deploy_config(
@@ -360,7 +323,11 @@ def parse_deploy_config(
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise DeployConfigError([f"{source}: not valid YAML: {e}"]) from e
+        raise DeployConfigError([yaml_problem(source, e)]) from e
+    if data is None:
+        raise DeployConfigError(
+            [f"{source}: the file is empty; see compose/deploy.example.yml for every key"]
+        )
     if not isinstance(data, dict):
         raise DeployConfigError([f"{source}: the top level must be a mapping of keys"])
     if base is not None:

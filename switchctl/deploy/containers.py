@@ -8,6 +8,7 @@ through the API (`environment=`), never a command line.
 from __future__ import annotations
 
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import docker.errors
 
 from switchctl.deploy.config import DeployConfig, EnvFile, Hook
 from switchctl.deploy.errors import DeployError
-from switchctl.deploy.health import Probe
+from switchctl.deploy.health import Probe, WaitTimeout, wait_until
 from switchctl.deploy.observe import LABEL_APP, LABEL_COLOR, LABEL_RELEASE, LABEL_ROLE
 
 
@@ -188,10 +189,14 @@ class AppContainers:
 
     # --- hooks -------------------------------------------------------------------------------
 
-    def run_hook(self, hook: Hook, name: str, color: str) -> tuple[int, str]:
-        """(exit code, last output lines); a one-off container of the new image, or a host command."""
+    def run_hook(
+        self, hook: Hook, name: str, color: str, beat: Callable[[str], None] | None = None
+    ) -> tuple[int, str]:
+        """(exit code, last output lines); a one-off container of the new image, or a host command.
+
+        `beat` is called while it runs (a heartbeat for long migrations)."""
         if hook.where == "host":
-            return self._run_host(hook, color)
+            return self._run_host(hook, color, beat)
         c = self.docker.containers.run(
             self.image_id or self.release.image,
             hook.command,
@@ -202,17 +207,25 @@ class AppContainers:
             init=True,
             **self._network(),
         )
+
+        def finished() -> Probe:
+            c.reload()
+            status = c.attrs["State"]["Status"]
+            return Probe(status in ("exited", "dead"), f"{c.name} is {status}")
+
         try:
             try:
-                rc = int(c.wait(timeout=hook.timeout)["StatusCode"])
-            except Exception as e:
+                wait_until(finished, f"{name} hook", hook.timeout, 0.1, 1.0, beat=beat)
+            except WaitTimeout as e:
                 c.kill()
                 return -1, f"did not finish within {hook.timeout:.0f}s ({e})\n{tail(c)}"
-            return rc, tail(c)
+            return int(c.attrs["State"]["ExitCode"]), tail(c)
         finally:
             c.remove(force=True)
 
-    def _run_host(self, hook: Hook, color: str) -> tuple[int, str]:
+    def _run_host(
+        self, hook: Hook, color: str, beat: Callable[[str], None] | None = None
+    ) -> tuple[int, str]:
         env = {
             **self.env.values,
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -221,15 +234,20 @@ class AppContainers:
             "IMAGE": self.release.image,
             "COLOR": color,
         }
-        try:
-            p = subprocess.run(
-                hook.command,
-                capture_output=True,
-                text=True,
-                timeout=hook.timeout,
-                env=env,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return -1, f"did not finish within {hook.timeout:.0f}s"
-        return p.returncode, "\n".join((p.stdout + p.stderr).splitlines()[-15:])
+        proc = subprocess.Popen(
+            hook.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        started = time.monotonic()
+        while True:
+            left = hook.timeout - (time.monotonic() - started)
+            if left <= 0:
+                proc.kill()
+                proc.communicate()
+                return -1, f"did not finish within {hook.timeout:.0f}s"
+            try:
+                out, err = proc.communicate(timeout=min(0.25, left))
+                break
+            except subprocess.TimeoutExpired:
+                if beat is not None:
+                    beat(f"pid {proc.pid} still running")
+        return proc.returncode, "\n".join((out + err).splitlines()[-15:])

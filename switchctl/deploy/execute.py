@@ -178,12 +178,15 @@ class Executor:
             done = color not in v["draining"] or left == 0
             return Probe(done, f"{left} requests in flight on {color}")
 
-        wait_until(probe, f"drain {color}", self.cfg.drain_timeout + 5, first=0.1, maximum=1)
+        what, deadline = f"{color} to drain", self.cfg.drain_timeout + 5
+        beat = self.progress.heartbeat(what, deadline)
+        wait_until(probe, what, deadline, first=0.1, maximum=1, beat=beat)
 
     def _wait(self, what: str, probe: Callable[[], Probe], deadline: float) -> Probe:
         h = self.cfg.health
+        beat = self.progress.heartbeat(what, deadline)
         try:
-            return wait_until(probe, what, deadline, h.first_delay, h.max_delay)
+            return wait_until(probe, what, deadline, h.first_delay, h.max_delay, beat=beat)
         except WaitTimeout as e:
             raise DeployError(what, str(e)) from e
 
@@ -237,7 +240,9 @@ class Executor:
             return Probe(True, "answers")
 
         try:
-            wait_until(probe, "edgeproxy", self.cfg.edgeproxy.start_timeout, 0.1, 1.0)
+            deadline = self.cfg.edgeproxy.start_timeout
+            beat = self.progress.heartbeat("edgeproxy's control socket", deadline)
+            wait_until(probe, "edgeproxy", deadline, 0.1, 1.0, beat=beat)
         except WaitTimeout as e:
             raise DeployError(
                 "wait for edgeproxy",
@@ -276,7 +281,8 @@ class Executor:
 
     def _run_hook(self, name: str, hook: Hook | None, then: str, todo: str) -> None:
         assert hook is not None
-        rc, out = self.apps.run_hook(hook, name, self.plan.target)
+        beat = self.progress.heartbeat(f"the {name} hook to finish", hook.timeout)
+        rc, out = self.apps.run_hook(hook, name, self.plan.target, beat)
         if rc != 0:
             raise DeployError(
                 f"{name} hook",
@@ -309,6 +315,9 @@ class Executor:
                     self.cfg.health.deadline,
                     self.cfg.health.first_delay,
                     self.cfg.health.max_delay,
+                    beat=self.progress.heartbeat(
+                        f"{c.name} to be healthy", self.cfg.health.deadline
+                    ),
                 )
             except WaitTimeout as e:
                 raise DeployError(
@@ -367,6 +376,7 @@ class Executor:
             self.progress.info("edgeproxy reports no per-color request stats: gates cannot judge")
         base_req, base_err = base.get("requests", 0), base.get("errors_5xx", 0)
         end = time.monotonic() + cn.dwell
+        beat = self.progress.heartbeat(f"the {weight}% canary of {color} to dwell", cn.dwell)
         while True:
             view = self._view()
             if view["candidate"] != color or view["weight"] != weight:
@@ -384,9 +394,11 @@ class Executor:
                     verdict,
                     f"inspect the release: `docker logs {self._server(color)}`",
                 )
+            c = view["colors"].get(color, {})
+            seen = f"{c.get('requests', 0) - base_req} requests, p99 {c.get('p99_ms', 0):.1f}ms"
             if time.monotonic() >= end:
-                c = view["colors"].get(color, {})
-                return f"{c.get('requests', 0) - base_req} requests, p99 {c.get('p99_ms', 0):.1f}ms"
+                return seen
+            beat(f"gates pass so far: {seen}")
             time.sleep(min(cn.poll, max(0.0, end - time.monotonic())))
 
     def _go_live(self, step: Step) -> str:

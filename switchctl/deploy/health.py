@@ -46,8 +46,12 @@ def wait_until(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     rng: Callable[[], float] = random.random,
+    beat: Callable[[str], None] | None = None,
 ) -> Probe:
-    """Call `check` until it is ok; raise WaitTimeout at the deadline or on a fatal probe."""
+    """Call `check` until it is ok; raise WaitTimeout at the deadline or on a fatal probe.
+
+    `beat` (a `Progress.heartbeat`) is called with the last probe's detail after each
+    failed check, so a long wait says what it waits for."""
     start = clock()
     delay = delays(first, maximum, rng)
     attempts = 0
@@ -60,4 +64,6 @@ def wait_until(
         elapsed = clock() - start
         if last.fatal or elapsed >= deadline:
             raise WaitTimeout(what, elapsed, last, attempts)
+        if beat is not None:
+            beat(last.detail)
         sleep(min(delay(attempts - 1), max(0.0, deadline - elapsed)))

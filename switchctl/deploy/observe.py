@@ -86,13 +86,14 @@ def proxy_view(
     problems = tuple(check_config(cfg.edgeproxy.config))
     source = cfg.edgeproxy.config_source
     source_ok = bool(problems) and source is not None and not check_config(source)
+    managed = not cfg.edgeproxy.unmanaged
     proc = runner.state()
     if proc.status is not None:
         detail = proc.detail
         logs = runner.logs(5) if proc.status != "missing" else ""
         if logs:
             detail += "; last log lines:\n" + logs
-        return ProxyObs(proc.status, detail, problems, source_ok)
+        return ProxyObs(proc.status, detail, problems, source_ok, managed=managed)
     deadline = time.monotonic() + settle
     while True:
         try:
@@ -100,7 +101,7 @@ def proxy_view(
             break
         except ControlError as e:
             if e.status == 404:
-                return ProxyObs("up", "", problems, source_ok, app_known=False)
+                return ProxyObs("up", "", problems, source_ok, app_known=False, managed=managed)
             raise
         except ProxyUnreachable as e:
             if time.monotonic() > deadline:
@@ -108,7 +109,7 @@ def proxy_view(
                 logs = runner.logs(5)
                 if logs:
                     detail += "; last log lines:\n" + logs
-                return ProxyObs("crash-looping", detail, problems, source_ok)
+                return ProxyObs("crash-looping", detail, problems, source_ok, managed=managed)
             time.sleep(0.2)
     colors = view.get("colors", {})
     return ProxyObs(
@@ -121,6 +122,7 @@ def proxy_view(
         draining=tuple(view.get("draining", {})),
         healthy={c: bool(v.get("healthy")) for c, v in colors.items()},
         paused=view["paused"],
+        managed=managed,
     )
 
 

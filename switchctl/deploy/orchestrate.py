@@ -41,7 +41,8 @@ def connect(cfg: DeployConfig) -> Session:
         raise DeployError(
             "connect to docker", str(e), "is dockerd running? (`systemctl status docker`)"
         ) from e
-    return Session(cfg, env, client, ControlClient(cfg.edgeproxy.socket))
+    control = ControlClient(cfg.edgeproxy.socket, hint=cfg.edgeproxy.hint())
+    return Session(cfg, env, client, control)
 
 
 def intent(cfg: DeployConfig) -> Intent:

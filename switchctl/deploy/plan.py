@@ -84,6 +84,8 @@ class ProxyObs:
     draining: tuple[str, ...] = ()
     healthy: dict[str, bool] = field(default_factory=dict)
     paused: bool = False
+    managed: bool = True
+    """switchctl can start and restart it (a container or a unit); False: `edgeproxy.unmanaged`."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,16 @@ def _proxy(obs: Observed, p: Plan) -> None:
             )
         )
         return
+    if not px.managed and px.status != "up":
+        p.blockers.append(
+            Finding(
+                f"edgeproxy does not answer on its control socket ({px.detail}) and switchctl "
+                "cannot start it (edgeproxy.unmanaged: true)",
+                "start edgeproxy the way you run it (check its config with "
+                "`edgeproxy check-config FILE`), then deploy again",
+            )
+        )
+        return
     bad_config = bool(px.config_problems)
     if bad_config:
         first = px.config_problems[0]
@@ -270,6 +282,14 @@ def _proxy(obs: Observed, p: Plan) -> None:
         cause = "its config is invalid" if bad_config else px.detail
         p.findings.append(Finding(f"edgeproxy is crash-looping: {cause}", "restart it"))
         p.steps.append(Step("restart_proxy"))
+    elif bad_config and not px.managed:
+        p.findings.append(
+            Finding(
+                "edgeproxy runs an older config; the file on disk is invalid",
+                "leave it running (switchctl cannot restart it: edgeproxy.unmanaged); "
+                "restart it yourself once the file is fixed",
+            )
+        )
     elif bad_config:
         p.findings.append(
             Finding(

@@ -1,7 +1,9 @@
-"""Running edgeproxy on this server: as a docker container or a systemd unit.
+"""Running edgeproxy on this server: as a docker container, a systemd unit, or unmanaged.
 
-Both answer the same questions (is it up, down or crash-looping, and why) and
-take the same actions (start, restart). Its config is checked with this host's
+Each answers the same questions (is it up, down or crash-looping, and why) and
+takes the same actions (start, restart). Unmanaged (`edgeproxy.unmanaged`: started
+by hand or by another supervisor) only knows whether the control socket answers,
+and refuses to start or restart, saying so. Its config is checked with this host's
 `edgeproxy check-config` (the same package as switchctl), so with a container
 its config directory must be mounted at the same path inside.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -117,6 +120,38 @@ class SystemdRunner:
         ).stdout.rstrip()
 
 
+class SocketOnlyRunner:
+    """edgeproxy started some other way: switchctl only sees whether its socket answers."""
+
+    CANNOT = (
+        "switchctl does not start or restart edgeproxy here (edgeproxy.unmanaged: true); "
+        "start it the way you run it, then deploy again"
+    )
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    def state(self) -> ProcessState:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(self.socket_path))
+        except OSError as e:
+            return ProcessState("down", f"nothing answers on {self.socket_path} ({e.strerror})")
+        finally:
+            probe.close()
+        return ProcessState(None, f"something listens on {self.socket_path}")
+
+    def start(self) -> None:
+        raise RuntimeError(self.CANNOT)
+
+    def restart(self) -> None:
+        raise RuntimeError(self.CANNOT)
+
+    def logs(self, lines: int = 15) -> str:
+        return ""
+
+
 def parse_systemd_show(unit: str, props: dict[str, str]) -> ProcessState:
     """Read `systemctl show` properties: a unit in auto-restart, or failed after restarts, loops."""
     restarts = int(props.get("NRestarts", "0") or 0)
@@ -136,8 +171,9 @@ def parse_systemd_show(unit: str, props: dict[str, str]) -> ProcessState:
 def runner_for(cfg: Proxy, client: docker.DockerClient) -> Runner:
     if cfg.container is not None:
         return ContainerRunner(client, cfg.container)
-    assert cfg.systemd_unit is not None
-    return SystemdRunner(cfg.systemd_unit)
+    if cfg.systemd_unit is not None:
+        return SystemdRunner(cfg.systemd_unit)
+    return SocketOnlyRunner(cfg.socket)
 
 
 def check_config(path: Path) -> list[str]:
