@@ -9,6 +9,7 @@ deploy holds the lock; 4 the plan is blocked (nothing was changed).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,29 +17,45 @@ from typing import Any, NoReturn
 
 import click
 
-from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_file
+from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_file, under_root
 from switchctl.deploy.errors import DeployConfigError, DeployError, LockHeld
 from switchctl.deploy.history import History
 from switchctl.deploy.orchestrate import connect, deploy, stale_lock_note, survey
 from switchctl.deploy.plan import Plan
 from switchctl.deploy.progress import Progress
 
+DEFAULT_CONFIG = Path("/etc/switchctl/deploy.yml")
+
 config_option = click.option(
     "-c",
     "--config",
     "config_path",
     type=click.Path(path_type=Path),
-    default="/etc/switchctl/deploy.yml",
+    default=DEFAULT_CONFIG,
     show_default=True,
     envvar="SWITCHCTL_DEPLOY_CONFIG",
     help="The deploy config (env SWITCHCTL_DEPLOY_CONFIG).",
 )
+
+
+def server_root() -> Path:
+    """`/`, or the scratch folder in SWITCHCTL_ROOT that stands for it (tests, rehearsals).
+
+    Every absolute path in the deploy config, and the default -c path, is taken
+    under it; a -c path given on the command line is used as it is.
+    """
+    return Path(os.environ.get("SWITCHCTL_ROOT") or "/")
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 
 
 def _load(config_path: Path) -> DeployConfig:
+    root = server_root()
+    if config_path == DEFAULT_CONFIG:
+        config_path = under_root(config_path, root)
     try:
-        return load_deploy_config(config_path)
+        return load_deploy_config(config_path, root=root)
     except DeployConfigError as e:
         _die(e, 2)
 

@@ -81,6 +81,9 @@ class AppContainers:
     def environment(self, extra: dict[str, str]) -> dict[str, str]:
         return {**self.env.values, **extra, "RELEASE_ID": self.release.id}
 
+    def log_config(self) -> dict[str, Any]:
+        return {"type": self.cfg.logging.driver, "config": dict(self.cfg.logging.options)}
+
     def _network(self, port: int | None = None) -> dict[str, Any]:
         if self.cfg.network == "host":
             return {"network_mode": "host"}
@@ -154,6 +157,7 @@ class AppContainers:
                 labels=self.labels(role_name, color),
                 init=True,
                 restart_policy={"Name": "unless-stopped"},
+                log_config=self.log_config(),
                 **self._network(port),
             )
             names.append(name)
@@ -200,6 +204,7 @@ class AppContainers:
             environment=self.environment({}),
             labels=self.labels("hook", color),
             init=True,
+            log_config=self.log_config(),
             **self._network(),
         )
         try:

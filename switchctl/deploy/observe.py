@@ -62,7 +62,7 @@ def state_file_path(cfg: DeployConfig) -> Path | None:
     if cfg.edgeproxy.state_file is not None:
         return cfg.edgeproxy.state_file
     try:
-        return load_config(cfg.edgeproxy.config).state_file
+        return cfg.on_server(load_config(cfg.edgeproxy.config).state_file)
     except ConfigError:
         return None
 
