@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import docker
+import docker.errors
 
+from switchctl.deploy.adopt import adopt as adopt_containers
 from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_file, under_root
 from switchctl.deploy.errors import DeployConfigError, DeployError, LockHeld
 from switchctl.deploy.history import History
@@ -74,12 +77,32 @@ def _die(e: DeployError, code: int) -> NoReturn:
 @click.option(
     "--plan", "plan_only", is_flag=True, help="Print what deploy would do; change nothing."
 )
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Take over the color containers running now without switchctl's labels "
+    "(e.g. deploy.sh's medusa-server-blue), then exit; the next deploy treats the "
+    "running color as the active one.",
+)
+@click.option(
+    "--adopt-pattern",
+    help="Their names, with {app}, {role} and {color} [default: the config's container_name].",
+)
 @json_option
 def deploy_cmd(
-    config_path: Path, ref: str | None, check: bool, plan_only: bool, as_json: bool
+    config_path: Path,
+    ref: str | None,
+    check: bool,
+    plan_only: bool,
+    adopt: bool,
+    adopt_pattern: str | None,
+    as_json: bool,
 ) -> None:
     """Release a new version with zero downtime, from whatever state the server is in."""
     cfg = _load(config_path)
+    if adopt:
+        _adopt(cfg, adopt_pattern, as_json)
+        return
     if check:
         try:
             env = read_env_file(cfg.env_file, cfg.required_env)
@@ -91,6 +114,34 @@ def deploy_cmd(
         )
         return
     _run(cfg, ref, plan_only, as_json)
+
+
+def _adopt(cfg: DeployConfig, pattern: str | None, as_json: bool) -> None:
+    try:
+        client = docker.from_env()
+        found = adopt_containers(cfg, client, pattern)
+    except docker.errors.DockerException as e:
+        _die(DeployError("adopt", str(e), "is dockerd running? `docker ps`"), 1)
+    except DeployError as e:
+        _die(e, 1)
+    running = sorted({a.color for a in found if a.state == "running"})
+    if as_json:
+        click.echo(json.dumps({"adopted": [a.__dict__ for a in found], "running": running}))
+        return
+    for a in found:
+        click.echo(f"adopted {a.name}: {a.color} {a.role} ({a.state})")
+    if len(running) == 1:
+        other = cfg.other(running[0])
+        click.echo(
+            f"{running[0]} runs now: the next deploy treats it as the active color, "
+            f"releases to {other} and stops {running[0]} once {other} serves everything "
+            "(`switchctl deploy --plan --ref SHA` shows the steps)"
+        )
+    else:
+        click.echo(
+            f"running colors: {', '.join(running) or 'none'}; "
+            "`switchctl doctor` shows what the next deploy does about it"
+        )
 
 
 def _run(cfg: DeployConfig, ref: str | None, plan_only: bool, as_json: bool, **kw: Any) -> None:

@@ -20,7 +20,13 @@ import docker.errors
 from switchctl.deploy.config import DeployConfig, EnvFile, Hook
 from switchctl.deploy.errors import DeployError
 from switchctl.deploy.health import Probe
-from switchctl.deploy.observe import LABEL_APP, LABEL_COLOR, LABEL_RELEASE, LABEL_ROLE
+from switchctl.deploy.observe import (
+    LABEL_APP,
+    LABEL_COLOR,
+    LABEL_RELEASE,
+    LABEL_ROLE,
+    load_adopted,
+)
 
 
 @dataclass
@@ -52,10 +58,17 @@ class AppContainers:
         self.image_id: str | None = None
 
     def of(self, color: str) -> list[Any]:
-        """The color's role containers (hooks excluded), in any state."""
+        """The color's role containers (hooks excluded), in any state; adopted ones too."""
         found = self.docker.containers.list(
             all=True, filters={"label": [f"{LABEL_APP}={self.cfg.app}", f"{LABEL_COLOR}={color}"]}
         )
+        ids = {c.id for c in found}
+        for cid, rec in load_adopted(self.cfg).items():
+            if rec.get("color") == color and cid not in ids:
+                try:
+                    found.append(self.docker.containers.get(cid))
+                except docker.errors.NotFound:
+                    pass
         return [c for c in found if c.labels.get(LABEL_ROLE) != "hook"]
 
     def remove(self, color: str, keep: bool = False) -> list[str]:
