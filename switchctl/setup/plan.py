@@ -289,6 +289,14 @@ def _stack(obs: SetupObserved, p: SetupPlan) -> bool:
             )
             return False
         names = ", ".join(f"{s.name} ({s.state})" for s in down)
+        if not any(c.name == "docker compose" and c.ok for c in obs.checks):
+            p.held.append(
+                f"the base stack is not started ({names}): no docker compose here (e.g. switchctl "
+                "runs from the edgeproxy image); on the host run `docker compose -p PROJECT "
+                "--env-file ENV -f COMPOSE_FILE up -d --no-recreate` (the deploy config's "
+                "setup.compose_*), then `switchctl setup` again"
+            )
+            return False
         p.steps.append(SetupStep("compose_up", names))
         return obs.proxy_in_compose and obs.proxy_status is not None
     if obs.proxy_status in ("down", "crash-looping"):
