@@ -418,8 +418,10 @@ def install_cmd(
     )
     if adopt_renewal:
         assert lineage is not None
+        # Renewals reload edgeproxy even when this install did not (--no-reload before
+        # edgeproxy runs, during the cutover).
         hook = [sys.executable, "-m", "certs", "install", "--dest", str(dest)]
-        hook += ["--socket", str(socket_path)] + (["--no-reload"] if no_reload else [])
+        hook += ["--socket", str(socket_path)]
         kept = adopt_renewal_config(lineage.absolute(), webroot, pair.sans, shlex.join(hook))
         click.echo(
             f"certs: {renewal_config(lineage)} now renews through the webroot {webroot} and "
