@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import docker
+import docker.errors
 
 from certs.selfsigned import make_ca, make_leaf, pem_certs, pem_key, write_file
 from switchctl.client import ClientError, ControlClient, ControlError
@@ -24,6 +25,9 @@ from switchctl.setup.accounts import Accounts
 from switchctl.setup.configedit import set_control_group
 from switchctl.setup.observe import SELF_SIGNED_ORG, compose_command
 from switchctl.setup.plan import SetupObserved, SetupPlan, SetupStep
+
+KEEP_PREVIOUS = 5
+"""Previous versions of an installed config kept beside it (NAME.prev-TIME)."""
 
 
 class SetupExecutor:
@@ -72,7 +76,10 @@ class SetupExecutor:
         uid, gid = self._ids(owner, group)
         st = path.stat()
         if (st.st_uid, st.st_gid) != (uid, gid):
-            os.chown(path, uid, gid)
+            if os.geteuid() == 0:
+                os.chown(path, uid, gid)
+            elif st.st_gid != gid:
+                os.chown(path, -1, gid)  # the deploy user (CI) may give its file to its group
         os.chmod(path, mode)  # after chown: chown clears the setgid bit
 
     def _write(self, path: Path, text: str, mode: int, owner: str, group: str) -> None:
@@ -82,6 +89,8 @@ class SetupExecutor:
             os.link(path, keep)
         write_file(path, text.encode(), mode)
         self._own(path, mode, owner, group)
+        for stale in sorted(path.parent.glob(f"{path.name}.prev-*"))[:-KEEP_PREVIOUS]:
+            stale.unlink()
 
     def _config_text(self) -> str:
         raw = self.obs.config.raw
