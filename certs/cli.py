@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,8 @@ from certs.check import DEFAULT_MIN_DAYS, check_config
 from certs.errors import CertsError, ReloadRefused, ReloadUnreachable
 from certs.inspect import CertInfo, FileReport, inspect_file
 from certs.install import Installed, ValidPair, install_pair, rollback, validate_pair
+from certs.renewal import adopt_renewal as adopt_renewal_config
+from certs.renewal import renewal_config
 from certs.selfsigned import KeyType, make_ca_and_leaf
 from edgeproxy import __version__
 from edgeproxy.config import Config, load_config
@@ -363,6 +366,20 @@ def _default_name(pair: ValidPair) -> str:
 @click.option("--key", "key_path", type=ExistingFile, help="Private key of --cert.")
 @click.option("--name", help="Folder under --dest [default: the lineage name or first SAN].")
 @click.option("--keep", default=5, show_default=True, type=click.IntRange(2), help="Versions kept.")
+@click.option(
+    "--adopt-renewal",
+    is_flag=True,
+    help="With --lineage (one issued for nginx): make its future renewals answer the "
+    "challenge from --webroot and run this install as their deploy hook; the old renewal "
+    "config is kept beside it.",
+)
+@click.option(
+    "--webroot",
+    type=PathArg,
+    default=Path("/var/www/certbot"),
+    show_default=True,
+    help="edgeproxy's acme.webroot, for --adopt-renewal.",
+)
 @_dest_option
 @_socket_option
 @_no_reload_option
@@ -372,6 +389,8 @@ def install_cmd(
     key_path: Path | None,
     name: str | None,
     keep: int,
+    adopt_renewal: bool,
+    webroot: Path,
     dest: Path,
     socket_path: Path,
     no_reload: bool,
@@ -379,8 +398,12 @@ def install_cmd(
     """Validate a pair, install it atomically as DEST/NAME/{fullchain,privkey}.pem, reload.
 
     With no --lineage/--cert it reads RENEWED_LINEAGE, so it works as certbot's
-    --deploy-hook. A bad pair is refused and nothing changes.
+    --deploy-hook. A bad pair is refused and nothing changes. For certificates
+    certbot already renews for nginx: `--lineage /etc/letsencrypt/live/NAME
+    --adopt-renewal` (docs/migrating-from-nginx.md, the cutover).
     """
+    if adopt_renewal and lineage is None:
+        raise click.UsageError("--adopt-renewal goes with --lineage /etc/letsencrypt/live/NAME")
     if lineage is None and cert_path is None and os.environ.get("RENEWED_LINEAGE"):
         lineage = Path(os.environ["RENEWED_LINEAGE"])
     if lineage is not None:
@@ -402,6 +425,17 @@ def install_cmd(
         f"{pair.leaf.not_valid_after_utc:%F}) as {installed.directory}/"
         f"versions/{installed.version}; previous: {installed.previous or 'none'}"
     )
+    if adopt_renewal:
+        assert lineage is not None
+        # Renewals reload edgeproxy even when this install did not (--no-reload before
+        # edgeproxy runs, during the cutover).
+        hook = [sys.executable, "-m", "certs", "install", "--dest", str(dest)]
+        hook += ["--socket", str(socket_path)]
+        kept = adopt_renewal_config(lineage.absolute(), webroot, pair.sans, shlex.join(hook))
+        click.echo(
+            f"certs: {renewal_config(lineage)} now renews through the webroot {webroot} and "
+            f"installs with `certs install`; the previous one is kept as {kept}"
+        )
     _reload(installed, socket_path, no_reload)
 
 

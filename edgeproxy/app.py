@@ -196,6 +196,10 @@ class Observability:
             observers.append(self.access_log.write)
         return observers
 
+    def reopen_logs(self) -> None:
+        if self.access_log is not None:
+            self.access_log.reopen()
+
     async def stop(self) -> None:
         if self.guard is not None:
             await self.guard.stop()

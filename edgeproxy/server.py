@@ -236,6 +236,14 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(self._sighup(), "sighup-reload"))
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 reopens the log files (logrotate's convention): rename, signal, new file."""
+        for plugin in self.plugins:
+            reopen = getattr(plugin, "reopen_logs", None)
+            if reopen is not None:
+                reopen()
 
     async def _sighup(self) -> None:
         """SIGHUP reloads the config file (and with it the certificates), like nginx."""

@@ -7,6 +7,10 @@ random tenth of the lines; `enabled: false` takes the writer off the hot path
 entirely. Errors and state changes are not here: they go to the structured log
 on stderr.
 
+With a file `path`, SIGUSR1 reopens it (logrotate's convention, as nginx does):
+rotate by renaming the file, then `kill -USR1`; lines buffered before the
+signal go to the renamed file, every later line to a new file at `path`.
+
 Fields: time (UTC, when the response ended), request_id, client, host, method,
 path (without the query string), status, bytes_in (request body bytes sent
 upstream), bytes_out (response body bytes), duration_ms, app, color, upstream,
@@ -105,6 +109,26 @@ class AccessLogWriter:
             raise StartupError(
                 f"access_log.path: cannot open {self.path} for appending: {e.strerror}"
             ) from e
+
+    def reopen(self) -> None:
+        """Flush to the current file, then append to a new one at `path` (after a rename)."""
+        if self.path == "-" or self.fd < 0:
+            return
+        self.flush()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as e:
+            log.error(
+                "access log %s: cannot reopen it (%s); still writing to the old file",
+                self.path,
+                e.strerror,
+            )
+            return
+        old, self.fd = self.fd, fd
+        self.broken = False
+        if old > 2:
+            os.close(old)
+        log.info("access log %s reopened", self.path)
 
     def close(self) -> None:
         self.flush()

@@ -1,8 +1,10 @@
-"""Imported by `switchctl.cli.main()`: adds deploy, doctor and releases to `switchctl`."""
+"""Imported by `switchctl.cli.main()`: adds deploy, doctor, releases and setup to `switchctl`."""
 
 from __future__ import annotations
 
 from switchctl.cli import cli
 from switchctl.deploy.commands import register
+from switchctl.setup.cli import setup_cmd
 
 register(cli)
+cli.add_command(setup_cmd)

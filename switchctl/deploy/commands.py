@@ -9,16 +9,20 @@ deploy holds the lock; 4 the plan is blocked (nothing was changed).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import docker
+import docker.errors
 
 from edgeproxy.config import load_config
 from edgeproxy.errors import ConfigError
-from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_file
+from switchctl.deploy.adopt import adopt as adopt_containers
+from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_file, under_root
 from switchctl.deploy.crosscheck import cross_check
 from switchctl.deploy.errors import DeployConfigError, DeployError, LockHeld
 from switchctl.deploy.history import History
@@ -26,16 +30,29 @@ from switchctl.deploy.orchestrate import connect, deploy, stale_lock_note, surve
 from switchctl.deploy.plan import Plan
 from switchctl.deploy.progress import Progress
 
+DEFAULT_CONFIG = Path("/etc/switchctl/deploy.yml")
+
 config_option = click.option(
     "-c",
     "--config",
     "config_path",
     type=click.Path(path_type=Path),
-    default="/etc/switchctl/deploy.yml",
+    default=DEFAULT_CONFIG,
     show_default=True,
     envvar="SWITCHCTL_DEPLOY_CONFIG",
     help="The deploy config (env SWITCHCTL_DEPLOY_CONFIG).",
 )
+
+
+def server_root() -> Path:
+    """`/`, or the scratch folder in SWITCHCTL_ROOT that stands for it (tests, rehearsals).
+
+    Every absolute path in the deploy config, and the default -c path, is taken
+    under it; a -c path given on the command line is used as it is.
+    """
+    return Path(os.environ.get("SWITCHCTL_ROOT") or "/")
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 
 DEPLOY_EXIT_CODES = (
@@ -54,9 +71,14 @@ RELEASES_EXIT_CODES = (
 )
 
 
+def _config_path(config_path: Path) -> Path:
+    """The default -c path is taken under SWITCHCTL_ROOT; a path given on the command line is not."""
+    return under_root(config_path, server_root()) if config_path == DEFAULT_CONFIG else config_path
+
+
 def _load(config_path: Path, as_json: bool = False) -> DeployConfig:
     try:
-        return load_deploy_config(config_path)
+        return load_deploy_config(_config_path(config_path), root=server_root())
     except DeployConfigError as e:
         _die(e, 2, as_json)
 
@@ -82,11 +104,31 @@ def _die(e: DeployError, code: int, as_json: bool = False) -> NoReturn:
 @click.option(
     "--plan", "plan_only", is_flag=True, help="Print what deploy would do; change nothing."
 )
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Take over the color containers running now without switchctl's labels "
+    "(e.g. deploy.sh's medusa-server-blue), then exit; the next deploy treats the "
+    "running color as the active one.",
+)
+@click.option(
+    "--adopt-pattern",
+    help="Their names, with {app}, {role} and {color} [default: the config's container_name].",
+)
 @json_option
 def deploy_cmd(
-    config_path: Path, ref: str | None, check: bool, plan_only: bool, as_json: bool
+    config_path: Path,
+    ref: str | None,
+    check: bool,
+    plan_only: bool,
+    adopt: bool,
+    adopt_pattern: str | None,
+    as_json: bool,
 ) -> None:
     """Release a new version with zero downtime, from whatever state the server is in."""
+    if adopt:
+        _adopt(_load(config_path, as_json), adopt_pattern, as_json)
+        return
     if check:
         sys.exit(_check(config_path, as_json))
     cfg = _load(config_path, as_json)
@@ -100,7 +142,7 @@ def _check(config_path: Path, as_json: bool) -> int:
     notes: list[str] = []
     report: dict[str, Any] = {"config": str(config_path)}
     try:
-        cfg: DeployConfig | None = load_deploy_config(config_path)
+        cfg: DeployConfig | None = load_deploy_config(_config_path(config_path), root=server_root())
     except DeployConfigError as e:
         cfg, problems = None, list(e.problems)
     if cfg is not None:
@@ -139,6 +181,34 @@ def _check(config_path: Path, as_json: bool) -> int:
                 f"{report['variables']} variables in {cfg.env_file}{compared})"
             )
     return 2 if problems else 0
+
+
+def _adopt(cfg: DeployConfig, pattern: str | None, as_json: bool) -> None:
+    try:
+        client = docker.from_env()
+        found = adopt_containers(cfg, client, pattern)
+    except docker.errors.DockerException as e:
+        _die(DeployError("adopt", str(e), "is dockerd running? `docker ps`"), 1)
+    except DeployError as e:
+        _die(e, 1)
+    running = sorted({a.color for a in found if a.state == "running"})
+    if as_json:
+        click.echo(json.dumps({"adopted": [a.__dict__ for a in found], "running": running}))
+        return
+    for a in found:
+        click.echo(f"adopted {a.name}: {a.color} {a.role} ({a.state})")
+    if len(running) == 1:
+        other = cfg.other(running[0])
+        click.echo(
+            f"{running[0]} runs now: the next deploy treats it as the active color, "
+            f"releases to {other} and stops {running[0]} once {other} serves everything "
+            "(`switchctl deploy --plan --ref SHA` shows the steps)"
+        )
+    else:
+        click.echo(
+            f"running colors: {', '.join(running) or 'none'}; "
+            "`switchctl doctor` shows what the next deploy does about it"
+        )
 
 
 def _run(cfg: DeployConfig, ref: str | None, plan_only: bool, as_json: bool, **kw: Any) -> None:

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgeproxy.config import COLOR_RE, human_message, key_path, yaml_problem
 from switchctl.deploy.envfile import ENV_KEY_RE
@@ -194,7 +202,29 @@ class Proxy(Model):
         )
 
 
+class Logging(Model):
+    """docker's log driver for every container switchctl starts (rotated, like the base stack)."""
+
+    driver: str = "json-file"
+    options: dict[str, str] = {"max-size": "10m", "max-file": "5"}
+
+
+class Setup(Model):
+    """What `switchctl setup` creates and starts besides what the rest of this file names."""
+
+    user: str = "deploy"
+    """The user CI logs in as and switchctl runs as (created when missing)."""
+    group: str = "deploy"
+    """Owns the config folders; its numeric gid becomes edgeproxy's control.group."""
+    compose_file: Path | None = None
+    """The base stack (compose/docker-compose.yml): started with `up -d --no-recreate`."""
+    compose_env_file: Path | None = None
+    """The base stack's secrets (POSTGRES_PASSWORD, ...), mode 0600."""
+    compose_project: str = "shop"
+
+
 class DeployConfig(Model):
+    _root: Path = PrivateAttr(default=Path("/"))
     app: str
     image: str | None = None
     """Image to pull; `{ref}` is replaced by --ref (e.g. ghcr.io/acme/shop:{ref})."""
@@ -226,6 +256,8 @@ class DeployConfig(Model):
     lock_file: Path | None = None
     keep_releases: int = Field(default=5, ge=1)
     extra_labels: dict[str, str] = {}
+    logging: Logging = Logging()
+    setup: Setup = Setup()
 
     @field_validator("app")
     @classmethod
@@ -281,6 +313,15 @@ class DeployConfig(Model):
     # -- derived names -------------------------------------------------------------------
 
     @property
+    def root(self) -> Path:
+        """The server's root folder: `/`, or a scratch folder (SWITCHCTL_ROOT) for tests."""
+        return self._root
+
+    def on_server(self, path: Path) -> Path:
+        """A path as named in a config file (absolute, on the server) under `root`."""
+        return under_root(path, self._root)
+
+    @property
     def server_role(self) -> str:
         return next(n for n, r in self.roles.items() if r.traffic)
 
@@ -317,8 +358,15 @@ def _format(source: str, err: ValidationError) -> list[str]:
     ]
 
 
+def under_root(path: Path, root: Path) -> Path:
+    """`/etc/x` under root `/srv/scratch` is `/srv/scratch/etc/x`; relative paths stay as they are."""
+    if root == Path("/") or not path.is_absolute():
+        return path
+    return root / path.relative_to("/")
+
+
 def parse_deploy_config(
-    text: str, source: str = "<deploy config>", base: Path | None = None
+    text: str, source: str = "<deploy config>", base: Path | None = None, root: Path | None = None
 ) -> DeployConfig:
     try:
         data = yaml.safe_load(text)
@@ -330,35 +378,50 @@ def parse_deploy_config(
         )
     if not isinstance(data, dict):
         raise DeployConfigError([f"{source}: the top level must be a mapping of keys"])
-    if base is not None:
-        _resolve_paths(data, base)
+    root = root or Path("/")
+    _resolve_paths(data, base, root)
     try:
-        return DeployConfig.model_validate(data)
+        cfg = DeployConfig.model_validate(data)
     except ValidationError as e:
         raise DeployConfigError(_format(source, e)) from e
+    cfg._root = root
+    return cfg
 
 
-def load_deploy_config(path: str | Path) -> DeployConfig:
+def load_deploy_config(path: str | Path, root: Path | None = None) -> DeployConfig:
+    """Read and validate the deploy config; with `root`, its absolute paths are under it."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise DeployConfigError([f"{path}: cannot read the deploy config: {e.strerror}"]) from e
-    return parse_deploy_config(text, str(path), base=path.parent.resolve())
+    return parse_deploy_config(text, str(path), base=path.parent.resolve(), root=root)
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    """Relative paths are relative to the config file's folder."""
+def _resolve_paths(data: dict[str, Any], base: Path | None, root: Path) -> None:
+    """Relative paths are relative to the config file's folder; absolute ones are under root."""
 
-    def fix(d: Any, key: str) -> None:
-        if isinstance(d, dict) and isinstance(d.get(key), str) and not d[key].startswith("/"):
+    def fix(d: Any, key: str, model: type[BaseModel] | None = None) -> None:
+        if not isinstance(d, dict):
+            return
+        if key not in d and model is not None and root != Path("/"):
+            default = model.model_fields[key].default
+            if isinstance(default, Path):  # a default server path is under root too
+                d[key] = str(default)
+        if not isinstance(d.get(key), str):
+            return
+        if d[key].startswith("/"):
+            d[key] = str(under_root(Path(d[key]), root))
+        elif base is not None:
             d[key] = str(base / d[key])
 
     for key in ("env_file", "state_dir", "lock_file"):
-        fix(data, key)
+        fix(data, key, DeployConfig)
     fix(data.get("build"), "context")
     for key in ("socket", "config", "config_source", "state_file"):
-        fix(data.get("edgeproxy"), key)
+        fix(data.get("edgeproxy"), key, Proxy)
+    for key in ("compose_file", "compose_env_file"):
+        fix(data.get("setup"), key, Setup)
 
 
 def describe_command(argv: list[str]) -> str:

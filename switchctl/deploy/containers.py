@@ -21,7 +21,13 @@ import docker.errors
 from switchctl.deploy.config import DeployConfig, EnvFile, Hook
 from switchctl.deploy.errors import DeployError
 from switchctl.deploy.health import Probe, WaitTimeout, wait_until
-from switchctl.deploy.observe import LABEL_APP, LABEL_COLOR, LABEL_RELEASE, LABEL_ROLE
+from switchctl.deploy.observe import (
+    LABEL_APP,
+    LABEL_COLOR,
+    LABEL_RELEASE,
+    LABEL_ROLE,
+    load_adopted,
+)
 
 
 @dataclass
@@ -53,10 +59,17 @@ class AppContainers:
         self.image_id: str | None = None
 
     def of(self, color: str) -> list[Any]:
-        """The color's role containers (hooks excluded), in any state."""
+        """The color's role containers (hooks excluded), in any state; adopted ones too."""
         found = self.docker.containers.list(
             all=True, filters={"label": [f"{LABEL_APP}={self.cfg.app}", f"{LABEL_COLOR}={color}"]}
         )
+        ids = {c.id for c in found}
+        for cid, rec in load_adopted(self.cfg).items():
+            if rec.get("color") == color and cid not in ids:
+                try:
+                    found.append(self.docker.containers.get(cid))
+                except docker.errors.NotFound:
+                    pass
         return [c for c in found if c.labels.get(LABEL_ROLE) != "hook"]
 
     def remove(self, color: str, keep: bool = False) -> list[str]:
@@ -81,6 +94,9 @@ class AppContainers:
 
     def environment(self, extra: dict[str, str]) -> dict[str, str]:
         return {**self.env.values, **extra, "RELEASE_ID": self.release.id}
+
+    def log_config(self) -> dict[str, Any]:
+        return {"type": self.cfg.logging.driver, "config": dict(self.cfg.logging.options)}
 
     def _network(self, port: int | None = None) -> dict[str, Any]:
         if self.cfg.network == "host":
@@ -155,6 +171,7 @@ class AppContainers:
                 labels=self.labels(role_name, color),
                 init=True,
                 restart_policy={"Name": "unless-stopped"},
+                log_config=self.log_config(),
                 **self._network(port),
             )
             names.append(name)
@@ -205,6 +222,7 @@ class AppContainers:
             environment=self.environment({}),
             labels=self.labels("hook", color),
             init=True,
+            log_config=self.log_config(),
             **self._network(),
         )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -22,10 +24,53 @@ LABEL_ROLE = "edgeproxy.role"
 LABEL_RELEASE = "edgeproxy.release"
 
 
-def app_containers(client: docker.DockerClient, app: str) -> list[ContainerObs]:
+def adoption_file(cfg: DeployConfig) -> Path:
+    return cfg.state_dir / cfg.app / "adopted.json"
+
+
+def load_adopted(cfg: DeployConfig) -> dict[str, dict[str, str]]:
+    """Containers `switchctl deploy --adopt` took over: {id: {name, color, role}}.
+
+    docker cannot add labels to an existing container, so the ones that ran
+    before switchctl (deploy.sh's `medusa-server-blue`) are recorded here and
+    count as labelled until they are removed.
+    """
+    try:
+        data = json.loads(adoption_file(cfg).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)}
+
+
+def container_labels(c: Any, adopted: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The container's labels, or for an adopted container the ones it would carry."""
+    found = adopted.get(c.id)
+    if found is None:
+        return dict(c.labels)
+    return {
+        LABEL_COLOR: found["color"],
+        LABEL_ROLE: found["role"],
+        LABEL_RELEASE: "adopted",
+        **c.labels,
+    }
+
+
+def app_containers(
+    client: docker.DockerClient, app: str, adopted: dict[str, dict[str, str]] | None = None
+) -> list[ContainerObs]:
+    adopted = adopted or {}
+    found = {
+        c.id: c for c in client.containers.list(all=True, filters={"label": f"{LABEL_APP}={app}"})
+    }
+    for cid in adopted:
+        if cid not in found:
+            try:
+                found[cid] = client.containers.get(cid)
+            except docker.errors.NotFound:
+                continue  # removed since: the record is stale
     out = []
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL_APP}={app}"}):
-        labels = c.labels
+    for c in found.values():
+        labels = container_labels(c, adopted)
         if labels.get(LABEL_ROLE) == "hook":
             continue
         st = c.attrs["State"]
@@ -62,7 +107,7 @@ def state_file_path(cfg: DeployConfig) -> Path | None:
     if cfg.edgeproxy.state_file is not None:
         return cfg.edgeproxy.state_file
     try:
-        return load_config(cfg.edgeproxy.config).state_file
+        return cfg.on_server(load_config(cfg.edgeproxy.config).state_file)
     except ConfigError:
         return None
 
@@ -137,7 +182,7 @@ def observe(
         app=cfg.app,
         colors=(cfg.colors[0], cfg.colors[1]),
         server_role=cfg.server_role,
-        containers=tuple(app_containers(client, cfg.app)),
+        containers=tuple(app_containers(client, cfg.app, load_adopted(cfg))),
         base=tuple(base_services(client, cfg.base_services)),
         proxy=proxy_view(cfg, runner, control),
         state_file_active=state_file_active(cfg),

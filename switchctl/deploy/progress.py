@@ -88,6 +88,13 @@ class Progress:
             self.out.write("\n")
             self.out.flush()
 
+    def start(self, total: int, title: str) -> None:
+        """Any other run of numbered steps (e.g. `switchctl setup`)."""
+        self._total = total
+        self.event("run_start", title=title, steps=total)
+        if not self.json:
+            self._say(title)
+
     def begin(self, total: int, release: str, target: str, live: str | None) -> None:
         self._total = total
         self.event("deploy_start", release=release, target=target, live=live, steps=total)
