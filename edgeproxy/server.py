@@ -220,6 +220,7 @@ class Server:
             self.certs.install(certs, new.tls.certificates)
             self.certs.log_serving()
             self.config, self.ctx = new, ctx
+            old.replaced_by = ctx  # for connections accepted before, handshaking now
             for conn in list(ctx.connections):
                 conn.ctx = ctx  # their next request routes with the new config
             log.info(
