@@ -141,8 +141,8 @@ class ControlClient:
     def reload_certs(self) -> dict[str, Any]:
         return self._json("POST", "/v1/certs/reload", {})
 
-    def reload_config(self) -> dict[str, Any]:
-        return self._json("POST", "/v1/config/reload", {})
+    def reload_config(self, force: bool = False) -> dict[str, Any]:
+        return self._json("POST", "/v1/config/reload", {"force": force})
 
     # --- plumbing --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 
 from edgeproxy.config import Config
 from edgeproxy.control.store import StateFileError, StateStore
-from edgeproxy.errors import NotFoundError, SwitchError, UnhealthyTarget
+from edgeproxy.errors import ConfigError, NotFoundError, SwitchError, UnhealthyTarget
 from edgeproxy.switching import state as sw
 from edgeproxy.switching.board import SwitchBoard
 from edgeproxy.switching.state import AppState
@@ -330,3 +330,65 @@ async def test_a_waiter_that_gave_up_does_not_hold_back_the_ones_behind_it(
     assert await first
     assert await last
     assert released == ["impatient", "first", "last"]
+
+
+async def test_a_config_reload_that_drops_a_color_in_use_is_refused_naming_the_color_and_what_to_do(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    config = make_config(shop=("blue", "green", "red"), blog=("a", "b"))
+    board = SwitchBoard.load(config, store)
+    await board.set("shop", "green", 100)
+    await board.drain("shop", "blue", seconds=600)
+    await board.set("shop", "red", 10)
+    before, on_disk = board.states, store.path.read_text()
+    with pytest.raises(ConfigError) as refused:
+        await board.reconfigure(make_config(shop=("purple",), blog=("a", "b")))
+    assert refused.value.problems == [
+        "config reload would drop green, which is active for app shop: "
+        "`switchctl --app shop set purple` first, or reload with --force",
+        "config reload would drop red, the canary candidate of app shop (10%): "
+        "`switchctl --app shop set green` first (ends the canary), or reload with --force",
+        "config reload would drop blue, which is draining for app shop: "
+        "wait until its drain ends (`switchctl --app shop status`), or reload with --force",
+    ]
+    assert board.states is before
+    assert board.config is config
+    assert store.path.read_text() == on_disk
+
+
+async def test_a_forced_reload_that_drops_the_active_color_is_health_checked_and_raises_the_generation(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    for color in ("green", "blue", "green"):
+        await board.set("shop", color, 100)
+    await board.set("shop", "blue", 0)
+    green = board.states["shop"]
+    assert (green.active, green.generation) == ("green", 4)
+    seen: list[tuple[str, str]] = []
+    board.add_listener(lambda app, old, new: seen.append((old.summary(), new.summary())))
+
+    async def unhealthy(app: str, color: str) -> tuple[bool, list[str]]:
+        return False, ["http://127.0.0.1:9: GET /health → 503"]
+
+    async def healthy(app: str, color: str) -> tuple[bool, list[str]]:
+        return True, []
+
+    only_blue = make_config(shop=("blue",))
+    with pytest.raises(ConfigError, match=r"cannot reload the config for shop: blue is unhealthy"):
+        await board.reconfigure(only_blue, force=True, health=unhealthy)
+    assert board.states["shop"] is green
+    assert seen == []
+    changes = await board.reconfigure(only_blue, force=True, health=healthy)
+    blue = board.states["shop"]
+    assert (blue.active, blue.candidate, blue.generation) == ("blue", None, 5)
+    assert changes == {"shop": (green, blue)}
+    assert board.replaced("shop") is green
+    assert seen == [("active=green candidate=blue@0 gen=4", "active=blue gen=5")]
+    assert saved(store)["shop"]["generation"] == 5
+    # Green configured again: a new color list, the same switch, the generation still rises.
+    await board.reconfigure(make_config(shop=("blue", "green")))
+    assert (board.states["shop"].active, board.states["shop"].generation) == ("blue", 6)
+    # A reload that changes nothing changes no state.
+    assert await board.reconfigure(make_config(shop=("blue", "green"))) == {}
+    assert board.states["shop"].generation == 6

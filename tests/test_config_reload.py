@@ -8,6 +8,7 @@ keep-alive connections (plain and TLS, with SNI).
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import socket
 import ssl
@@ -24,7 +25,7 @@ import pytest
 import trustme
 import yaml
 
-from switchctl.client import ControlClient
+from switchctl.client import ControlClient, ControlError
 from tests.proxy_fixtures import http_get
 
 
@@ -314,5 +315,107 @@ def test_a_reload_that_moves_a_host_to_another_site_answers_421_for_it_on_open_c
         assert c_for_c.get()[0] == 200
         for c in (b_for_c, b_for_b, a_for_a, c_for_c):
             c.close()
+    finally:
+        stop(proxy)
+
+
+def switchctl(proxy: Proxy, *args: str) -> subprocess.CompletedProcess[str]:
+    sock = proxy.conf["control"]["socket"]
+    return subprocess.run(
+        [sys.executable, "-m", "switchctl", "--socket", sock, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def audit_lines(proxy: Proxy) -> list[dict[str, Any]]:
+    """The audit logger's records from the proxy's log (one JSON object per line)."""
+    records = [json.loads(line) for line in proxy.log.read_text().splitlines()]
+    return [json.loads(r["msg"]) for r in records if r["logger"] == "edgeproxy.audit"]
+
+
+def test_a_reload_that_drops_the_active_color_is_refused_unless_forced_and_health_checked(
+    tmp_path, backend, three_certificates
+):
+    certs, ca = three_certificates
+    blue, green = backend("blue"), backend("green")
+    proxy = start(
+        tmp_path,
+        {
+            "tls": {"certificates": certs, "reload_poll_seconds": 0},
+            "apps": {
+                "shop": {
+                    "colors": {
+                        "blue": {"upstreams": [blue.url]},
+                        "green": {"upstreams": [green.url]},
+                    },
+                    "health": {"interval": 0.2, "timeout": 0.5, "healthy_threshold": 1},
+                }
+            },
+            "sites": [
+                {
+                    "hosts": ["a.test"],
+                    "https_redirect": False,
+                    "routes": [{"path": "/", "app": "shop"}],
+                },
+            ],
+        },
+        ca,
+    )
+    ctl, plain = proxy.control, proxy.http_port
+    try:
+        for color in ("green", "blue", "green", "green"):
+            ctl.set("shop", color, 100)
+        assert (ctl.app("shop")["active"], ctl.app("shop")["generation"]) == ("green", 4)
+        # The new config has no green: refused, by the API and by SIGHUP; green still serves.
+        del proxy.conf["apps"]["shop"]["colors"]["green"]
+        proxy.write()
+        with pytest.raises(ControlError) as refused:
+            ctl.reload_config()
+        assert refused.value.status == 409
+        assert (
+            "config reload would drop green, which is active for app shop: "
+            "`switchctl --app shop set blue` first, or reload with --force"
+        ) in refused.value.message
+        proxy.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while proxy.log_tail().count("would drop green") < 2:
+            assert time.monotonic() < deadline, proxy.log_tail()
+            time.sleep(0.02)
+        assert http_get(plain, "/").body == b"green\n"
+        # Forced, onto a blue that fails its check: refused too, naming why.
+        dead = f"http://127.0.0.1:{free_port()}"
+        proxy.conf["apps"]["shop"]["colors"]["blue"]["upstreams"] = [dead]
+        proxy.write()
+        out = switchctl(proxy, "config", "reload", "--force")
+        assert out.returncode == 1, out
+        assert "cannot reload the config for shop: blue is unhealthy" in out.stderr + out.stdout
+        assert "cannot connect" in out.stderr + out.stdout
+        assert http_get(plain, "/").body == b"green\n"
+        # Forced, onto a healthy blue: through, audited with before/after; the generation rises.
+        proxy.conf["apps"]["shop"]["colors"]["blue"]["upstreams"] = [blue.url]
+        proxy.write()
+        out = switchctl(proxy, "config", "reload", "--force")
+        assert out.returncode == 0, out
+        assert "shop: active=green gen=4 → active=blue gen=5" in out.stdout
+        assert http_get(plain, "/").body == b"blue\n"
+        view = ctl.app("shop")
+        assert (view["active"], view["generation"], list(view["colors"])) == ("blue", 5, ["blue"])
+        reloads = [a for a in audit_lines(proxy) if a["verb"] == "config reload"]
+        assert [a["result"] for a in reloads] == ["refused", "refused", "ok"]
+        assert {k: reloads[-1][k] for k in ("app", "request", "old", "new")} == {
+            "app": "shop",
+            "request": {"force": True},
+            "old": "active=green gen=4",
+            "new": "active=blue gen=5",
+        }
+        # Green configured again: the switch stays on blue and the generation never goes down.
+        proxy.conf["apps"]["shop"]["colors"]["green"] = {"upstreams": [green.url]}
+        proxy.write()
+        ctl.reload_config()
+        view = ctl.app("shop")
+        assert (view["active"], view["generation"]) == ("blue", 6)
+        assert http_get(plain, "/").body == b"blue\n"
     finally:
         stop(proxy)

@@ -52,8 +52,9 @@ class ControlHooks(Protocol):
         """{"certificates": [{"cert", "subject", "sans", "not_after", "days_left"}]}"""
         ...
 
-    async def reload_config(self) -> dict[str, Any]:
-        """Re-read the config file → {"ok": true, ...}; raise ConfigError listing problems."""
+    async def reload_config(self, *, force: bool = False) -> dict[str, Any]:
+        """Re-read the config file → {"ok": true, ..., "switch": {APP: {"old", "new"}}};
+        raise ConfigError listing problems (a color in use dropped, unless `force`)."""
         ...
 
     def health_view(self) -> dict[str, Any]:
@@ -98,7 +99,7 @@ class BoardHooks:
     def certs_view(self) -> dict[str, Any]:
         return {"certificates": []}
 
-    async def reload_config(self) -> dict[str, Any]:
+    async def reload_config(self, *, force: bool = False) -> dict[str, Any]:
         raise ConfigError(["this control server has no config file to reload"])
 
     def health_view(self) -> dict[str, Any]:
@@ -137,6 +138,13 @@ class DrainBody(Body):
 
 class EmptyBody(Body):
     pass
+
+
+class ReloadBody(Body):
+    force: bool = Field(
+        default=False,
+        description="drop colors in use (active, candidate, draining) that the new config lacks",
+    )
 
 
 def _field_problem(model: type[Body], err: Any) -> str:
@@ -250,15 +258,20 @@ async def reload_certs(request: web.Request) -> web.StreamResponse:
 
 
 async def reload_config(request: web.Request) -> web.StreamResponse:
-    body = await parse_body(request, EmptyBody)
+    body = await parse_body(request, ReloadBody)
     try:
-        result = await request.app[HOOKS].reload_config()
+        result = await request.app[HOOKS].reload_config(force=body.force)
     except ConfigError as e:
         _audit(request, "config reload", None, body, result="refused", error="; ".join(e.problems))
         return _error(
             409, "reload refused, the previous config stays in force: " + "; ".join(e.problems)
         )
-    _audit(request, "config reload", None, body, result="ok")
+    switched: dict[str, dict[str, str | None]] = result.get("switch") or {}
+    # One line per app whose switch state the reload changed (like a `set`), else one.
+    for app, change in switched.items():
+        _audit(request, "config reload", app, body, result="ok", **change)
+    if not switched:
+        _audit(request, "config reload", None, body, result="ok")
     return web.json_response(result)
 
 
@@ -323,7 +336,7 @@ ROUTES = [
     Route("GET", "/v1/health", health, "Health of every color"),
     Route("POST", "/v1/certs/reload", reload_certs, "Reload TLS certificates", EmptyBody),
     Route("GET", "/v1/certs", certs, "Loaded certificates"),
-    Route("POST", "/v1/config/reload", reload_config, "Re-read the config file", EmptyBody),
+    Route("POST", "/v1/config/reload", reload_config, "Re-read the config file", ReloadBody),
     Route("GET", "/v1/openapi.json", openapi, "This document"),
     Route("GET", "/metrics", metrics, "Prometheus metrics"),
 ]

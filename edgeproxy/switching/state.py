@@ -246,6 +246,50 @@ def guard_trip(state: AppState, reason: str, now: float) -> AppState:
     return _next(state, now, weight=0, guard=Guard(reason=reason, at=now))
 
 
+def lost_roles(state: AppState, colors: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(color, role) for each color that serves or drains traffic and is not in `colors`.
+
+    Roles: `active`, `candidate`, `draining`. A config reload that would drop one
+    of these is refused unless forced (`previous` is only a rollback target).
+    """
+    lost = []
+    if state.active not in colors:
+        lost.append((state.active, "active"))
+    if state.candidate is not None and state.candidate not in colors:
+        lost.append((state.candidate, "candidate"))
+    lost += [(c, "draining") for c in state.draining if c not in colors]
+    return lost
+
+
+def refit(state: AppState, colors: tuple[str, ...], fallback: str, now: float) -> AppState:
+    """`state` fitted to a new list of configured colors (a config reload).
+
+    A color that is gone loses its roles: without its active color the app
+    moves to `fallback` at 100%; a gone candidate's share goes back to the
+    active color; a gone draining color is no longer drained (nor cut); a gone
+    previous color is forgotten. Pause and generation carry on: the result is
+    `state` itself when nothing changes, else the next generation.
+    """
+    if colors == state.colors:
+        return state
+    active = state.active if state.active in colors else fallback
+    candidate = state.candidate
+    if candidate not in colors or candidate == active:
+        candidate = None
+    previous = state.previous if state.previous in colors and state.previous != active else None
+    return _next(
+        state,
+        now,
+        colors=colors,
+        active=active,
+        candidate=candidate,
+        weight=state.weight if candidate is not None else 0,
+        previous=previous,
+        draining={c: d for c, d in state.draining.items() if c in colors and c != active},
+        guard=state.guard if candidate is not None else None,
+    )
+
+
 # --- persistence ---------------------------------------------------------------------------
 
 
