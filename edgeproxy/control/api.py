@@ -391,12 +391,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(403, "cannot identify the peer of this connection")
     peer = peer_of(sock)
     if not allowed(peer, request.app[CONTROL]):
-        log.warning("refused control request from uid %d (pid %d)", peer.uid, peer.pid)
-        return _error(
-            403,
+        message = (
             f"uid {peer.uid} (pid {peer.pid}) may not use the control socket; "
-            "add it to control.allow_uids (or its group to control.allow_gids)",
+            "add it to control.allow_uids (or its group to control.allow_gids)"
         )
+        log.warning("refused control request from uid %d (pid %d)", peer.uid, peer.pid)
+        line: dict[str, Any] = {"peer_uid": peer.uid, "peer_gid": peer.gid, "peer_pid": peer.pid}
+        line |= {"verb": f"{request.method} {request.path}", "app": request.match_info.get("app")}
+        audit_log.info("%s", json.dumps(line | {"result": "refused", "error": message}))
+        return _error(403, message)
     request[PEER] = peer
     try:
         return await handler(request)
