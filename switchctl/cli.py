@@ -154,6 +154,11 @@ def format_status(views: dict[str, AppView], now: float | None = None) -> str:
             else f"{name}:"
         )
         lines.append(header)
+        if v.get("set_aside"):
+            copy = v.get("set_aside_copy")
+            where = f"; the file as it was: {copy}" if copy else ""
+            lines.append(f"  SAVED STATE SET ASIDE AT BOOT{where}:")
+            lines.extend(f"    - {note}" for note in v["set_aside"])
         color_rows = [["COLOR", "WEIGHT", "IN-FLIGHT", "TUNNELS", "HEALTH", "ERR", "P99"]]
         for color, c in v["colors"].items():
             health = "healthy" if c.get("healthy", True) else "UNHEALTHY"

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 DEFAULT_SOCKET = "/run/edgeproxy/control.sock"
 
@@ -66,6 +66,9 @@ class AppView(TypedDict):
     generation: int
     changed_at: float
     guard: dict[str, Any] | None
+    set_aside: NotRequired[list[str]]
+    """What of the app's saved state could not be used at boot, and why."""
+    set_aside_copy: NotRequired[str | None]
     colors: dict[str, ColorView]
 
 

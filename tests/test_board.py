@@ -392,3 +392,83 @@ async def test_a_forced_reload_that_drops_the_active_color_is_health_checked_and
     # A reload that changes nothing changes no state.
     assert await board.reconfigure(make_config(shop=("blue", "green"))) == {}
     assert board.states["shop"].generation == 6
+
+
+def record(colors: list[str], active: str, generation: int, **more: object) -> dict[str, object]:
+    return {"colors": colors, "active": active, "generation": generation, **more}
+
+
+async def test_a_partly_invalid_state_file_restores_every_valid_record_and_sets_aside_the_rest(
+    make_config: MakeConfig, store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = json.dumps(
+        {
+            "version": 1,
+            "apps": {
+                "shop": record(["blue", "green"], "green", 4, previous="blue"),
+                "blog": record(["a", "b"], "b", 3, candidate="purple", weight=10),
+                "wiki": record(["x", "y"], "nope", 7),
+            },
+        }
+    )
+    store.path.write_text(text)
+    config = make_config(shop=("blue", "green"), blog=("a", "b"), wiki=("x", "y"))
+    with caplog.at_level(logging.ERROR, logger="edgeproxy.state"):
+        board = SwitchBoard.load(config, store)
+    shop, blog, wiki = (board.states[a] for a in ("shop", "blog", "wiki"))
+    assert (shop.active, shop.previous, shop.generation) == ("green", "blue", 4)
+    assert (blog.active, blog.candidate, blog.weight, blog.generation) == ("b", None, 0, 3)
+    assert (wiki.active, wiki.generation) == ("x", 8)  # default color; the generation goes up
+    assert board.set_aside["blog"] == [
+        "candidate 'purple' (weight 10) set aside: it is not one of its colors ['a', 'b'] "
+        "other than the active one"
+    ]
+    assert board.set_aside["wiki"] == [
+        "the saved record is not usable: active color 'nope' is not one of its colors "
+        "['x', 'y']; started on x"
+    ]
+    assert "shop" not in board.set_aside
+    assert board.view("shop")["set_aside"] == []
+    assert board.view("blog")["set_aside"] == board.set_aside["blog"]
+    copy = board.set_aside_copy
+    assert copy is not None and copy.name.startswith("state.json.rejected-")
+    assert copy.read_text() == text
+    assert board.view("wiki")["set_aside_copy"] == str(copy)
+    assert "app blog: candidate 'purple'" in caplog.text
+    assert "app wiki: the saved record is not usable" in caplog.text
+    assert str(copy) in caplog.text
+    assert saved(store)["shop"]["active"] == "green"
+
+
+async def test_a_state_file_of_a_future_version_restores_what_it_can_read_and_says_so(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    store.path.write_text(
+        json.dumps(
+            {
+                "version": 2,
+                "apps": {"shop": record(["blue", "green"], "green", 9, sticky_salt="x1")},
+            }
+        )
+    )
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    shop = board.states["shop"]
+    assert (shop.active, shop.generation) == ("green", 9)
+    assert board.set_aside["shop"] == [
+        "the file has version 2 and this edgeproxy writes version 1: each app's record "
+        "was read by version 1's rules",
+        "unknown field sticky_salt (set aside)",
+    ]
+    assert board.set_aside_copy is not None and board.set_aside_copy.exists()
+
+
+async def test_a_saved_color_the_config_no_longer_has_is_reported_as_set_aside(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    old = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    await old.set("shop", "green", 100)
+    board = SwitchBoard.load(make_config(shop=("blue",)), store)
+    assert (board.states["shop"].active, board.states["shop"].generation) == ("blue", 2)
+    assert board.set_aside["shop"] == [
+        "saved active color 'green' is not in the config (now: active=blue gen=2)"
+    ]

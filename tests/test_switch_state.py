@@ -286,3 +286,19 @@ def test_lost_roles_name_the_active_candidate_and_draining_colors_a_new_config_l
         ("red", "candidate"),
         ("blue", "draining"),
     ]
+
+
+@given(st.lists(steps, max_size=30))
+def test_restoring_a_file_edgeproxy_wrote_gives_back_every_state_and_sets_nothing_aside(
+    seq: list[Step],
+) -> None:
+    s = fresh()
+    for i, step in enumerate(seq):
+        try:
+            s = step(s, float(i + 2))
+        except SwitchError:
+            pass
+    blog = sw.initial("blog", ("a", "b"), "b", now=3.0)
+    restored = sw.restore(sw.to_json({"shop": s, "blog": blog}))
+    assert restored.states == {"shop": s, "blog": blog}
+    assert (restored.set_aside, restored.problems) == ({}, [])

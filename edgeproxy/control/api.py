@@ -73,10 +73,15 @@ def switch_metrics(board: SwitchBoard) -> str:
         "# TYPE edgeproxy_switch_paused gauge",
         "# HELP edgeproxy_switch_draining 1 while the color drains.",
         "# TYPE edgeproxy_switch_draining gauge",
+        "# HELP edgeproxy_state_records_rejected Parts of the app's saved switch state that "
+        "could not be used at boot (0: restored whole; see switchctl status).",
+        "# TYPE edgeproxy_state_records_rejected gauge",
     ]
     for app, s in sorted(board.states.items()):
         lines.append(f'edgeproxy_switch_generation{{app="{app}"}} {s.generation}')
         lines.append(f'edgeproxy_switch_paused{{app="{app}"}} {int(s.paused)}')
+        rejected = len(board.set_aside.get(app, []))
+        lines.append(f'edgeproxy_state_records_rejected{{app="{app}"}} {rejected}')
         for color, share in weights(s).items():
             lines.append(f'edgeproxy_switch_weight{{app="{app}",color="{color}"}} {share}')
             draining = int(color in s.draining)

@@ -17,6 +17,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from edgeproxy.config import Config
@@ -161,30 +163,71 @@ class SwitchBoard:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._replaced: dict[str, AppState] = {}
+        self.set_aside: dict[str, list[str]] = {}
+        """App → what of its saved state could not be used at boot (see `load`)."""
+        self.set_aside_copy: Path | None = None
+        """The copy of the state file as it was when something was set aside."""
 
     @classmethod
     def load(cls, config: Config, store: StateStore, **kwargs: Any) -> SwitchBoard:
-        """Restore the saved state (or start every app on its default color)."""
+        """Restore the saved state app by app; set aside (and report) what cannot be used.
+
+        Every app whose saved record is valid keeps its state. What cannot be
+        used (a whole record, a part of one, a color the config lacks) is logged
+        per app, listed in the app's view (`set_aside`) and counted by the
+        `edgeproxy_state_records_rejected` metric until the next restart; the
+        file as it was is kept beside it (`state.json.rejected-<time>`, or
+        `.corrupt-<time>` when it could not be read at all).
+        """
         now = time.time()
+        set_aside: dict[str, list[str]] = {}
+        copy: Path | None = None
         try:
-            restored = store.load()
+            restored = store.restore()
         except CorruptStateFile as e:
-            moved = store.quarantine(now)
-            log.error(
-                "%s; moved it aside to %s and starting every app on its default color",
-                e,
-                moved or "(could not move it)",
-            )
+            copy = store.quarantine(now)
+            log.error("%s; moved it aside to %s", e, copy or "(could not move it)")
             restored = None
-        states, warnings = reconcile(config, restored or {}, now)
+            set_aside = {
+                name: [f"the state file could not be read ({e}); started on {app.first_color}"]
+                for name, app in config.apps.items()
+            }
+        saved = {} if restored is None else restored.states
+        states, warnings = reconcile(config, saved, now)
         for w in warnings:
             log.warning("%s", w)
-        if restored != states:
+        if restored is not None:
+            for name, app in config.apps.items():
+                notes = [*restored.problems, *restored.set_aside.get(name, [])]
+                old = saved.get(name)
+                if old is not None:
+                    notes += [
+                        f"saved {role} color {color!r} is not in the config "
+                        f"(now: {states[name].summary()})"
+                        for color, role in sw.lost_roles(old, tuple(app.colors))
+                    ]
+                elif name in restored.set_aside:
+                    notes[-1] += f"; started on {app.first_color}"
+                    generation = restored.generations.get(name)
+                    if generation is not None:  # the generation never goes down
+                        states[name] = replace(states[name], generation=generation + 1)
+                if notes:
+                    set_aside[name] = notes
+            if any(restored.set_aside.get(n) for n in config.apps) or restored.problems:
+                copy = store.keep_copy(now)
+        for name, notes in set_aside.items():
+            for note in notes:
+                log.error("state file %s: app %s: %s", store.path, name, note)
+        if copy is not None and restored is not None:
+            log.error("state file %s: kept a copy as it was at %s", store.path, copy)
+        if saved != states:
             try:
                 store.save(states)
             except StateFileError as e:
                 log.error("%s; switching will fail until this is fixed", e)
-        return cls(config, store, states, **kwargs)
+        board = cls(config, store, states, **kwargs)
+        board.set_aside, board.set_aside_copy = set_aside, copy
+        return board
 
     # --- reading -------------------------------------------------------------------------
 
@@ -224,6 +267,8 @@ class SwitchBoard:
             "generation": s.generation,
             "changed_at": s.changed_at,
             "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},
+            "set_aside": self.set_aside.get(app, []),
+            "set_aside_copy": None if self.set_aside_copy is None else str(self.set_aside_copy),
             "colors": colors,
         }
 
