@@ -13,17 +13,17 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edgeproxy.config import Config
+from edgeproxy.config import Config, Upstream
 from edgeproxy.control.api import start_control_server, stop_control_server, switch_metrics
 from edgeproxy.control.store import StateStore
 from edgeproxy.health.monitor import HealthMonitor
+from edgeproxy.health.probe import probe_now
 from edgeproxy.observability.access_log import AccessLogWriter
 from edgeproxy.observability.guard import CanaryGuard
 from edgeproxy.observability.listener import start_metrics_listener
@@ -31,7 +31,7 @@ from edgeproxy.observability.metrics import Metrics
 from edgeproxy.proxy.context import ProxyContext
 from edgeproxy.proxy.picker import Picker
 from edgeproxy.server import Server
-from edgeproxy.switching.board import SwitchBoard, reconcile
+from edgeproxy.switching.board import ReloadHealthFn, SwitchBoard
 from edgeproxy.switching.state import AppState, weights
 
 if TYPE_CHECKING:
@@ -54,8 +54,8 @@ class ServerHooks:
     async def reload_certs(self) -> dict[str, Any]:
         return await self.server.reload_certs()
 
-    async def reload_config(self) -> dict[str, Any]:
-        return await self.server.reload_config()
+    async def reload_config(self, *, force: bool = False) -> dict[str, Any]:
+        return await self.server.reload_config(force=force)
 
     def certs_view(self) -> dict[str, Any]:
         return {
@@ -89,18 +89,51 @@ class Switching:
         for app, state in board.states.items():
             log.info("app %s: %s", app, state.summary())
 
-    async def reconfigure(self, server: Server, config: Config, ctx: ProxyContext) -> None:
-        """A config reload: fit the switch states to the new apps and colors, persist them."""
+    async def reconfigure(
+        self, server: Server, config: Config, ctx: ProxyContext, *, force: bool = False
+    ) -> dict[str, Any]:
+        """A config reload: fit the switch states to the new apps and colors.
+
+        Through the board's one locked path (refused while it would drop a color
+        in use unless forced; health-checked; persisted; generations go up).
+        Raises ConfigError before anything changed.
+        """
         board = self.board
         assert board is not None
-        states, warnings = reconcile(config, board.states, time.time())
-        for w in warnings:
-            log.warning("%s", w)
-        board.store.save(states)  # raises before anything changed if the disk refuses
-        board.config = config
-        board.states = states
+        changes = await board.reconfigure(
+            config, force=force, health=self._reload_health(board, config)
+        )
         ctx.picker = Picker(config, board, ctx.override_nets)
         # The board's data-plane hooks point at the tracker, which the new context shares.
+        return {
+            "switch": {
+                app: {
+                    "old": None if old is None else old.summary(),
+                    "new": None if new is None else new.summary(),
+                }
+                for app, (old, new) in sorted(changes.items())
+            }
+        }
+
+    @staticmethod
+    def _reload_health(board: SwitchBoard, config: Config) -> ReloadHealthFn:
+        """Health under the new config: the running checks' verdict where they cover the
+        color as configured now, else one check of each of its upstreams right away."""
+        running = board.config
+
+        async def health(app: str, color: str) -> tuple[bool, list[str]]:
+            spec, before = config.apps[app], running.apps.get(app)
+            urls = spec.colors[color].upstreams
+            if (
+                before is not None
+                and color in before.colors
+                and before.colors[color].upstreams == urls
+                and before.health == spec.health
+            ):
+                return board.health(app, color)
+            return await probe_now([Upstream.parse(u).url for u in urls], spec.health)
+
+        return health
 
     def _on_change(self, server: Server) -> Any:
         def changed(app: str, old: AppState, new: AppState) -> None:
@@ -154,7 +187,9 @@ class Observability:
 
             server.certs.dispatch.sni_callback = counting_sni
 
-    async def reconfigure(self, server: Server, config: Config, ctx: ProxyContext) -> None:
+    async def reconfigure(
+        self, server: Server, config: Config, ctx: ProxyContext, *, force: bool = False
+    ) -> None:
         """A config reload: checks, metrics and guard for the new apps and upstreams.
 
         The new health monitor judges every upstream once before the new context

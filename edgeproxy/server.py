@@ -181,14 +181,16 @@ class Server:
                     pass  # logged by reload(); retried on the next change
 
     # -- config reload ------------------------------------------------------------
-    async def reload_config(self) -> dict[str, Any]:
+    async def reload_config(self, *, force: bool = False) -> dict[str, Any]:
         """Apply the config file again without dropping a connection.
 
         Everything new is built and checked first (model, policies, certificates);
         then plugins move to it (switch states fitted to the new apps and colors,
         health checks run once for the new upstreams), and the context pointer is
         swapped. Listeners, the control socket and the state file stay: changing
-        those needs a restart, and the reload says so.
+        those needs a restart, and the reload says so. A reload that would drop a
+        color in use is refused unless `force` (see `SwitchBoard.reconfigure`).
+        Plugins may add entries to the reply (the switch changes, per app).
         """
         if self.config_path is None:
             raise ConfigError(["no config file to reload: edgeproxy was started without one"])
@@ -213,13 +215,17 @@ class Server:
                 raise ConfigError([f"{self.config_path}: tls.certificates: {e}"]) from e
             old = self.ctx
             ctx = ProxyContext(new, previous=old)
+            result: dict[str, Any] = {"ok": True, "sites": len(new.sites), "apps": sorted(new.apps)}
             for plugin in self.plugins:
                 reconfigure = getattr(plugin, "reconfigure", None)
                 if reconfigure is not None:
-                    await reconfigure(self, new, ctx)
+                    extra = await reconfigure(self, new, ctx, force=force)
+                    if isinstance(extra, dict):
+                        result |= extra
             self.certs.install(certs, new.tls.certificates)
             self.certs.log_serving()
             self.config, self.ctx = new, ctx
+            old.replaced_by = ctx  # for connections accepted before, handshaking now
             for conn in list(ctx.connections):
                 conn.ctx = ctx  # their next request routes with the new config
             log.info(
@@ -228,7 +234,7 @@ class Server:
                 len(new.sites),
                 ", ".join(new.apps) or "none",
             )
-            return {"ok": True, "sites": len(new.sites), "apps": sorted(new.apps)}
+            return result
 
     # -- run / stop -------------------------------------------------------------
     def install_signal_handlers(self) -> None:

@@ -179,6 +179,11 @@ def format_status(views: dict[str, AppView], now: float | None = None) -> str:
             else f"{name}:"
         )
         lines.append(header)
+        if v.get("set_aside"):
+            copy = v.get("set_aside_copy")
+            where = f"; the file as it was: {copy}" if copy else ""
+            lines.append(f"  SAVED STATE SET ASIDE AT BOOT{where}:")
+            lines.extend(f"    - {note}" for note in v["set_aside"])
         color_rows = [["COLOR", "WEIGHT", "IN-FLIGHT", "TUNNELS", "HEALTH", "ERR", "P99"]]
         for color, c in v["colors"].items():
             health = "healthy" if c.get("healthy", True) else "UNHEALTHY"
@@ -478,23 +483,34 @@ def config() -> None:
 
 
 @config.command("reload", epilog=EXIT_CODES)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Reload even if the new config drops a color in use (active, candidate, draining).",
+)
 @common
 @click.pass_context
-def config_reload(ctx: click.Context, app: str | None, as_json: bool) -> None:
+def config_reload(ctx: click.Context, force: bool, app: str | None, as_json: bool) -> None:
     """Re-read the config file: new sites, routes, upstreams and policies, no dropped connection.
 
     A config with problems is refused (exit 1, each problem printed) and the
-    previous one stays in force. Changing listen, control or state_file needs a
-    restart. `kill -HUP $(pidof edgeproxy)` does the same reload.
+    previous one stays in force. So is one that drops a color an app uses
+    (its active color, its canary candidate, a color draining): switch away
+    first, or pass --force (the active color then moves to the app's
+    default_color, refused while that one is unhealthy). Changing listen,
+    control or state_file needs a restart. `kill -HUP $(pidof edgeproxy)` does
+    the same reload, without --force.
     """
     opts = _opts(ctx, app, as_json)
-    result = opts.client().reload_config()
+    result = opts.client().reload_config(force=force)
     if opts.as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(
         f"reloaded: {result.get('sites')} site(s), apps: {', '.join(result.get('apps', [])) or 'none'}"
     )
+    for name, change in sorted((result.get("switch") or {}).items()):
+        click.echo(f"  {name}: {change.get('old') or '-'} → {change.get('new') or '-'}")
 
 
 def _load_plugins() -> None:

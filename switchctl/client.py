@@ -12,7 +12,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 DEFAULT_SOCKET = "/run/edgeproxy/control.sock"
 
@@ -76,6 +76,9 @@ class AppView(TypedDict):
     generation: int
     changed_at: float
     guard: dict[str, Any] | None
+    set_aside: NotRequired[list[str]]
+    """What of the app's saved state could not be used at boot, and why."""
+    set_aside_copy: NotRequired[str | None]
     colors: dict[str, ColorView]
 
 
@@ -155,8 +158,8 @@ class ControlClient:
     def reload_certs(self) -> dict[str, Any]:
         return self._json("POST", "/v1/certs/reload", {})
 
-    def reload_config(self) -> dict[str, Any]:
-        return self._json("POST", "/v1/config/reload", {})
+    def reload_config(self, force: bool = False) -> dict[str, Any]:
+        return self._json("POST", "/v1/config/reload", {"force": force})
 
     # --- plumbing --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 
 from edgeproxy.config import Config
 from edgeproxy.control.store import StateFileError, StateStore
-from edgeproxy.errors import NotFoundError, SwitchError, UnhealthyTarget
+from edgeproxy.errors import ConfigError, NotFoundError, SwitchError, UnhealthyTarget
 from edgeproxy.switching import state as sw
 from edgeproxy.switching.board import SwitchBoard
 from edgeproxy.switching.state import AppState
@@ -330,3 +330,145 @@ async def test_a_waiter_that_gave_up_does_not_hold_back_the_ones_behind_it(
     assert await first
     assert await last
     assert released == ["impatient", "first", "last"]
+
+
+async def test_a_config_reload_that_drops_a_color_in_use_is_refused_naming_the_color_and_what_to_do(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    config = make_config(shop=("blue", "green", "red"), blog=("a", "b"))
+    board = SwitchBoard.load(config, store)
+    await board.set("shop", "green", 100)
+    await board.drain("shop", "blue", seconds=600)
+    await board.set("shop", "red", 10)
+    before, on_disk = board.states, store.path.read_text()
+    with pytest.raises(ConfigError) as refused:
+        await board.reconfigure(make_config(shop=("purple",), blog=("a", "b")))
+    assert refused.value.problems == [
+        "config reload would drop green, which is active for app shop: "
+        "`switchctl --app shop set purple` first, or reload with --force",
+        "config reload would drop red, the canary candidate of app shop (10%): "
+        "`switchctl --app shop set green` first (ends the canary), or reload with --force",
+        "config reload would drop blue, which is draining for app shop: "
+        "wait until its drain ends (`switchctl --app shop status`), or reload with --force",
+    ]
+    assert board.states is before
+    assert board.config is config
+    assert store.path.read_text() == on_disk
+
+
+async def test_a_forced_reload_that_drops_the_active_color_is_health_checked_and_raises_the_generation(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    for color in ("green", "blue", "green"):
+        await board.set("shop", color, 100)
+    await board.set("shop", "blue", 0)
+    green = board.states["shop"]
+    assert (green.active, green.generation) == ("green", 4)
+    seen: list[tuple[str, str]] = []
+    board.add_listener(lambda app, old, new: seen.append((old.summary(), new.summary())))
+
+    async def unhealthy(app: str, color: str) -> tuple[bool, list[str]]:
+        return False, ["http://127.0.0.1:9: GET /health → 503"]
+
+    async def healthy(app: str, color: str) -> tuple[bool, list[str]]:
+        return True, []
+
+    only_blue = make_config(shop=("blue",))
+    with pytest.raises(ConfigError, match=r"cannot reload the config for shop: blue is unhealthy"):
+        await board.reconfigure(only_blue, force=True, health=unhealthy)
+    assert board.states["shop"] is green
+    assert seen == []
+    changes = await board.reconfigure(only_blue, force=True, health=healthy)
+    blue = board.states["shop"]
+    assert (blue.active, blue.candidate, blue.generation) == ("blue", None, 5)
+    assert changes == {"shop": (green, blue)}
+    assert board.replaced("shop") is green
+    assert seen == [("active=green candidate=blue@0 gen=4", "active=blue gen=5")]
+    assert saved(store)["shop"]["generation"] == 5
+    # Green configured again: a new color list, the same switch, the generation still rises.
+    await board.reconfigure(make_config(shop=("blue", "green")))
+    assert (board.states["shop"].active, board.states["shop"].generation) == ("blue", 6)
+    # A reload that changes nothing changes no state.
+    assert await board.reconfigure(make_config(shop=("blue", "green"))) == {}
+    assert board.states["shop"].generation == 6
+
+
+def record(colors: list[str], active: str, generation: int, **more: object) -> dict[str, object]:
+    return {"colors": colors, "active": active, "generation": generation, **more}
+
+
+async def test_a_partly_invalid_state_file_restores_every_valid_record_and_sets_aside_the_rest(
+    make_config: MakeConfig, store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = json.dumps(
+        {
+            "version": 1,
+            "apps": {
+                "shop": record(["blue", "green"], "green", 4, previous="blue"),
+                "blog": record(["a", "b"], "b", 3, candidate="purple", weight=10),
+                "wiki": record(["x", "y"], "nope", 7),
+            },
+        }
+    )
+    store.path.write_text(text)
+    config = make_config(shop=("blue", "green"), blog=("a", "b"), wiki=("x", "y"))
+    with caplog.at_level(logging.ERROR, logger="edgeproxy.state"):
+        board = SwitchBoard.load(config, store)
+    shop, blog, wiki = (board.states[a] for a in ("shop", "blog", "wiki"))
+    assert (shop.active, shop.previous, shop.generation) == ("green", "blue", 4)
+    assert (blog.active, blog.candidate, blog.weight, blog.generation) == ("b", None, 0, 3)
+    assert (wiki.active, wiki.generation) == ("x", 8)  # default color; the generation goes up
+    assert board.set_aside["blog"] == [
+        "candidate 'purple' (weight 10) set aside: it is not one of its colors ['a', 'b'] "
+        "other than the active one"
+    ]
+    assert board.set_aside["wiki"] == [
+        "the saved record is not usable: active color 'nope' is not one of its colors "
+        "['x', 'y']; started on x"
+    ]
+    assert "shop" not in board.set_aside
+    assert board.view("shop")["set_aside"] == []
+    assert board.view("blog")["set_aside"] == board.set_aside["blog"]
+    copy = board.set_aside_copy
+    assert copy is not None and copy.name.startswith("state.json.rejected-")
+    assert copy.read_text() == text
+    assert board.view("wiki")["set_aside_copy"] == str(copy)
+    assert "app blog: candidate 'purple'" in caplog.text
+    assert "app wiki: the saved record is not usable" in caplog.text
+    assert str(copy) in caplog.text
+    assert saved(store)["shop"]["active"] == "green"
+
+
+async def test_a_state_file_of_a_future_version_restores_what_it_can_read_and_says_so(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    store.path.write_text(
+        json.dumps(
+            {
+                "version": 2,
+                "apps": {"shop": record(["blue", "green"], "green", 9, sticky_salt="x1")},
+            }
+        )
+    )
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    shop = board.states["shop"]
+    assert (shop.active, shop.generation) == ("green", 9)
+    assert board.set_aside["shop"] == [
+        "the file has version 2 and this edgeproxy writes version 1: each app's record "
+        "was read by version 1's rules",
+        "unknown field sticky_salt (set aside)",
+    ]
+    assert board.set_aside_copy is not None and board.set_aside_copy.exists()
+
+
+async def test_a_saved_color_the_config_no_longer_has_is_reported_as_set_aside(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    old = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    await old.set("shop", "green", 100)
+    board = SwitchBoard.load(make_config(shop=("blue",)), store)
+    assert (board.states["shop"].active, board.states["shop"].generation) == ("blue", 2)
+    assert board.set_aside["shop"] == [
+        "saved active color 'green' is not in the config (now: active=blue gen=2)"
+    ]

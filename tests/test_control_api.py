@@ -236,6 +236,27 @@ def test_a_peer_whose_uid_is_not_allowed_gets_403(
     assert "control.allow_uids" in message
 
 
+def test_a_refused_peer_is_logged_on_the_audit_logger_with_its_uid_pid_and_request(
+    control_proxy: StartProxy, public_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sock = public_dir / "control.sock"
+    control_proxy(control={"socket": str(sock), "mode": 0o666}, shop=("blue", "green"))
+    with caplog.at_level(logging.INFO, logger="edgeproxy.audit"):
+        assert request_as_nobody(sock)[0] == 403
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "edgeproxy.audit"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line["peer_uid"], line["peer_gid"], line["verb"], line["result"]) == (
+        65534,
+        65534,
+        "GET /v1/apps",
+        "refused",
+    )
+    assert line["peer_pid"] > 0
+    assert "uid 65534" in line["error"]
+    assert "control.allow_uids" in line["error"]
+
+
 def test_a_peer_on_the_uid_allowlist_is_served(control_proxy: StartProxy, public_dir: Path) -> None:
     sock = public_dir / "control.sock"
     control_proxy(

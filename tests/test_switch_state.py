@@ -243,3 +243,62 @@ def test_a_refused_transition_leaves_the_state_exactly_as_it_was(
         last(s, 1000.0)
     except SwitchError:
         assert sw.to_json({"shop": s}) == before
+
+
+@given(
+    st.lists(steps, max_size=20),
+    st.lists(st.sampled_from([*COLORS, "purple", "teal"]), min_size=1, max_size=4, unique=True),
+    st.data(),
+)
+def test_refitting_to_new_colors_keeps_the_switch_consistent_and_never_lowers_the_generation(
+    seq: list[Step], colors: list[str], data: st.DataObject
+) -> None:
+    s = fresh()
+    for i, step in enumerate(seq):
+        try:
+            s = step(s, float(i + 2))
+        except SwitchError:
+            pass
+    fallback = data.draw(st.sampled_from(colors))
+    new = sw.refit(s, tuple(colors), fallback, 1000.0)
+    lost = {role for _, role in sw.lost_roles(s, tuple(colors))}
+    if tuple(colors) == s.colors:
+        assert new is s
+    else:
+        assert new.generation == s.generation + 1
+        assert new.colors == tuple(colors)
+    # A role survives when its color does; only a lost active color moves traffic.
+    assert new.active == (s.active if "active" not in lost else fallback)
+    if s.candidate in colors and s.candidate != new.active:
+        assert (new.candidate, new.weight) == (s.candidate, s.weight)
+    assert new.paused == s.paused
+    assert sum(sw.weights(new).values()) == 100
+    assert sw.from_json(sw.to_json({"shop": new})) == {"shop": new}
+
+
+def test_lost_roles_name_the_active_candidate_and_draining_colors_a_new_config_lacks() -> None:
+    s = sw.set_color(fresh(), "green", 100, 2.0)
+    s = sw.drain(s, "blue", deadline=50.0, now=3.0)
+    s = sw.set_color(s, "red", 10, 4.0)
+    assert sw.lost_roles(s, ("blue", "green", "red")) == []
+    assert sw.lost_roles(s, ("purple",)) == [
+        ("green", "active"),
+        ("red", "candidate"),
+        ("blue", "draining"),
+    ]
+
+
+@given(st.lists(steps, max_size=30))
+def test_restoring_a_file_edgeproxy_wrote_gives_back_every_state_and_sets_nothing_aside(
+    seq: list[Step],
+) -> None:
+    s = fresh()
+    for i, step in enumerate(seq):
+        try:
+            s = step(s, float(i + 2))
+        except SwitchError:
+            pass
+    blog = sw.initial("blog", ("a", "b"), "b", now=3.0)
+    restored = sw.restore(sw.to_json({"shop": s, "blog": blog}))
+    assert restored.states == {"shop": s, "blog": blog}
+    assert (restored.set_aside, restored.problems) == ({}, [])

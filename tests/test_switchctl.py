@@ -218,3 +218,29 @@ def test_the_cli_group_accepts_commands_registered_by_other_modules() -> None:
         assert CliRunner().invoke(cli, ["hello-plugin"]).output == "hi\n"
     finally:
         cli.commands.pop("hello-plugin")
+
+
+def test_status_and_metrics_show_what_of_the_saved_state_was_set_aside_at_boot(
+    control_proxy: StartProxy, tmp_path: Path
+) -> None:
+    state = tmp_path / "lib" / "state.json"
+    state.parent.mkdir()
+    shop = {"colors": ["blue", "green"], "active": "green", "generation": 3}
+    state.write_text(
+        json.dumps({"version": 1, "apps": {"shop": {**shop, "candidate": "purple", "weight": 10}}})
+    )
+    proxy = control_proxy(shop=("blue", "green"), blog=("a", "b"))
+    out = switchctl(proxy, "status").output
+    assert "shop:\n  SAVED STATE SET ASIDE AT BOOT; the file as it was: " in out
+    assert "state.json.rejected-" in out
+    assert (
+        "    - candidate 'purple' (weight 10) set aside: it is not one of its colors "
+        "['blue', 'green'] other than the active one\n"
+    ) in out
+    assert "blog:\n  COLOR" in out  # nothing set aside for blog
+    as_json = json.loads(switchctl(proxy, "status", "--json").output)
+    assert (as_json["shop"]["active"], as_json["shop"]["generation"]) == ("green", 3)
+    assert len(as_json["shop"]["set_aside"]) == 1
+    metrics = ControlClient(proxy.socket).metrics()
+    assert 'edgeproxy_state_records_rejected{app="shop"} 1\n' in metrics
+    assert 'edgeproxy_state_records_rejected{app="blog"} 0\n' in metrics

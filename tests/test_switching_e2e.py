@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -440,6 +441,45 @@ def test_a_config_reload_adds_a_site_without_dropping_a_connection_and_a_bad_one
                 proc.terminate()
                 raise AssertionError(proc.stderr.read().decode()[-3000:] if proc.stderr else "")
             time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_a_restart_with_a_future_state_file_and_a_bad_record_still_serves_each_saved_color(
+    tmp_path, backend
+):
+    blue, green = backend("blue"), backend("green")
+    port = free_port()
+    config = write_config(tmp_path, blue.url, green.url, port)
+    conf = yaml.safe_load(config.read_text())
+    conf["apps"]["blog"] = {"colors": {"a": {"upstreams": [blue.url]}}}
+    conf["sites"].append(site("blog", hosts=("blog.test",)))
+    config.write_text(yaml.safe_dump(conf))
+    (tmp_path / "state.json").write_text(
+        json.dumps(
+            {
+                "version": 2,
+                "apps": {
+                    "shop": {"colors": ["blue", "green"], "active": "green", "generation": 4},
+                    "blog": {"colors": ["a"], "active": "gone", "generation": 2},
+                },
+            }
+        )
+    )
+    proc = start_proxy(config, port)
+    try:
+        assert http_get(port, "/").body == b"green\n"
+        assert http_get(port, "/", host="blog.test").body == b"blue\n"
+        ctl = ControlClient(tmp_path / "ctl.sock")
+        shop, blog = ctl.app("shop"), ctl.app("blog")
+        assert (shop["active"], shop["generation"]) == ("green", 4)
+        assert "version 2" in shop["set_aside"][0]
+        assert (blog["active"], blog["generation"]) == ("a", 3)
+        assert "active color 'gone'" in blog["set_aside"][1]
+        assert 'edgeproxy_state_records_rejected{app="blog"} 2' in ctl.metrics()
     finally:
         proc.terminate()
         proc.wait(timeout=10)

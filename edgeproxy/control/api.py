@@ -51,8 +51,9 @@ class ControlHooks(Protocol):
         """{"certificates": [{"cert", "subject", "sans", "not_after", "days_left"}]}"""
         ...
 
-    async def reload_config(self) -> dict[str, Any]:
-        """Re-read the config file → {"ok": true, ...}; raise ConfigError listing problems."""
+    async def reload_config(self, *, force: bool = False) -> dict[str, Any]:
+        """Re-read the config file → {"ok": true, ..., "switch": {APP: {"old", "new"}}};
+        raise ConfigError listing problems (a color in use dropped, unless `force`)."""
         ...
 
     def health_view(self) -> dict[str, Any]:
@@ -71,10 +72,15 @@ def switch_metrics(board: SwitchBoard) -> str:
         "# TYPE edgeproxy_switch_paused gauge",
         "# HELP edgeproxy_switch_draining 1 while the color drains.",
         "# TYPE edgeproxy_switch_draining gauge",
+        "# HELP edgeproxy_state_records_rejected Parts of the app's saved switch state that "
+        "could not be used at boot (0: restored whole; see switchctl status).",
+        "# TYPE edgeproxy_state_records_rejected gauge",
     ]
     for app, s in sorted(board.states.items()):
         lines.append(f'edgeproxy_switch_generation{{app="{app}"}} {s.generation}')
         lines.append(f'edgeproxy_switch_paused{{app="{app}"}} {int(s.paused)}')
+        rejected = len(board.set_aside.get(app, []))
+        lines.append(f'edgeproxy_state_records_rejected{{app="{app}"}} {rejected}')
         for color, share in weights(s).items():
             lines.append(f'edgeproxy_switch_weight{{app="{app}",color="{color}"}} {share}')
             draining = int(color in s.draining)
@@ -97,7 +103,7 @@ class BoardHooks:
     def certs_view(self) -> dict[str, Any]:
         return {"certificates": []}
 
-    async def reload_config(self) -> dict[str, Any]:
+    async def reload_config(self, *, force: bool = False) -> dict[str, Any]:
         raise ConfigError(["this control server has no config file to reload"])
 
     def health_view(self) -> dict[str, Any]:
@@ -136,6 +142,13 @@ class DrainBody(Body):
 
 class EmptyBody(Body):
     pass
+
+
+class ReloadBody(Body):
+    force: bool = Field(
+        default=False,
+        description="drop colors in use (active, candidate, draining) that the new config lacks",
+    )
 
 
 def _field_problem(model: type[Body], err: Any) -> str:
@@ -249,15 +262,20 @@ async def reload_certs(request: web.Request) -> web.StreamResponse:
 
 
 async def reload_config(request: web.Request) -> web.StreamResponse:
-    body = await parse_body(request, EmptyBody)
+    body = await parse_body(request, ReloadBody)
     try:
-        result = await request.app[HOOKS].reload_config()
+        result = await request.app[HOOKS].reload_config(force=body.force)
     except ConfigError as e:
         _audit(request, "config reload", None, body, result="refused", error="; ".join(e.problems))
         return _error(
             409, "reload refused, the previous config stays in force: " + "; ".join(e.problems)
         )
-    _audit(request, "config reload", None, body, result="ok")
+    switched: dict[str, dict[str, str | None]] = result.get("switch") or {}
+    # One line per app whose switch state the reload changed (like a `set`), else one.
+    for app, change in switched.items():
+        _audit(request, "config reload", app, body, result="ok", **change)
+    if not switched:
+        _audit(request, "config reload", None, body, result="ok")
     return web.json_response(result)
 
 
@@ -322,7 +340,7 @@ ROUTES = [
     Route("GET", "/v1/health", health, "Health of every color"),
     Route("POST", "/v1/certs/reload", reload_certs, "Reload TLS certificates", EmptyBody),
     Route("GET", "/v1/certs", certs, "Loaded certificates"),
-    Route("POST", "/v1/config/reload", reload_config, "Re-read the config file", EmptyBody),
+    Route("POST", "/v1/config/reload", reload_config, "Re-read the config file", ReloadBody),
     Route("GET", "/v1/openapi.json", openapi, "This document"),
     Route("GET", "/metrics", metrics, "Prometheus metrics"),
 ]
@@ -377,12 +395,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(403, "cannot identify the peer of this connection")
     peer = peer_of(sock)
     if not allowed(peer, request.app[CONTROL]):
-        log.warning("refused control request from uid %d (pid %d)", peer.uid, peer.pid)
-        return _error(
-            403,
+        message = (
             f"uid {peer.uid} (pid {peer.pid}) may not use the control socket; "
-            "add it to control.allow_uids (or its group to control.allow_gids)",
+            "add it to control.allow_uids (or its group to control.allow_gids)"
         )
+        log.warning("refused control request from uid %d (pid %d)", peer.uid, peer.pid)
+        line: dict[str, Any] = {"peer_uid": peer.uid, "peer_gid": peer.gid, "peer_pid": peer.pid}
+        line |= {"verb": f"{request.method} {request.path}", "app": request.match_info.get("app")}
+        audit_log.info("%s", json.dumps(line | {"result": "refused", "error": message}))
+        return _error(403, message)
     request[PEER] = peer
     try:
         return await handler(request)

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from edgeproxy.errors import EdgeproxyError
-from edgeproxy.switching.state import AppState, StateFormatError, from_json, to_json
+from edgeproxy.switching.state import (
+    AppState,
+    Restored,
+    StateFormatError,
+    from_json,
+    restore,
+    to_json,
+)
 
 
 class StateFileError(EdgeproxyError):
@@ -42,6 +50,22 @@ class StateStore:
             raise CorruptStateFile(f"cannot read {self.path}: {e.strerror}") from e
         try:
             return from_json(raw)
+        except StateFormatError as e:
+            raise CorruptStateFile(f"{self.path}: {e}") from e
+
+    def restore(self) -> Restored | None:
+        """Read the file app by app (`state.restore`), or None when there is no file yet.
+
+        Raises CorruptStateFile only when it cannot be read or holds no `apps` object.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise CorruptStateFile(f"cannot read {self.path}: {e.strerror}") from e
+        try:
+            return restore(raw)
         except StateFormatError as e:
             raise CorruptStateFile(f"{self.path}: {e}") from e
 
@@ -73,6 +97,16 @@ class StateStore:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+    def keep_copy(self, now: float | None = None) -> Path | None:
+        """Copy the file as `state.json.rejected-<timestamp>` for inspection; return the copy."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        target = self.path.with_name(f"{self.path.name}.rejected-{stamp}")
+        try:
+            shutil.copy2(self.path, target)
+        except OSError:
+            return None
+        return target
 
     def quarantine(self, now: float | None = None) -> Path | None:
         """Move a bad state file aside as `state.json.corrupt-<timestamp>`; return its new path."""

@@ -21,6 +21,20 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
+async def probe_now(urls: list[str], spec: Health) -> tuple[bool, list[str]]:
+    """Check each upstream once now: (one passed?, what failed on the others).
+
+    For a color the running checks do not cover yet (a config reload that
+    brings it or changes its upstreams or checks).
+    """
+    if not spec.enabled:
+        return True, []
+    async with new_session() as session:
+        results = await asyncio.gather(*(probe(session, u, spec) for u in urls))
+    failing = [f"{u}: {detail}" for u, (ok, detail) in zip(urls, results, strict=True) if not ok]
+    return any(ok for ok, _ in results), failing
+
+
 async def probe(session: aiohttp.ClientSession, base_url: str, spec: Health) -> tuple[bool, str]:
     """(passed?, what was seen) for one GET of `spec.path` on `base_url`."""
     lo, hi = spec.status_range()

@@ -69,6 +69,7 @@ class CanaryGuard:
         self.task = asyncio.get_running_loop().create_task(self._run(), name="canary-guard")
 
     async def stop(self) -> None:
+        self.board.remove_listener(self.on_switch)  # a config reload starts another guard
         task, self.task = self.task, None
         if task is not None:
             task.cancel()

@@ -61,6 +61,7 @@ class ClientConnection:
         "read_fresh",
         "scheme",
         "sni",
+        "sni_router",
         "sni_site",
         "tasks",
         "timer",
@@ -91,6 +92,8 @@ class ClientConnection:
         self.peer_trusted = False
         self.sni: str | None = None
         self.sni_site: Any = None
+        self.sni_router: Any = None
+        """The router `sni_site` was resolved with (a config reload brings another)."""
         self.tls_version: str | None = None
         self.closing = False
         self.last_activity = 0.0
@@ -132,18 +135,38 @@ class ClientConnection:
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_ip = peer[0]
+        # Accepted before a config reload, handshake done after it: take the new context.
+        ctx = self.ctx
+        while ctx.replaced_by is not None:
+            ctx = ctx.replaced_by
+        self.ctx = ctx
         self.peer_ip_b = self.peer_ip.encode()
-        self.peer_trusted = self.ctx.is_trusted(self.peer_ip)
+        self.peer_trusted = ctx.is_trusted(self.peer_ip)
         if self.tls:
             ssl_obj = transport.get_extra_info("ssl_object")
             if ssl_obj is not None:
                 self.sni = getattr(ssl_obj, "edgeproxy_sni", None)
                 self.tls_version = ssl_obj.version()
-                self.sni_site = self.ctx.router.site_for_sni(self.sni)
+                self.sni_site = ctx.router.site_for_sni(self.sni)
+                self.sni_router = ctx.router
         self.ctx.connections.add(self)
         self.ctx.accepted[self.tls] += 1
         self.last_activity = self.loop.time()
         self._arm_timer(min(self.ctx.timeouts.client_idle, self.ctx.timeouts.send))
+
+    def sni_site_now(self) -> Any:
+        """The site of this connection's SNI name under the config in force.
+
+        Resolved at the handshake; a config reload rebuilds every site, so the
+        name is resolved again (once per reload) with the current router: a
+        request on a connection opened before a reload is answered like one on
+        a new connection with the same SNI name.
+        """
+        router = self.ctx.router
+        if self.sni_router is not router:
+            self.sni_site = router.site_for_sni(self.sni)
+            self.sni_router = router
+        return self.sni_site
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()

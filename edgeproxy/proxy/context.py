@@ -177,6 +177,8 @@ class ProxyContext:
         self.health_ok: Callable[[UpstreamPool], bool] | None = None
         self.accepted: list[int] = [0, 0] if previous is None else previous.accepted
         """Connections accepted so far: [plain HTTP, TLS (handshake done)]."""
+        self.replaced_by: ProxyContext | None = None
+        """The context a config reload put in force after this one."""
 
     def pool_for(self, upstream: Upstream) -> UpstreamPool:
         key = (upstream.host, upstream.port)

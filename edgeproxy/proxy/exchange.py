@@ -147,10 +147,16 @@ class Exchange:
         if site is None:
             self.local = build_response(404, close=not self.keep_alive)
             return
-        if client.tls and client.sni_site is not None and client.sni_site is not site:
-            self.local = build_response(421, headers=site.policy[True].response_headers, close=True)
-            self.keep_alive = False
-            return
+        if client.tls and client.sni_site is not site and client.sni is not None:
+            # Rare: Host names another site than the SNI name did, or a config
+            # reload rebuilt the sites (compare with the SNI name's site now).
+            sni_site = client.sni_site_now()
+            if sni_site is not None and sni_site is not site:
+                self.local = build_response(
+                    421, headers=site.policy[True].response_headers, close=True
+                )
+                self.keep_alive = False
+                return
         if not client.tls:
             if self.path.startswith(h.ACME_PREFIX) and ctx.webroot is not None:
                 self.local = h.acme_response(ctx.webroot, self.path, self.method)

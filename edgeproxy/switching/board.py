@@ -16,13 +16,14 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from edgeproxy.config import Config
 from edgeproxy.control.store import CorruptStateFile, StateFileError, StateStore
-from edgeproxy.errors import NotFoundError, SwitchError, UnhealthyTarget
+from edgeproxy.errors import ConfigError, NotFoundError, SwitchError, UnhealthyTarget
 from edgeproxy.switching import state as sw
 from edgeproxy.switching.state import AppState
 
@@ -59,7 +60,7 @@ def no_stats(app: str, color: str) -> dict[str, Any]:
 def reconcile(
     config: Config, restored: Mapping[str, AppState], now: float
 ) -> tuple[dict[str, AppState], list[str]]:
-    """Fit restored states to the configured apps and colors; say what was dropped."""
+    """Fit saved states to the configured apps and colors (`state.refit`); say what was dropped."""
     warnings = [
         f"dropping the saved state of app {name!r}: it is no longer in the config"
         for name in restored
@@ -72,29 +73,64 @@ def reconcile(
         if old is None:
             states[name] = sw.initial(name, colors, app.first_color, now)
             continue
-        if old.active not in colors:
+        states[name] = new = sw.refit(old, colors, app.first_color, now)
+        if old.active != new.active:
             warnings.append(
                 f"{name}: saved active color {old.active!r} is no longer configured; "
-                f"starting on {app.first_color!r}"
+                f"starting on {new.active!r}"
             )
-            states[name] = sw.initial(name, colors, app.first_color, now)
-            continue
-        candidate = old.candidate if old.candidate in colors else None
-        gone = {old.candidate, old.previous, *old.draining} - set(colors) - {None}
+        gone = {old.candidate, old.previous, *old.draining} - set(colors) - {None, old.active}
         if gone:
             warnings.append(
                 f"{name}: dropping saved references to colors no longer configured: "
                 + ", ".join(sorted(c for c in gone if c is not None))
             )
-        states[name] = replace(
-            old,
-            colors=colors,
-            candidate=candidate,
-            weight=old.weight if candidate else 0,
-            previous=old.previous if old.previous in colors else None,
-            draining={c: d for c, d in old.draining.items() if c in colors},
-        )
     return states, warnings
+
+
+def refusals(config: Config, states: Mapping[str, AppState]) -> list[str]:
+    """Why a config reload must not go through unless forced: it drops a color in use."""
+    problems = []
+    for name, s in states.items():
+        app = config.apps.get(name)
+        if app is None:
+            continue  # the whole app leaves the config (its routes with it)
+        fallback = app.first_color
+        for color, role in sw.lost_roles(s, tuple(app.colors)):
+            if role == "active":
+                what = f"which is active for app {name}"
+                todo = f"`switchctl --app {name} set {fallback}` first"
+            elif role == "candidate":
+                what = f"the canary candidate of app {name} ({s.weight}%)"
+                todo = f"`switchctl --app {name} set {s.active}` first (ends the canary)"
+            else:
+                what = f"which is draining for app {name}"
+                todo = f"wait until its drain ends (`switchctl --app {name} status`)"
+            problems.append(
+                f"config reload would drop {color}, {what}: {todo}, or reload with --force"
+            )
+    return problems
+
+
+Change = tuple[AppState | None, AppState | None]
+"""(old, new) state of an app across a config reload; None where it is not configured."""
+ReloadHealthFn = Callable[[str, str], Awaitable[tuple[bool, list[str]]]]
+"""(app, color) → (healthy?, failing checks) under the config being loaded."""
+
+
+def _grown(old: AppState, new: AppState) -> list[str]:
+    """The colors whose share of new requests is larger in `new` than in `old`."""
+    before, after = sw.weights(old), sw.weights(new)
+    return [c for c in new.colors if after[c] > before.get(c, 0)]
+
+
+def _unhealthy(
+    doing: str, color: str, failing: list[str], todo: str = "use --force to switch anyway"
+) -> str:
+    return (
+        f"cannot {doing}: {color} is unhealthy "
+        f"({'; '.join(failing) or 'no passing health check yet'}); fix it, or {todo}"
+    )
 
 
 class SwitchBoard:
@@ -127,30 +163,71 @@ class SwitchBoard:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._replaced: dict[str, AppState] = {}
+        self.set_aside: dict[str, list[str]] = {}
+        """App → what of its saved state could not be used at boot (see `load`)."""
+        self.set_aside_copy: Path | None = None
+        """The copy of the state file as it was when something was set aside."""
 
     @classmethod
     def load(cls, config: Config, store: StateStore, **kwargs: Any) -> SwitchBoard:
-        """Restore the saved state (or start every app on its default color)."""
+        """Restore the saved state app by app; set aside (and report) what cannot be used.
+
+        Every app whose saved record is valid keeps its state. What cannot be
+        used (a whole record, a part of one, a color the config lacks) is logged
+        per app, listed in the app's view (`set_aside`) and counted by the
+        `edgeproxy_state_records_rejected` metric until the next restart; the
+        file as it was is kept beside it (`state.json.rejected-<time>`, or
+        `.corrupt-<time>` when it could not be read at all).
+        """
         now = time.time()
+        set_aside: dict[str, list[str]] = {}
+        copy: Path | None = None
         try:
-            restored = store.load()
+            restored = store.restore()
         except CorruptStateFile as e:
-            moved = store.quarantine(now)
-            log.error(
-                "%s; moved it aside to %s and starting every app on its default color",
-                e,
-                moved or "(could not move it)",
-            )
+            copy = store.quarantine(now)
+            log.error("%s; moved it aside to %s", e, copy or "(could not move it)")
             restored = None
-        states, warnings = reconcile(config, restored or {}, now)
+            set_aside = {
+                name: [f"the state file could not be read ({e}); started on {app.first_color}"]
+                for name, app in config.apps.items()
+            }
+        saved = {} if restored is None else restored.states
+        states, warnings = reconcile(config, saved, now)
         for w in warnings:
             log.warning("%s", w)
-        if restored != states:
+        if restored is not None:
+            for name, app in config.apps.items():
+                notes = [*restored.problems, *restored.set_aside.get(name, [])]
+                old = saved.get(name)
+                if old is not None:
+                    notes += [
+                        f"saved {role} color {color!r} is not in the config "
+                        f"(now: {states[name].summary()})"
+                        for color, role in sw.lost_roles(old, tuple(app.colors))
+                    ]
+                elif name in restored.set_aside:
+                    notes[-1] += f"; started on {app.first_color}"
+                    generation = restored.generations.get(name)
+                    if generation is not None:  # the generation never goes down
+                        states[name] = replace(states[name], generation=generation + 1)
+                if notes:
+                    set_aside[name] = notes
+            if any(restored.set_aside.get(n) for n in config.apps) or restored.problems:
+                copy = store.keep_copy(now)
+        for name, notes in set_aside.items():
+            for note in notes:
+                log.error("state file %s: app %s: %s", store.path, name, note)
+        if copy is not None and restored is not None:
+            log.error("state file %s: kept a copy as it was at %s", store.path, copy)
+        if saved != states:
             try:
                 store.save(states)
             except StateFileError as e:
                 log.error("%s; switching will fail until this is fixed", e)
-        return cls(config, store, states, **kwargs)
+        board = cls(config, store, states, **kwargs)
+        board.set_aside, board.set_aside_copy = set_aside, copy
+        return board
 
     # --- reading -------------------------------------------------------------------------
 
@@ -190,6 +267,8 @@ class SwitchBoard:
             "generation": s.generation,
             "changed_at": s.changed_at,
             "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},
+            "set_aside": self.set_aside.get(app, []),
+            "set_aside_copy": None if self.set_aside_copy is None else str(self.set_aside_copy),
             "colors": colors,
         }
 
@@ -203,6 +282,10 @@ class SwitchBoard:
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     async def wait_unpaused(self, app: str, timeout: float) -> bool:  # noqa: ASYNC109 - the data plane's API
         """Wait while `app` is paused; released in arrival order. False on timeout."""
@@ -273,6 +356,59 @@ class SwitchBoard:
             app, "trip the guard", lambda s, now: sw.guard_trip(s, reason, now), True
         )
 
+    async def reconfigure(
+        self, config: Config, *, force: bool = False, health: ReloadHealthFn | None = None
+    ) -> dict[str, Change]:
+        """A config reload: fit every app's state to the new apps and colors.
+
+        The same path as a switch, under the same lock: a reload that would drop
+        a color in use (active, candidate, draining) is refused with ConfigError
+        unless forced; a forced one is refused too while a color whose share
+        grows is unhealthy (`health`: verdicts under the new config); then
+        persist → swap → notify. Generations only go up (`state.refit`).
+        Returns the apps whose state changed, with their old and new states.
+        """
+        async with self._lock:
+            old_states = self.states
+            if not force:
+                problems = refusals(config, old_states)
+                if problems:
+                    raise ConfigError(problems)
+            states, warnings = reconcile(config, old_states, self.clock())
+            changes: dict[str, Change] = {
+                name: (old_states.get(name), states.get(name))
+                for name in {*old_states, *states}
+                if old_states.get(name) is not states.get(name)
+            }
+            for name, (old, new) in sorted(changes.items()):
+                if old is None or new is None:
+                    continue
+                for color in _grown(old, new):
+                    if health is None:
+                        healthy, failing = self.health(name, color)
+                    else:
+                        healthy, failing = await health(name, color)
+                    if not healthy:
+                        todo = (
+                            f"switch it by hand first (`switchctl --app {name} set COLOR "
+                            "--force`), then reload"
+                        )
+                        doing = f"reload the config for {name}"
+                        raise ConfigError([_unhealthy(doing, color, failing, todo)])
+            if changes:
+                await asyncio.to_thread(self.store.save, states)
+            self.config = config
+            self.states = states
+            for name, (old, _) in changes.items():
+                if old is not None:
+                    self._replaced[name] = old
+        for w in warnings:
+            log.warning("%s", w)
+        for name, (old, new) in sorted(changes.items()):
+            if old is not None and new is not None:
+                self._notify(name, old, new)
+        return changes
+
     async def _apply(
         self, app: str, verb: str, transition: Callable[[AppState, float], AppState], force: bool
     ) -> AppState:
@@ -285,26 +421,23 @@ class SwitchBoard:
             await asyncio.to_thread(self.store.save, states)
             self.states = states
             self._replaced[app] = old
+        self._notify(app, old, new)
+        return new
+
+    def _notify(self, app: str, old: AppState, new: AppState) -> None:
         log.info("%s: %s → %s", app, old.summary(), new.summary())
         for listener in self._listeners:
             try:
                 listener(app, old, new)
             except Exception:
                 log.exception("switch listener %r failed for %s", listener, app)
-        return new
 
     def _check_health(self, verb: str, old: AppState, new: AppState) -> None:
         """A color whose share of requests grows must be healthy."""
-        before, after = sw.weights(old), sw.weights(new)
-        for color in new.colors:
-            if after[color] > before[color]:
-                healthy, failing = self.health(new.app, color)
-                if not healthy:
-                    raise UnhealthyTarget(
-                        f"cannot {verb} {new.app}: {color} is unhealthy "
-                        f"({'; '.join(failing) or 'no passing health check yet'}); "
-                        "fix it, or use --force to switch anyway"
-                    )
+        for color in _grown(old, new):
+            healthy, failing = self.health(new.app, color)
+            if not healthy:
+                raise UnhealthyTarget(_unhealthy(f"{verb} {new.app}", color, failing))
 
     # --- drain supervisor -------------------------------------------------------------------
 

@@ -246,6 +246,50 @@ def guard_trip(state: AppState, reason: str, now: float) -> AppState:
     return _next(state, now, weight=0, guard=Guard(reason=reason, at=now))
 
 
+def lost_roles(state: AppState, colors: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(color, role) for each color that serves or drains traffic and is not in `colors`.
+
+    Roles: `active`, `candidate`, `draining`. A config reload that would drop one
+    of these is refused unless forced (`previous` is only a rollback target).
+    """
+    lost = []
+    if state.active not in colors:
+        lost.append((state.active, "active"))
+    if state.candidate is not None and state.candidate not in colors:
+        lost.append((state.candidate, "candidate"))
+    lost += [(c, "draining") for c in state.draining if c not in colors]
+    return lost
+
+
+def refit(state: AppState, colors: tuple[str, ...], fallback: str, now: float) -> AppState:
+    """`state` fitted to a new list of configured colors (a config reload).
+
+    A color that is gone loses its roles: without its active color the app
+    moves to `fallback` at 100%; a gone candidate's share goes back to the
+    active color; a gone draining color is no longer drained (nor cut); a gone
+    previous color is forgotten. Pause and generation carry on: the result is
+    `state` itself when nothing changes, else the next generation.
+    """
+    if colors == state.colors:
+        return state
+    active = state.active if state.active in colors else fallback
+    candidate = state.candidate
+    if candidate not in colors or candidate == active:
+        candidate = None
+    previous = state.previous if state.previous in colors and state.previous != active else None
+    return _next(
+        state,
+        now,
+        colors=colors,
+        active=active,
+        candidate=candidate,
+        weight=state.weight if candidate is not None else 0,
+        previous=previous,
+        draining={c: d for c, d in state.draining.items() if c in colors and c != active},
+        guard=state.guard if candidate is not None else None,
+    )
+
+
 # --- persistence ---------------------------------------------------------------------------
 
 
@@ -331,3 +375,139 @@ def from_json(text: str | bytes) -> dict[str, AppState]:
         except (ValueError, KeyError, TypeError) as e:
             raise StateFormatError(f"apps.{name}: {e}") from e
     return out
+
+
+# --- restoring what can be used -----------------------------------------------------------
+
+_CORE = frozenset({"colors", "active"})
+"""Fields without which a saved record cannot be used at all."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """A state file read record by record: what could be used, what was set aside."""
+
+    states: dict[str, AppState]
+    set_aside: dict[str, list[str]]
+    """App → what of its saved record was not used, and why (one sentence each)."""
+    problems: list[str]
+    """About the file as a whole (its version, unknown top-level keys)."""
+    generations: dict[str, int]
+    """Saved generation of each record set aside whole (the app starts above it)."""
+
+
+def restore(text: str | bytes) -> Restored:
+    """Read a state file app by app: every record that is valid is restored as it was.
+
+    Of a record whose active color is unusable nothing is used (only its
+    generation, so the app's next one is higher); of the others, what breaks
+    the rules (an unknown candidate, previous or draining color, a bad field,
+    an unknown field) is set aside and the rest restored. A file of another
+    `version` is read by this version's rules, record by record: the state
+    file is written only by edgeproxy, so another version means an upgrade
+    was rolled back, and refusing to start would turn that rollback into an
+    outage; what this version cannot read is set aside and reported instead.
+    Raises StateFormatError only when the file is not an object with `apps`.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateFormatError(f"not valid JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("apps"), dict):
+        raise StateFormatError("the top level must be an object with `version` and `apps`")
+    problems = []
+    if data.get("version") != STATE_VERSION:
+        problems.append(
+            f"the file has version {data.get('version')!r} and this edgeproxy writes version "
+            f"{STATE_VERSION}: each app's record was read by version {STATE_VERSION}'s rules"
+        )
+    extra = sorted(set(data) - set(_File.model_fields))
+    if extra:
+        problems.append(f"unknown top-level keys set aside: {', '.join(map(str, extra))}")
+    states: dict[str, AppState] = {}
+    set_aside: dict[str, list[str]] = {}
+    generations: dict[str, int] = {}
+    for name, raw in data["apps"].items():
+        state, notes = _restore_record(str(name), raw)
+        if state is not None:
+            states[name] = state
+        elif isinstance(raw, dict):
+            generation = raw.get("generation")
+            if isinstance(generation, int) and not isinstance(generation, bool):
+                generations[name] = max(generation, 0)
+        if notes:
+            set_aside[name] = notes
+    return Restored(states, set_aside, problems, generations)
+
+
+def _restore_record(name: str, raw: object) -> tuple[AppState | None, list[str]]:
+    """The usable part of one saved record, and one sentence per part set aside."""
+    if not isinstance(raw, dict):
+        return None, [f"the saved record is not an object ({type(raw).__name__}); not used"]
+    data = dict(raw)
+    notes: list[str] = []
+    for _ in range(len(_Record.model_fields) + len(data) + 1):
+        try:
+            r = _Record.model_validate(data)
+            break
+        except ValidationError as e:
+            bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
+            found = [
+                f"unknown field {'.'.join(map(str, err['loc']))}"
+                if err["type"] == "extra_forbidden"
+                else f"{'.'.join(map(str, err['loc']))}: {err['msg'][:1].lower()}{err['msg'][1:]}"
+                for err in e.errors()
+            ]
+            if bad & _CORE or not bad:
+                return None, [f"the saved record is not usable ({'; '.join(found)})"]
+            notes += [f"{f} (set aside)" for f in found]
+            for key in bad:
+                data.pop(key, None)
+    else:  # pragma: no cover - each round drops at least one field
+        return None, ["the saved record is not usable"]
+    colors = tuple(r.colors)
+    if len(set(colors)) != len(colors) or r.active not in colors:
+        why = f"active color {r.active!r} is not one of its colors {list(colors)}"
+        if len(set(colors)) != len(colors):
+            why = f"its colors {list(colors)} repeat a name"
+        return None, [f"the saved record is not usable: {why}"]
+    candidate, weight, previous = r.candidate, r.weight, r.previous
+    if candidate is not None and (candidate not in colors or candidate == r.active):
+        notes.append(
+            f"candidate {candidate!r} (weight {weight}) set aside: it is not one of its "
+            f"colors {list(colors)} other than the active one"
+        )
+        candidate, weight = None, 0
+    if candidate is None and weight:
+        notes.append(f"weight {weight} set aside: there is no candidate color")
+        weight = 0
+    if previous is not None and (previous not in colors or previous == r.active):
+        notes.append(f"previous color {previous!r} set aside: not one of its other colors")
+        previous = None
+    draining = {}
+    for color, deadline in r.draining.items():
+        if color in colors and color not in (r.active, candidate):
+            draining[color] = deadline
+        else:
+            notes.append(f"draining color {color!r} set aside: not one of its idle colors")
+    guard = None
+    if r.guard is not None:
+        reason, at = r.guard.get("reason"), r.guard.get("at")
+        if isinstance(reason, str) and isinstance(at, int | float) and not isinstance(at, bool):
+            guard = Guard(reason=reason, at=float(at))
+        else:
+            notes.append(f"guard {r.guard!r} set aside: needs a text reason and a time")
+    state = AppState(
+        app=name,
+        colors=colors,
+        active=r.active,
+        candidate=candidate,
+        weight=weight,
+        previous=previous,
+        draining=draining,
+        paused=r.paused,
+        generation=r.generation,
+        changed_at=r.changed_at,
+        guard=guard,
+    )
+    return state, notes
