@@ -21,12 +21,15 @@ from edgeproxy.errors import ClientProtocolError
 from edgeproxy.proxy.context import ProxyContext
 from edgeproxy.proxy.exchange import Exchange
 from edgeproxy.proxy.responses import build_response
+from edgeproxy.proxy.tunnel import Tunnel, close_lingering
 from edgeproxy.proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("edgeproxy.client")
 
 # Why reading from the client is paused (bits; reading resumes when none is left).
-PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_REJECTED = 1, 2, 4, 8
+# PAUSE_UPSTREAM: the upstream's write buffer is full (request body or tunnel);
+# PAUSE_UPGRADE: an upgrade waits for the upstream's answer (101 or not).
+PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_REJECTED, PAUSE_UPGRADE = 1, 2, 4, 8, 16
 
 
 class ClientConnection:
@@ -68,7 +71,6 @@ class ClientConnection:
         "tls_version",
         "transport",
         "tunnel",
-        "tunnel_ex",
         "upgrade_buffer",
         "url_bytes",
         "url_parts",
@@ -122,8 +124,8 @@ class ClientConnection:
         self.body_limit = 0.0
         self.pending_error: ClientProtocolError | None = None
         self.upgrade_buffer: list[bytes] | None = None
-        self.tunnel: UpstreamConnection | None = None
-        self.tunnel_ex: Exchange | None = None
+        """Bytes after an upgrade request, held (one read at most: reading pauses) until the 101."""
+        self.tunnel: Tunnel | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,9 +150,11 @@ class ClientConnection:
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         if self.tunnel is not None:
-            self.tunnel.write(data)
+            self.tunnel.from_client(data)
             return
         if self.upgrade_buffer is not None:
+            # Reading paused at the upgrade; what a TLS transport had already
+            # decrypted may still arrive, one read at most.
             self.upgrade_buffer.append(data)
             return
         self.chunk_len = len(data)
@@ -165,7 +169,11 @@ class ClientConnection:
             tail = data[e.args[0] :]
             ex = self.queue[-1] if self.queue else None
             if ex is not None and ex.upgrade:
+                # Hold what follows until the upstream answers: a 101 makes it the
+                # tunnel's first bytes; anything else ends the connection after
+                # the response (its keep_alive is off, see on_headers_complete).
                 self.upgrade_buffer = [tail] if tail else []
+                self.pause_reading(PAUSE_UPGRADE)
             else:
                 # Upgrade we declined (or CONNECT): answer what is queued, then close.
                 self.closing = True
@@ -201,11 +209,8 @@ class ClientConnection:
                 self._record(ex)
         self.queue.clear()
         if self.tunnel is not None:
-            self.tunnel.close()
-            if self.tunnel_ex is not None:
-                self.ctx.tracker.discard(self.tunnel_ex)
-        self.tunnel = None
-        self.tunnel_ex = None
+            self.tunnel.end()
+        self.upgrade_buffer = None
         for t in self.tasks or ():
             t.cancel()
         # Break protocol <-> parser cycles so closed connections are freed at
@@ -218,14 +223,14 @@ class ClientConnection:
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
         elif self.tunnel is not None:
-            self.tunnel.pause_reading()
+            self.tunnel.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         ex = self.queue[0] if self.queue else None
         if ex is not None and ex.upstream is not None:
             ex.upstream.resume_reading()
         elif self.tunnel is not None:
-            self.tunnel.resume_reading()
+            self.tunnel.upstream.resume_reading()
 
     # -- httptools callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
@@ -281,8 +286,10 @@ class ClientConnection:
         ex.version = parser.get_http_version()
         if ex.version not in ("1.1", "1.0"):
             raise ClientProtocolError(505, f"HTTP/{ex.version} is not supported")
-        ex.keep_alive = parser.should_keep_alive() and not self.closing
-        ex.upgrade = parser.should_upgrade()
+        ex.upgrade = upgrade = parser.should_upgrade()
+        # After an upgrade request the parser reads nothing more as HTTP: if the
+        # upstream declines it (no 101), the connection ends after the response.
+        ex.keep_alive = parser.should_keep_alive() and not self.closing and not upgrade
         ex.target = b"".join(self.url_parts)
         ex.prepare()
         self.body_limit = self._body_limit(ex)
@@ -430,29 +437,36 @@ class ClientConnection:
 
     # -- WebSocket tunnel ------------------------------------------------------
     def start_tunnel(self, ex: Exchange, conn: UpstreamConnection, tail: bytes) -> None:
+        """The upstream answered 101: the connection becomes a byte tunnel (proxy/tunnel.py)."""
         assert self.transport is not None
         self.flush()  # the 101 head goes out before any tunnelled byte
-        self.tunnel = conn
-        self.tunnel_ex = ex
-        conn.tunnel = self.transport
+        tunnel = Tunnel(self, conn, ex)
+        self.tunnel = tunnel
+        conn.tunnel = tunnel
         conn.exchange = None
+        ex.upstream = None  # the tunnel owns it now
+        if self.queue and self.queue[0] is ex:
+            del self.queue[0]  # nothing can follow an upgrade on this connection
         if tail:
-            self.transport.write(tail)
+            tunnel.from_upstream(tail)
         buffered, self.upgrade_buffer = self.upgrade_buffer or [], None
         for chunk in buffered:
-            conn.write(chunk)
+            tunnel.from_client(chunk)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.resume_reading(PAUSE_UPGRADE)
 
-    def end_tunnel(self, ex: Exchange) -> None:
+    def tunnel_write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def tunnel_ended(self, ex: Exchange) -> None:
+        """Called once by the tunnel when it ends (either side, a drain cut or shutdown)."""
+        self.closing = True
         self.ctx.tracker.discard(ex)
         ex.done = True
         self._record(ex)
-        if self.tunnel is not None:
-            self.tunnel.close()
-        if self.transport is not None:
-            self.transport.close()
 
     # -- timers --------------------------------------------------------------------
     def _arm_timer(self, delay: float) -> None:
@@ -501,7 +515,18 @@ class ClientConnection:
 
     # -- shutdown -------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Server stopping: close now if idle, else after the current response."""
+        """Server stopping: close now if idle, else after the current response.
+
+        An idle connection is cut at once (a TLS close would wait for the
+        client's close_notify); a tunnel gets a WebSocket close frame 1001.
+        """
         self.closing = True
-        if not self.queue and self.cur is None and self.tunnel is None:
-            self._close_after_write()
+        if self.tunnel is not None:
+            self.tunnel.go_away()
+        elif not self.queue and self.cur is None:
+            self.flush()
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size():
+                close_lingering(transport, self.loop)  # a last response still leaving
+            elif transport is not None:
+                transport.abort()

@@ -445,10 +445,7 @@ class Exchange:
         self.fail(status, why)
 
     def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        if self.done and not self.tunnel:
-            return
-        if self.tunnel:
-            self.client.end_tunnel(self)
+        if self.done:
             return
         if self.upstream is not conn:
             return
@@ -515,8 +512,9 @@ class Exchange:
 
     def cut(self) -> None:
         """Drain deadline passed: 503 if nothing was sent yet, else close."""
-        if self.tunnel:
-            self.client.end_tunnel(self)
-        else:
+        tunnel = self.client.tunnel
+        if self.tunnel and tunnel is not None:
+            tunnel.end()
+        elif not self.tunnel:
             self.keep_alive = False
             self.fail(503, "drain deadline passed")
