@@ -13,12 +13,12 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from time import monotonic
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 
 from edgeproxy.errors import ClientProtocolError
-from edgeproxy.proxy.context import ProxyContext
+from edgeproxy.proxy.context import ADMITTED, ProxyContext
 from edgeproxy.proxy.exchange import Exchange
 from edgeproxy.proxy.responses import build_response
 from edgeproxy.proxy.tunnel import Tunnel, close_lingering
@@ -31,12 +31,20 @@ log = logging.getLogger("edgeproxy.client")
 # PAUSE_UPGRADE: an upgrade waits for the upstream's answer (101 or not).
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_REJECTED, PAUSE_UPGRADE = 1, 2, 4, 8, 16
 
+TOO_MANY_CONNECTIONS: Final = build_response(
+    503,
+    b"503 Service Unavailable: too many connections; retry shortly\n",
+    [(b"retry-after", b"5")],
+    close=True,
+)
+
 
 class ClientConnection:
     """An asyncio protocol for one client connection (duck-typed: see `as_protocol`)."""
 
     # Slots: ~1 KiB less per connection than an instance dict (10k idle clients).
     __slots__ = (
+        "admitted",
         "body_bytes",
         "body_limit",
         "chunk_len",
@@ -95,6 +103,8 @@ class ClientConnection:
         self.sni_site: Any = None
         self.tls_version: str | None = None
         self.closing = False
+        self.admitted = False
+        """Counted by the connection caps (released when it closes)."""
         self.last_activity = 0.0
         self.head_started = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -142,10 +152,25 @@ class ClientConnection:
                 self.sni = getattr(ssl_obj, "edgeproxy_sni", None)
                 self.tls_version = ssl_obj.version()
                 self.sni_site = self.ctx.router.site_for_sni(self.sni)
-        self.ctx.connections.add(self)
-        self.ctx.accepted[self.tls] += 1
-        self.last_activity = self.loop.time()
-        self._arm_timer(min(self.ctx.timeouts.client_idle, self.ctx.timeouts.send))
+        ctx = self.ctx
+        now = self.loop.time()
+        if ctx.caps.admit(self.peer_ip, len(ctx.connections), now) != ADMITTED:
+            self._refuse_connection()
+            return
+        self.admitted = True
+        ctx.connections.add(self)
+        ctx.accepted[self.tls] += 1
+        self.last_activity = now
+        t = ctx.timeouts
+        self._arm_timer(min(t.client_idle, t.send, ctx.limits.client_header_timeout))
+
+    def _refuse_connection(self) -> None:
+        """Over a connection cap (logged and counted by ctx.caps): 503, closed at once."""
+        self.closing = True
+        self.pause_reading(PAUSE_REJECTED)
+        assert self.transport is not None
+        self.transport.write(TOO_MANY_CONNECTIONS)
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
@@ -198,6 +223,9 @@ class ClientConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.ctx.connections.discard(self)
+        if self.admitted:
+            self.admitted = False
+            self.ctx.caps.release(self.peer_ip)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -478,15 +506,18 @@ class ClientConnection:
         if self.closing or self.tunnel is not None or self.transport is None:
             return
         t = self.ctx.timeouts
+        header_timeout = self.ctx.limits.client_header_timeout
         idle = self.loop.time() - self.last_activity
         if self.cur is not None and (not self.queue or self.queue[-1] is not self.cur):
-            # A request head is arriving: it must be complete within `send`
-            # seconds of its first byte, however slowly it trickles (slowloris).
+            # A request head is arriving: it must be complete within
+            # client_header_timeout (or `send`, if lower) of its first byte,
+            # however slowly it trickles (slowloris).
+            head_limit = min(t.send, header_timeout)
             elapsed = self.loop.time() - self.head_started
-            if elapsed >= t.send:
+            if elapsed >= head_limit:
                 self.reject(ClientProtocolError(408, "request head not completed in time"))
                 return
-            self._arm_timer(t.send - elapsed)
+            self._arm_timer(head_limit - elapsed)
         elif self.cur is not None and idle >= t.send:
             # A request body stalled for `send` seconds.
             self.reject(ClientProtocolError(408, "request body stalled"))
@@ -495,10 +526,20 @@ class ClientConnection:
             self._arm_timer(t.send - idle)
         elif self.queue:
             self._arm_timer(t.client_idle)  # exchanges keep their own timers
+        elif self.head_started == 0.0 and idle >= header_timeout:
+            # Silent since it connected (no request ever began): nginx's
+            # client_header_timeout. Nothing to answer; just close.
+            self._close_after_write()
         elif idle >= t.client_idle:
             self._close_after_write()
         else:
-            self._arm_timer(min(t.client_idle - idle, t.send))
+            # Wake in time for whichever comes first: idle close, a silent new
+            # connection, or a head that may begin meanwhile.
+            head_limit = min(t.send, header_timeout)
+            wait = min(t.client_idle - idle, head_limit)
+            if self.head_started == 0.0:
+                wait = min(wait, header_timeout - idle)
+            self._arm_timer(wait)
 
     def _body_limit(self, ex: Exchange) -> float:
         policy = ex.policy

@@ -9,6 +9,7 @@ meanwhile.
 
 from __future__ import annotations
 
+import errno
 import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Final
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproxy.proxy")
 
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+LOCAL_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""Errors of this host, not of the upstream being connected to."""
 
 
 class Exchange:
@@ -293,6 +296,20 @@ class Exchange:
             self.fail(504, "connect timeout")
             return
         except OSError as e:
+            if e.errno in LOCAL_ERRNOS:
+                # Our own shortage (descriptors, buffers, memory), not the upstream's
+                # fault: 503, not counted against it (fail() sets `error`, and health's
+                # passive ejection ignores an error answered 503).
+                self.pool.local_errors += 1
+                log.warning(
+                    "cannot connect to %s: %s on this host (%s), not the upstream's fault; "
+                    "answering 503 (raise LimitNOFILE or lower limits.max_connections)",
+                    self.pool.upstream.url,
+                    errno.errorcode.get(e.errno or 0, "?"),
+                    e.strerror or e,
+                )
+                self.fail(503, f"local error connecting upstream: {e.strerror or e}")
+                return
             self.pool.connect_errors += 1
             self.fail(502, f"connect failed: {e.strerror or e}")
             return

@@ -201,6 +201,8 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self.connect_errors = 0
+        self.local_errors = 0
+        """Connects that failed for lack of local resources (EMFILE, ENOBUFS...): not counted above."""
         self.opened = 0
 
     def take_idle(self) -> UpstreamConnection | None:
