@@ -33,6 +33,7 @@ HOT_PATH = (
     "edgeproxy.proxy.headers",
     "edgeproxy.proxy.picker",
     "edgeproxy.proxy.responses",
+    "edgeproxy.proxy.tunnel",
     "edgeproxy.proxy.upstream",
     "edgeproxy.routing.router",
     "edgeproxy.observability.stats",

@@ -270,7 +270,41 @@ class Limits(Model):
     max_header_bytes: Size = 32768
     max_headers: int = Field(default=100, ge=1)
     max_body: Size = 50 * 1024**2
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="Open client connections at most, all listeners together (HAProxy "
+        "`maxconn`); more are answered 503 and closed at once. 0: three quarters of the "
+        "file-descriptor limit, the rest held back for upstreams, health checks and the "
+        "control socket. A value above that is lowered to it, with a warning.",
+    )
+    max_connections_per_client: int = Field(
+        default=1000,
+        ge=0,
+        description="Open connections at most from one client address (nginx `limit_conn` "
+        "per `$binary_remote_addr`); more are answered 503 and closed at once. 0: no cap.",
+    )
+    max_connections_per_client_exempt: list[str] = Field(
+        default=["127.0.0.0/8", "::1/128"],
+        description="Client networks the per-client cap does not apply to (a local tunnel "
+        "or proxy carries many visitors on one address); forwarding.trusted_proxies are "
+        "exempt too. The total cap still applies.",
+    )
+    client_header_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds a new connection may stay silent, and the longest a request "
+        "head may take to arrive (or timeouts.send if lower): a silent connection is "
+        "closed, a slow head gets 408 (nginx `client_header_timeout`, 60 s there).",
+    )
     _sz = _sizes("max_request_line", "max_header_bytes", "max_body")
+
+    @field_validator("max_connections_per_client_exempt")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)
+        return v
 
 
 class RateLimit(Model):

@@ -17,10 +17,11 @@ from typing import Any
 from edgeproxy import compiled
 from edgeproxy.config import Config, load_config, parse_address
 from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
+from edgeproxy.fds import raise_nofile_limit
 from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.client import ClientConnection
-from edgeproxy.proxy.context import ProxyContext
+from edgeproxy.proxy.context import ConnectionCaps, ProxyContext
 from edgeproxy.proxy.upstream import as_protocol
 from edgeproxy.tls.contexts import CertStore
 
@@ -61,6 +62,7 @@ class Server:
             # It would serve the code as it was at the build, not as the sources say.
             raise StartupError(hot_path.summary)
         log.info("%s", hot_path.summary)
+        self._raise_fd_limit()
         try:
             self.certs.load()
         except TLSConfigError as e:
@@ -86,6 +88,33 @@ class Server:
         trim = heap_trimmer()
         if trim is not None:
             self.spawn(self._trim_heap(trim), "heap-trim")
+
+    def _raise_fd_limit(self) -> None:
+        """Soft RLIMIT_NOFILE up to the hard limit, then the connection caps it allows, logged."""
+        before, after = raise_nofile_limit()
+        if after > before:
+            log.info("file descriptors: limit raised from %d to %d (the hard limit)", before, after)
+        else:
+            log.info("file descriptors: limit %d (already the hard limit)", after)
+        self.ctx.caps = ConnectionCaps(self.config, self.ctx.caps)  # fitted to the new limit
+        caps = self.ctx.caps
+        limits = self.config.limits
+        if limits.max_connections > caps.max_total:
+            log.warning(
+                "limits.max_connections %d lowered to %d: %d descriptors, and some must stay "
+                "free for upstreams and health checks (raise LimitNOFILE / ulimit -n)",
+                limits.max_connections,
+                caps.max_total,
+                after,
+            )
+        log.info(
+            "connection caps: %d in all (%d of %d descriptors held back for upstreams, health "
+            "checks and the control socket), %s per client address",
+            caps.max_total,
+            after - caps.max_total,
+            after,
+            caps.max_per_client or "no cap",
+        )
 
     async def _expire_reads(self) -> None:
         loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from edgeproxy.config import Config
 from edgeproxy.health.monitor import HealthMonitor, UpstreamHealth
 from edgeproxy.observability.stats import BOUNDS, PROM_BOUNDS, PROM_INDEX, ColorStats, Summary
-from edgeproxy.proxy.context import ProxyContext
+from edgeproxy.proxy.context import OVER_PER_CLIENT, OVER_TOTAL, ProxyContext
 from edgeproxy.switching.board import SwitchBoard
 from edgeproxy.tls.contexts import CertStore
 
@@ -65,6 +65,13 @@ UPSTREAM_FAMILIES: list[tuple[str, str, str, Callable[[UpstreamHealth, float], f
         "counter",
         "Failed connection attempts to an upstream (refused, unreachable, timed out).",
         lambda u, now: u.pool.connect_errors,
+    ),
+    (
+        "edgeproxy_upstream_connect_local_errors_total",
+        "counter",
+        "Connection attempts to an upstream that failed on this host (EMFILE, ENFILE, ENOBUFS, "
+        "ENOMEM): answered 503, never counted against the upstream.",
+        lambda u, now: u.pool.local_errors,
     ),
     (
         "edgeproxy_upstream_healthy",
@@ -278,6 +285,33 @@ class Metrics:
         )
         for n, tls in wanted:
             out.sample("edgeproxy_connections_total", {"listener": n}, self.ctx.accepted[tls])
+        caps = self.ctx.caps
+        out.family(
+            "edgeproxy_connections_refused_total",
+            "counter",
+            "Client connections refused (503, closed) at limits.max_connections or "
+            "limits.max_connections_per_client.",
+        )
+        out.sample(
+            "edgeproxy_connections_refused_total",
+            {"limit": "max_connections"},
+            caps.refused[OVER_TOTAL],
+        )
+        out.sample(
+            "edgeproxy_connections_refused_total",
+            {"limit": "max_connections_per_client"},
+            caps.refused[OVER_PER_CLIENT],
+        )
+        out.family(
+            "edgeproxy_connections_max",
+            "gauge",
+            "Client connections allowed at once (limits.max_connections, fitted to the fd limit).",
+        )
+        out.sample("edgeproxy_connections_max", {}, caps.max_total)
+        out.family(
+            "edgeproxy_fd_limit", "gauge", "The process's file-descriptor limit (RLIMIT_NOFILE)."
+        )
+        out.sample("edgeproxy_fd_limit", {}, caps.fd_limit)
         if self.config.listen.https:
             done = self.ctx.accepted[True]
             out.family("edgeproxy_tls_handshakes_total", "counter", "TLS ClientHellos received.")

@@ -13,20 +13,30 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from time import monotonic
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 
 from edgeproxy.errors import ClientProtocolError
-from edgeproxy.proxy.context import ProxyContext
+from edgeproxy.proxy.context import ADMITTED, ProxyContext
 from edgeproxy.proxy.exchange import Exchange
 from edgeproxy.proxy.responses import build_response
+from edgeproxy.proxy.tunnel import Tunnel, close_lingering
 from edgeproxy.proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("edgeproxy.client")
 
 # Why reading from the client is paused (bits; reading resumes when none is left).
-PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_REJECTED = 1, 2, 4, 8
+# PAUSE_UPSTREAM: the upstream's write buffer is full (request body or tunnel);
+# PAUSE_UPGRADE: an upgrade waits for the upstream's answer (101 or not).
+PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_BUFFER, PAUSE_REJECTED, PAUSE_UPGRADE = 1, 2, 4, 8, 16
+
+TOO_MANY_CONNECTIONS: Final = build_response(
+    503,
+    b"503 Service Unavailable: too many connections; retry shortly\n",
+    [(b"retry-after", b"5")],
+    close=True,
+)
 
 
 class ClientConnection:
@@ -34,6 +44,7 @@ class ClientConnection:
 
     # Slots: ~1 KiB less per connection than an instance dict (10k idle clients).
     __slots__ = (
+        "admitted",
         "body_bytes",
         "body_limit",
         "chunk_len",
@@ -69,7 +80,6 @@ class ClientConnection:
         "tls_version",
         "transport",
         "tunnel",
-        "tunnel_ex",
         "upgrade_buffer",
         "url_bytes",
         "url_parts",
@@ -96,6 +106,8 @@ class ClientConnection:
         """The router `sni_site` was resolved with (a config reload brings another)."""
         self.tls_version: str | None = None
         self.closing = False
+        self.admitted = False
+        """Counted by the connection caps (released when it closes)."""
         self.last_activity = 0.0
         self.head_started = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -125,8 +137,8 @@ class ClientConnection:
         self.body_limit = 0.0
         self.pending_error: ClientProtocolError | None = None
         self.upgrade_buffer: list[bytes] | None = None
-        self.tunnel: UpstreamConnection | None = None
-        self.tunnel_ex: Exchange | None = None
+        """Bytes after an upgrade request, held (one read at most: reading pauses) until the 101."""
+        self.tunnel: Tunnel | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -149,10 +161,24 @@ class ClientConnection:
                 self.tls_version = ssl_obj.version()
                 self.sni_site = ctx.router.site_for_sni(self.sni)
                 self.sni_router = ctx.router
-        self.ctx.connections.add(self)
-        self.ctx.accepted[self.tls] += 1
-        self.last_activity = self.loop.time()
-        self._arm_timer(min(self.ctx.timeouts.client_idle, self.ctx.timeouts.send))
+        now = self.loop.time()
+        if ctx.caps.admit(self.peer_ip, len(ctx.connections), now) != ADMITTED:
+            self._refuse_connection()
+            return
+        self.admitted = True
+        ctx.connections.add(self)
+        ctx.accepted[self.tls] += 1
+        self.last_activity = now
+        t = ctx.timeouts
+        self._arm_timer(min(t.client_idle, t.send, ctx.limits.client_header_timeout))
+
+    def _refuse_connection(self) -> None:
+        """Over a connection cap (logged and counted by ctx.caps): 503, closed at once."""
+        self.closing = True
+        self.pause_reading(PAUSE_REJECTED)
+        assert self.transport is not None
+        self.transport.write(TOO_MANY_CONNECTIONS)
+        self.transport.close()
 
     def sni_site_now(self) -> Any:
         """The site of this connection's SNI name under the config in force.
@@ -171,9 +197,11 @@ class ClientConnection:
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         if self.tunnel is not None:
-            self.tunnel.write(data)
+            self.tunnel.from_client(data)
             return
         if self.upgrade_buffer is not None:
+            # Reading paused at the upgrade; what a TLS transport had already
+            # decrypted may still arrive, one read at most.
             self.upgrade_buffer.append(data)
             return
         self.chunk_len = len(data)
@@ -188,7 +216,11 @@ class ClientConnection:
             tail = data[e.args[0] :]
             ex = self.queue[-1] if self.queue else None
             if ex is not None and ex.upgrade:
+                # Hold what follows until the upstream answers: a 101 makes it the
+                # tunnel's first bytes; anything else ends the connection after
+                # the response (its keep_alive is off, see on_headers_complete).
                 self.upgrade_buffer = [tail] if tail else []
+                self.pause_reading(PAUSE_UPGRADE)
             else:
                 # Upgrade we declined (or CONNECT): answer what is queued, then close.
                 self.closing = True
@@ -213,6 +245,9 @@ class ClientConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.ctx.connections.discard(self)
+        if self.admitted:
+            self.admitted = False
+            self.ctx.caps.release(self.peer_ip)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -224,11 +259,8 @@ class ClientConnection:
                 self._record(ex)
         self.queue.clear()
         if self.tunnel is not None:
-            self.tunnel.close()
-            if self.tunnel_ex is not None:
-                self.ctx.tracker.discard(self.tunnel_ex)
-        self.tunnel = None
-        self.tunnel_ex = None
+            self.tunnel.end()
+        self.upgrade_buffer = None
         for t in self.tasks or ():
             t.cancel()
         # Break protocol <-> parser cycles so closed connections are freed at
@@ -241,14 +273,14 @@ class ClientConnection:
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
         elif self.tunnel is not None:
-            self.tunnel.pause_reading()
+            self.tunnel.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         ex = self.queue[0] if self.queue else None
         if ex is not None and ex.upstream is not None:
             ex.upstream.resume_reading()
         elif self.tunnel is not None:
-            self.tunnel.resume_reading()
+            self.tunnel.upstream.resume_reading()
 
     # -- httptools callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
@@ -304,8 +336,10 @@ class ClientConnection:
         ex.version = parser.get_http_version()
         if ex.version not in ("1.1", "1.0"):
             raise ClientProtocolError(505, f"HTTP/{ex.version} is not supported")
-        ex.keep_alive = parser.should_keep_alive() and not self.closing
-        ex.upgrade = parser.should_upgrade()
+        ex.upgrade = upgrade = parser.should_upgrade()
+        # After an upgrade request the parser reads nothing more as HTTP: if the
+        # upstream declines it (no 101), the connection ends after the response.
+        ex.keep_alive = parser.should_keep_alive() and not self.closing and not upgrade
         ex.target = b"".join(self.url_parts)
         ex.prepare()
         self.body_limit = self._body_limit(ex)
@@ -453,29 +487,36 @@ class ClientConnection:
 
     # -- WebSocket tunnel ------------------------------------------------------
     def start_tunnel(self, ex: Exchange, conn: UpstreamConnection, tail: bytes) -> None:
+        """The upstream answered 101: the connection becomes a byte tunnel (proxy/tunnel.py)."""
         assert self.transport is not None
         self.flush()  # the 101 head goes out before any tunnelled byte
-        self.tunnel = conn
-        self.tunnel_ex = ex
-        conn.tunnel = self.transport
+        tunnel = Tunnel(self, conn, ex)
+        self.tunnel = tunnel
+        conn.tunnel = tunnel
         conn.exchange = None
+        ex.upstream = None  # the tunnel owns it now
+        if self.queue and self.queue[0] is ex:
+            del self.queue[0]  # nothing can follow an upgrade on this connection
         if tail:
-            self.transport.write(tail)
+            tunnel.from_upstream(tail)
         buffered, self.upgrade_buffer = self.upgrade_buffer or [], None
         for chunk in buffered:
-            conn.write(chunk)
+            tunnel.from_client(chunk)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.resume_reading(PAUSE_UPGRADE)
 
-    def end_tunnel(self, ex: Exchange) -> None:
+    def tunnel_write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def tunnel_ended(self, ex: Exchange) -> None:
+        """Called once by the tunnel when it ends (either side, a drain cut or shutdown)."""
+        self.closing = True
         self.ctx.tracker.discard(ex)
         ex.done = True
         self._record(ex)
-        if self.tunnel is not None:
-            self.tunnel.close()
-        if self.transport is not None:
-            self.transport.close()
 
     # -- timers --------------------------------------------------------------------
     def _arm_timer(self, delay: float) -> None:
@@ -487,15 +528,18 @@ class ClientConnection:
         if self.closing or self.tunnel is not None or self.transport is None:
             return
         t = self.ctx.timeouts
+        header_timeout = self.ctx.limits.client_header_timeout
         idle = self.loop.time() - self.last_activity
         if self.cur is not None and (not self.queue or self.queue[-1] is not self.cur):
-            # A request head is arriving: it must be complete within `send`
-            # seconds of its first byte, however slowly it trickles (slowloris).
+            # A request head is arriving: it must be complete within
+            # client_header_timeout (or `send`, if lower) of its first byte,
+            # however slowly it trickles (slowloris).
+            head_limit = min(t.send, header_timeout)
             elapsed = self.loop.time() - self.head_started
-            if elapsed >= t.send:
+            if elapsed >= head_limit:
                 self.reject(ClientProtocolError(408, "request head not completed in time"))
                 return
-            self._arm_timer(t.send - elapsed)
+            self._arm_timer(head_limit - elapsed)
         elif self.cur is not None and idle >= t.send:
             # A request body stalled for `send` seconds.
             self.reject(ClientProtocolError(408, "request body stalled"))
@@ -504,10 +548,20 @@ class ClientConnection:
             self._arm_timer(t.send - idle)
         elif self.queue:
             self._arm_timer(t.client_idle)  # exchanges keep their own timers
+        elif self.head_started == 0.0 and idle >= header_timeout:
+            # Silent since it connected (no request ever began): nginx's
+            # client_header_timeout. Nothing to answer; just close.
+            self._close_after_write()
         elif idle >= t.client_idle:
             self._close_after_write()
         else:
-            self._arm_timer(min(t.client_idle - idle, t.send))
+            # Wake in time for whichever comes first: idle close, a silent new
+            # connection, or a head that may begin meanwhile.
+            head_limit = min(t.send, header_timeout)
+            wait = min(t.client_idle - idle, head_limit)
+            if self.head_started == 0.0:
+                wait = min(wait, header_timeout - idle)
+            self._arm_timer(wait)
 
     def _body_limit(self, ex: Exchange) -> float:
         policy = ex.policy
@@ -524,7 +578,18 @@ class ClientConnection:
 
     # -- shutdown -------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Server stopping: close now if idle, else after the current response."""
+        """Server stopping: close now if idle, else after the current response.
+
+        An idle connection is cut at once (a TLS close would wait for the
+        client's close_notify); a tunnel gets a WebSocket close frame 1001.
+        """
         self.closing = True
-        if not self.queue and self.cur is None and self.tunnel is None:
-            self._close_after_write()
+        if self.tunnel is not None:
+            self.tunnel.go_away()
+        elif not self.queue and self.cur is None:
+            self.flush()
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size():
+                close_lingering(transport, self.loop)  # a last response still leaving
+            elif transport is not None:
+                transport.abort()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeproxy.config import Config, Upstream
+from edgeproxy.fds import connection_budget, nofile_limit
 from edgeproxy.policies import compile_route_policies, compile_site_policy
 from edgeproxy.proxy.headers import header_codes, response_codes
 from edgeproxy.proxy.upstream import UpstreamPool
@@ -24,7 +26,12 @@ if TYPE_CHECKING:
     from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.proxy.exchange import Exchange
 
+log = logging.getLogger("edgeproxy.limits")
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ADMITTED, OVER_TOTAL, OVER_PER_CLIENT = 0, 1, 2
+"""What `ConnectionCaps.admit` answers."""
 
 
 @dataclass(slots=True)
@@ -99,6 +106,82 @@ class Tracker:
         for ex in s:
             ex.cut()
         return len(s)
+
+
+class ConnectionCaps:
+    """`limits.max_connections` and `limits.max_connections_per_client`, counted per address.
+
+    Checked once per accepted connection (after the TLS handshake); the counts and
+    the refusals carry over a config reload.
+    """
+
+    __slots__ = (
+        "exempt",
+        "fd_limit",
+        "max_per_client",
+        "max_total",
+        "per_client",
+        "refused",
+        "warned_at",
+    )
+
+    def __init__(self, config: Config, previous: ConnectionCaps | None) -> None:
+        limits = config.limits
+        self.fd_limit = nofile_limit()
+        self.max_total = connection_budget(limits.max_connections, self.fd_limit)
+        self.max_per_client = limits.max_connections_per_client
+        self.exempt = _networks(
+            limits.max_connections_per_client_exempt + config.forwarding.trusted_proxies
+        )
+        self.per_client: dict[str, int] = {} if previous is None else previous.per_client
+        """Open connections per client address (addresses with none are removed)."""
+        self.refused: list[int] = [0, 0, 0] if previous is None else previous.refused
+        """Connections refused so far, indexed by OVER_TOTAL / OVER_PER_CLIENT."""
+        self.warned_at = [0.0, 0.0, 0.0]
+
+    def admit(self, ip: str, open_now: int, now: float) -> int:
+        """ADMITTED (and counted: call `release` when it closes), or the cap it is over."""
+        if open_now >= self.max_total:
+            return self._refuse(OVER_TOTAL, ip, now)
+        per = self.per_client
+        n = per.get(ip, 0)
+        cap = self.max_per_client
+        if cap and n >= cap and not in_networks(ip, self.exempt):
+            return self._refuse(OVER_PER_CLIENT, ip, now)
+        per[ip] = n + 1
+        return ADMITTED
+
+    def release(self, ip: str) -> None:
+        per = self.per_client
+        n = per.get(ip, 0)
+        if n <= 1:
+            per.pop(ip, None)
+        else:
+            per[ip] = n - 1
+
+    def _refuse(self, why: int, ip: str, now: float) -> int:
+        self.refused[why] += 1
+        if now - self.warned_at[why] >= 10.0:  # one line per cap per 10 s, not one per connection
+            self.warned_at[why] = now
+            if why == OVER_TOTAL:
+                log.warning(
+                    "refusing connections: %d open, limits.max_connections is %d "
+                    "(%d descriptors); %d refused so far (edgeproxy_connections_refused_total)",
+                    self.max_total,
+                    self.max_total,
+                    self.fd_limit,
+                    self.refused[why],
+                )
+            else:
+                log.warning(
+                    "refusing connections from %s: %d open, limits.max_connections_per_client "
+                    "is %d; %d refused so far (edgeproxy_connections_refused_total)",
+                    ip,
+                    self.per_client.get(ip, 0),
+                    self.max_per_client,
+                    self.refused[why],
+                )
+        return why
 
 
 def _networks(cidrs: list[str]) -> tuple[Network, ...]:
@@ -179,6 +262,9 @@ class ProxyContext:
         """Connections accepted so far: [plain HTTP, TLS (handshake done)]."""
         self.replaced_by: ProxyContext | None = None
         """The context a config reload put in force after this one."""
+        self.caps: ConnectionCaps = ConnectionCaps(
+            config, None if previous is None else previous.caps
+        )
 
     def pool_for(self, upstream: Upstream) -> UpstreamPool:
         key = (upstream.host, upstream.port)

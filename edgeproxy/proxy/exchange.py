@@ -9,6 +9,7 @@ meanwhile.
 
 from __future__ import annotations
 
+import errno
 import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Final
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproxy.proxy")
 
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+LOCAL_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""Errors of this host, not of the upstream being connected to."""
 
 
 class Exchange:
@@ -299,6 +302,20 @@ class Exchange:
             self.fail(504, "connect timeout")
             return
         except OSError as e:
+            if e.errno in LOCAL_ERRNOS:
+                # Our own shortage (descriptors, buffers, memory), not the upstream's
+                # fault: 503, not counted against it (fail() sets `error`, and health's
+                # passive ejection ignores an error answered 503).
+                self.pool.local_errors += 1
+                log.warning(
+                    "cannot connect to %s: %s on this host (%s), not the upstream's fault; "
+                    "answering 503 (raise LimitNOFILE or lower limits.max_connections)",
+                    self.pool.upstream.url,
+                    errno.errorcode.get(e.errno or 0, "?"),
+                    e.strerror or e,
+                )
+                self.fail(503, f"local error connecting upstream: {e.strerror or e}")
+                return
             self.pool.connect_errors += 1
             self.fail(502, f"connect failed: {e.strerror or e}")
             return
@@ -451,10 +468,7 @@ class Exchange:
         self.fail(status, why)
 
     def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        if self.done and not self.tunnel:
-            return
-        if self.tunnel:
-            self.client.end_tunnel(self)
+        if self.done:
             return
         if self.upstream is not conn:
             return
@@ -521,8 +535,9 @@ class Exchange:
 
     def cut(self) -> None:
         """Drain deadline passed: 503 if nothing was sent yet, else close."""
-        if self.tunnel:
-            self.client.end_tunnel(self)
-        else:
+        tunnel = self.client.tunnel
+        if self.tunnel and tunnel is not None:
+            tunnel.end()
+        elif not self.tunnel:
             self.keep_alive = False
             self.fail(503, "drain deadline passed")

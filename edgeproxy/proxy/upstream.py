@@ -20,6 +20,7 @@ from edgeproxy.config import Upstream
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.exchange import Exchange
+    from edgeproxy.proxy.tunnel import Tunnel
 
 log = logging.getLogger("edgeproxy.upstream")
 
@@ -67,8 +68,8 @@ class UpstreamConnection:
         self.reused = False
         self.closed = False
         self.idle_since = 0.0
-        self.tunnel: asyncio.Transport | None = None
-        """The client transport once this connection is a WebSocket tunnel."""
+        self.tunnel: Tunnel | None = None
+        """Set once this connection is a WebSocket tunnel's upstream side."""
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -77,7 +78,7 @@ class UpstreamConnection:
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            self.tunnel.write(data)
+            self.tunnel.from_upstream(data)
             return
         ex = self.exchange
         if ex is None:
@@ -122,15 +123,19 @@ class UpstreamConnection:
         if ex is not None:
             ex.on_upstream_lost(self, exc)
         elif tunnel is not None:
-            tunnel.close()
+            tunnel.end()
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.client.pause_reading_for_upstream()
+        elif self.tunnel is not None:
+            self.tunnel.client.pause_reading_for_upstream()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.client.resume_reading_for_upstream()
+        elif self.tunnel is not None:
+            self.tunnel.client.resume_reading_for_upstream()
 
     # -- httptools callbacks ------------------------------------------------
     def on_status(self, status: bytes) -> None:
@@ -196,6 +201,8 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self.connect_errors = 0
+        self.local_errors = 0
+        """Connects that failed for lack of local resources (EMFILE, ENOBUFS...): not counted above."""
         self.opened = 0
 
     def take_idle(self) -> UpstreamConnection | None:
