@@ -1,9 +1,6 @@
 """`switchctl setup`: make a fresh server ready for its first deploy (idempotent).
 
-Exit codes: 0 set up (or nothing to do); 1 a step failed (the message says
-which and what to do; run it again once fixed: it picks up where it stopped);
-2 the deploy config is invalid; 4 blocked (nothing was changed) or held (the
-steps it could do are done; the message says what the operator must provide).
+See SETUP_EXIT_CODES for what its exit codes mean.
 """
 
 from __future__ import annotations
@@ -44,7 +41,15 @@ def survey(
     return obs, plan_setup(obs), client
 
 
-@click.command("setup")
+SETUP_EXIT_CODES = (
+    "Exit codes: 0 set up (or nothing to do); 1 a step failed (the message says which "
+    "and what to do; run it again once fixed: it picks up where it stopped); 2 the deploy "
+    "config is invalid; 4 blocked (nothing was changed) or held (the steps it could do are "
+    "done; the message says what the operator must provide)."
+)
+
+
+@click.command("setup", epilog=SETUP_EXIT_CODES)
 @config_option
 @click.option(
     "--edgeproxy-config",
