@@ -289,7 +289,9 @@ class Health(Model):
     unhealthy_threshold: int = Field(default=3, ge=1)
     expected_status: str = "200-299"
     host: str | None = None
-    max_backoff: float = Field(default=30.0, gt=0)
+    max_backoff: float | None = Field(default=None, gt=0)
+    """No longer used (failing upstreams are checked every `interval`); accepted so that
+    existing configs load, with a warning at start."""
     enabled: bool = True
 
     @field_validator("expected_status")

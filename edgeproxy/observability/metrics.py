@@ -259,7 +259,7 @@ class Metrics:
                 out.sample("edgeproxy_upstream_checks_total", {**labels, "result": result}, n)
         out.family("edgeproxy_color_healthy", "gauge", "1 while one upstream of the color is fit.")
         for app, color in self.health.colors:
-            healthy, _ = self.health.verdict(app, color)  # a scrape does not wake probes
+            healthy, _ = self.health.health(app, color)
             out.sample("edgeproxy_color_healthy", {"app": app, "color": color}, int(healthy))
 
     def _listeners(self, out: Exposition) -> None:
