@@ -53,6 +53,19 @@ def test_a_pending_upstream_is_probed_at_most_one_interval_apart() -> None:
     assert CheckState(2, 3).next_delay(2.0, 1.0) == 2.0
 
 
+def test_a_check_that_could_not_run_for_a_local_error_changes_no_verdict_and_no_count() -> None:
+    state = CheckState(2, 1)
+    state.record(True, "ok", 0.0)
+    first = [state.record_local("GET /health: local error EMFILE") for _ in range(5)]
+    assert first == [True, False, False, False, False]  # logged once per run
+    assert (state.healthy, state.failures, state.failed, state.local_errors) == (True, 0, 0, 5)
+    state.record(False, "GET /health → 500", 1.0)  # a real failure still counts
+    assert state.healthy is False and state.local_streak == 0
+    assert state.record_local("GET /health: local error ENOBUFS") is True
+    assert (state.failures, state.successes) == (1, 0)
+    assert CheckState(2, 3).describe() == "no health check has finished yet"
+
+
 @given(
     results=st.lists(st.booleans(), min_size=1, max_size=60),
     healthy_threshold=st.integers(1, 5),

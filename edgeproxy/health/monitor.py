@@ -103,6 +103,7 @@ class UpstreamHealth:
             ),
             "checks_passed": check.passed,
             "checks_failed": check.failed,
+            "checks_local_errors": check.local_errors,
             "ejected": ejected,
             "ejected_until": wall + (self.eject.ejected_until - now) if ejected else None,
             "ejections": self.eject.ejections,
@@ -186,6 +187,20 @@ class HealthMonitor:
     async def _probe(self, u: UpstreamHealth) -> None:
         assert self.session is not None and self.loop is not None
         ok, detail = await probe(self.session, u.url, u.spec)
+        if ok is None:
+            # Our own failure (EMFILE, ENOBUFS, ...): counted apart, never the upstream's.
+            if u.check.record_local(detail):
+                log.warning(
+                    "health check of %s could not run: %s; its verdict stays %s "
+                    "(a local error says nothing about the upstream)",
+                    u.url,
+                    detail,
+                    {None: "pending", True: "healthy", False: "unhealthy"}[u.check.healthy],
+                )
+            return
+        streak = u.check.local_streak
+        if streak:
+            log.info("health checks of %s run again after %d local errors", u.url, streak)
         before = u.check.healthy
         if u.check.record(ok, detail, self.loop.time()):
             if before is not None or not ok:

@@ -253,9 +253,16 @@ class Metrics:
             out.family(name, kind, help_text)
             for labels, u in rows:
                 out.sample(name, labels, value(u, now))
-        out.family("edgeproxy_upstream_checks_total", "counter", "Active health checks run.")
+        out.family(
+            "edgeproxy_upstream_checks_total",
+            "counter",
+            "Active health checks by result (local_error: could not run because of a local "
+            "error such as EMFILE; never counted against the upstream).",
+        )
         for labels, u in rows:
-            for result, n in (("pass", u.check.passed), ("fail", u.check.failed)):
+            check = u.check
+            results = (("pass", check.passed), ("fail", check.failed))
+            for result, n in (*results, ("local_error", check.local_errors)):
                 out.sample("edgeproxy_upstream_checks_total", {**labels, "result": result}, n)
         out.family("edgeproxy_color_healthy", "gauge", "1 while one upstream of the color is fit.")
         for app, color in self.health.colors:
