@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -349,6 +349,9 @@ class App(Model):
     sticky_cookie: str | None = "edgeproxy_canary"
     drain_timeout: float = Field(default=30.0, gt=0)
     pause_max_wait: float = Field(default=30.0, gt=0)
+    when_all_down: Literal["route", "refuse"] = "route"
+    """No upstream of the color is fit (health checks, ejection): `route` to its upstreams
+    anyway (panic routing, like Envoy's panic threshold), or `refuse` with 503."""
 
     @field_validator("colors")
     @classmethod

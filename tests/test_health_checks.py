@@ -31,7 +31,10 @@ def test_an_upstream_answering_500_is_unhealthy_after_exactly_the_threshold_and_
     flaky, edge
 ):
     blue = flaky("blue")
-    e = edge(app_config({"blue": [blue.url]}, health={"unhealthy_threshold": 3}))
+    conf = app_config(
+        {"blue": [blue.url]}, health={"unhealthy_threshold": 3}, when_all_down="refuse"
+    )
+    e = edge(conf)
     assert http_get(e.http_port).body == b"blue\n"
     events = Events(e, lambda u: (blue.answered(500), blue.answered(200)))
     blue.health = [500]
@@ -74,7 +77,10 @@ def test_a_refusing_upstream_is_detected_and_readmitted_when_it_listens_again(
     flaky, edge, backend_loop
 ):
     blue = flaky("blue")
-    e = edge(app_config({"blue": [blue.url]}, health={"unhealthy_threshold": 3}))
+    conf = app_config(
+        {"blue": [blue.url]}, health={"unhealthy_threshold": 3}, when_all_down="refuse"
+    )
+    e = edge(conf)
     events = Events(e, lambda u: (u.check.failures, u.check.detail))
     backend_loop.run(blue.refuse())
     event, _, (failures, detail) = events.next()
@@ -126,7 +132,11 @@ def test_a_backend_that_failed_many_checks_and_starts_answering_is_seen_healthy_
 def test_a_flapping_upstream_keeps_its_verdict_while_no_threshold_is_reached(flaky, edge):
     blue = flaky("blue")
     e = edge(
-        app_config({"blue": [blue.url]}, health={"healthy_threshold": 2, "unhealthy_threshold": 3})
+        app_config(
+            {"blue": [blue.url]},
+            health={"healthy_threshold": 2, "unhealthy_threshold": 3},
+            when_all_down="refuse",
+        )
     )
     events = Events(e)
     start = len(blue.probes)
@@ -148,7 +158,7 @@ def test_a_switch_to_an_unhealthy_color_is_refused_naming_the_failing_check_unle
     flaky, edge
 ):
     blue, green = flaky("blue"), flaky("green", health=[503])
-    e = edge(app_config({"blue": [blue.url], "green": [green.url]}))
+    e = edge(app_config({"blue": [blue.url], "green": [green.url]}, when_all_down="refuse"))
     ctl = ControlClient(e.socket_path)
     with pytest.raises(ControlError) as err:
         ctl.set("shop", "green", 10)
@@ -157,7 +167,8 @@ def test_a_switch_to_an_unhealthy_color_is_refused_naming_the_failing_check_unle
     assert ctl.app("shop")["weights"] == {"blue": 100, "green": 0}
     view = ctl.set("shop", "green", 100, force=True)
     assert view["active"] == "green"
-    # The active color has no healthy upstream: edgeproxy does not flip back on its own.
+    # The active color has no healthy upstream: edgeproxy does not flip back on its own
+    # (and with `when_all_down: refuse`, does not panic-route to green either).
     r = http_get(e.http_port)
     assert r.status == 503 and r.header("Retry-After") == "5"
     assert ctl.app("shop")["colors"]["green"]["healthy"] is False
@@ -169,7 +180,8 @@ def test_a_restored_active_color_must_pass_its_check_before_it_gets_traffic(
 ):
     blue, green = flaky("blue"), flaky("green", health=[500])
     state = tmp_path / "restored.json"
-    conf = app_config({"blue": [blue.url], "green": [green.url]})
+    # `refuse`: with panic routing (the default) the restored color would be served anyway.
+    conf = app_config({"blue": [blue.url], "green": [green.url]}, when_all_down="refuse")
     e = edge({**conf, "state_file": str(state)})
     ControlClient(e.socket_path).set("shop", "green", 100, force=True)
     e.run(e.server.shutdown())

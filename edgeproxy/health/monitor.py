@@ -258,6 +258,11 @@ class HealthMonitor:
         assert self.loop is not None
         if u.fit(self.loop.time()):
             self.down.discard(u.pool)
+            for app, color in u.users:
+                targets = self.ctx.colors.get((app, color))
+                if targets is not None and targets.panicking:
+                    targets.panicking = False
+                    log.info("%s/%s: %s is fit again; panic routing ends", app, color, u.url)
         else:
             self.down.add(u.pool)
         # No hook at all while everything is fit: the per-request pick skips the call.

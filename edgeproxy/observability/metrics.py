@@ -173,8 +173,10 @@ class Metrics:
         if s is None:
             return {}
         w = s.window.summary(self.ctx_time())
+        targets = self.ctx.colors.get((app, color))
         return {
             "requests": s.requests,
+            "panic_routed": targets.panic_routed if targets is not None else 0,
             "errors_5xx": s.codes[5],
             "window_requests": w.requests,
             "error_rate": round(w.error_rate, 6),
@@ -268,6 +270,15 @@ class Metrics:
         for app, color in self.health.colors:
             healthy, _ = self.health.health(app, color)
             out.sample("edgeproxy_color_healthy", {"app": app, "color": color}, int(healthy))
+        out.family(
+            "edgeproxy_panic_routed_total",
+            "counter",
+            "Requests routed to a color while none of its upstreams was fit "
+            "(panic routing, apps.*.when_all_down: route).",
+        )
+        for (app, color), targets in self.ctx.colors.items():
+            labels = {"app": app, "color": color}
+            out.sample("edgeproxy_panic_routed_total", labels, targets.panic_routed)
 
     def _listeners(self, out: Exposition) -> None:
         names = [("http", False), ("https", True)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.proxy.exchange import Exchange
 
+log = logging.getLogger("edgeproxy.proxy")
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -35,6 +38,10 @@ class ColorTargets:
     color: str
     pools: list[UpstreamPool]
     _next: int = 0
+    panic_routed: int = 0
+    """Requests routed here while no upstream was fit (`when_all_down: route`)."""
+    panicking: bool = False
+    """Set by the first panic-routed request, cleared when an upstream is fit again."""
 
     def pick(self, healthy: Callable[[UpstreamPool], bool] | None = None) -> UpstreamPool | None:
         pools = self.pools
@@ -45,6 +52,24 @@ class ColorTargets:
             if healthy is None or healthy(pool):
                 return pool
         return None
+
+    def pick_anyway(self) -> UpstreamPool:
+        """Panic routing: no upstream is fit, so take the next one round-robin regardless.
+
+        Passive ejection and the 502/504 path then judge each request; this is
+        logged once per entry into panic (`HealthMonitor` notes the way out).
+        """
+        self.panic_routed += 1
+        if not self.panicking:
+            self.panicking = True
+            log.warning(
+                "%s/%s: no upstream is fit for traffic; panic routing: requests go to its "
+                "upstreams anyway until one is fit again (when_all_down: route)",
+                self.app,
+                self.color,
+            )
+        self._next = (self._next + 1) % len(self.pools)
+        return self.pools[self._next]
 
 
 @dataclass(slots=True)
