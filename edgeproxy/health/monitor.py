@@ -2,7 +2,9 @@
 
 `HealthMonitor.start()` runs one round of checks (each bounded by its
 `timeout`) before edgeproxy accepts connections, so a color restored from the
-state file must pass its check before it gets a request; the loops then keep
+state file must pass its check before it gets a request (except by panic
+routing: with `when_all_down: route`, an active color with no fit upstream
+gets requests anyway, see `Exchange._pick_color`); the loops then keep
 probing every color, active or not, every `interval` (±10% jitter; never later
 than one interval for an upstream that is not healthy, so a recovered one is
 seen within `healthy_threshold` intervals: see `health/state.py`). The data
