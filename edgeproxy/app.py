@@ -4,8 +4,9 @@
    per request; the board calls back into the data plane for in-flight counts,
    cutting a drained color, health and per-color figures.
 2. `Observability`: one round of health checks (a restored color must pass before
-   it gets traffic), then the check loops; metrics, access log and canary guard
-   in `ctx.exchange_observers`; the board's `health` and `color_stats` hooks.
+   it gets traffic, panic routing aside), then the check loops; metrics, access
+   log and canary guard in `ctx.exchange_observers`; the board's `health` and
+   `color_stats` hooks.
 3. `ControlPlane`: the control socket (and the optional metrics listener), once
    every hook it serves is in place.
 """

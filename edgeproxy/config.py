@@ -13,7 +13,7 @@ import grp
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -435,7 +435,9 @@ class Health(Model):
     unhealthy_threshold: int = Field(default=3, ge=1)
     expected_status: str = "200-299"
     host: str | None = None
-    max_backoff: Seconds = Field(default=30.0, gt=0)
+    max_backoff: Seconds | None = Field(default=None, gt=0)
+    """No longer used (failing upstreams are checked every `interval`); accepted so that
+    existing configs load, with a warning at start."""
     enabled: bool = True
 
     @field_validator("expected_status")
@@ -493,6 +495,9 @@ class App(Model):
     sticky_cookie: str | None = "edgeproxy_canary"
     drain_timeout: Seconds = Field(default=30.0, gt=0)
     pause_max_wait: Seconds = Field(default=30.0, gt=0)
+    when_all_down: Literal["route", "refuse"] = "route"
+    """No upstream of the color is fit (health checks, ejection): `route` to its upstreams
+    anyway (panic routing, like Envoy's panic threshold), or `refuse` with 503."""
 
     @field_validator("colors")
     @classmethod

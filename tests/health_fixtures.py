@@ -108,7 +108,7 @@ def app_config(
         "apps": {
             "shop": {
                 "colors": {c: {"upstreams": ups} for c, ups in colors.items()},
-                "health": {"interval": 0.05, "timeout": 1.0, "max_backoff": 0.5, **(health or {})},
+                "health": {"interval": 0.05, "timeout": 1.0, **(health or {})},
                 **app,
             }
         },

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from edgeproxy.control.store import StateStore
 from edgeproxy.switching.state import initial
@@ -349,7 +350,11 @@ def test_a_failing_pre_deploy_hook_switches_nothing(stack: Stack, traffic: Traff
 def test_a_failed_deploy_on_a_fresh_server_says_nothing_was_switched(
     stack: Stack, traffic: Traffic
 ) -> None:
-    stack.create_proxy()
+    # `refuse`: with panic routing (the default) the sick color, which answers / but not its
+    # health check, would serve visitors while the deploy waits for it.
+    config = yaml.safe_load(stack.proxy_config_text())
+    config["apps"][stack.app]["when_all_down"] = "refuse"
+    stack.create_proxy(config_text=yaml.safe_dump(config))
     stack.write_deploy_config(health={"deadline": 2})
     err = failed(stack.deploy("--ref", "sick"))
     assert "nothing was switched" in err

@@ -7,6 +7,7 @@ edgeproxy changed its verdict), backoff from the spacing of probes in that log.
 from __future__ import annotations
 
 import json
+import re
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -30,7 +31,10 @@ def test_an_upstream_answering_500_is_unhealthy_after_exactly_the_threshold_and_
     flaky, edge
 ):
     blue = flaky("blue")
-    e = edge(app_config({"blue": [blue.url]}, health={"unhealthy_threshold": 3}))
+    conf = app_config(
+        {"blue": [blue.url]}, health={"unhealthy_threshold": 3}, when_all_down="refuse"
+    )
+    e = edge(conf)
     assert http_get(e.http_port).body == b"blue\n"
     events = Events(e, lambda u: (blue.answered(500), blue.answered(200)))
     blue.health = [500]
@@ -61,7 +65,8 @@ def test_a_hanging_upstream_fails_its_check_by_timeout_and_the_failing_check_say
     assert (event, hung) == ("unhealthy", 2)
     healthy, failing = e.run(_health(monitor(e), "blue"))
     assert not healthy
-    assert failing == [f"{blue.url}: GET /health: no answer within 0.2s (2 in a row)"]
+    assert len(failing) == 1
+    assert failing[0].startswith(f"{blue.url}: GET /health: no answer within 0.2s (2 in a row); ")
 
 
 async def _health(m: HealthMonitor, color: str) -> tuple[bool, list[str]]:
@@ -72,7 +77,10 @@ def test_a_refusing_upstream_is_detected_and_readmitted_when_it_listens_again(
     flaky, edge, backend_loop
 ):
     blue = flaky("blue")
-    e = edge(app_config({"blue": [blue.url]}, health={"unhealthy_threshold": 3}))
+    conf = app_config(
+        {"blue": [blue.url]}, health={"unhealthy_threshold": 3}, when_all_down="refuse"
+    )
+    e = edge(conf)
     events = Events(e, lambda u: (u.check.failures, u.check.detail))
     backend_loop.run(blue.refuse())
     event, _, (failures, detail) = events.next()
@@ -84,27 +92,51 @@ def test_a_refusing_upstream_is_detected_and_readmitted_when_it_listens_again(
     assert http_get(e.http_port).body == b"blue\n"
 
 
-def test_probes_of_a_dead_upstream_back_off_exponentially_up_to_the_cap(flaky, edge):
+def test_a_dead_upstream_is_probed_every_interval_without_backing_off(flaky, edge):
     blue = flaky("blue", health=[500])
-    edge(app_config({"blue": [blue.url]}, health={"interval": 0.05, "max_backoff": 0.4}))
-    # Delays after the first (failing) probe: 0.1, 0.2, 0.4, 0.4, 0.4 (±10% jitter).
+    edge(app_config({"blue": [blue.url]}, health={"interval": 0.05}))
     deadline = time.monotonic() + 15
-    while len(blue.probes) < 7 and time.monotonic() < deadline:
+    while len(blue.probes) < 12 and time.monotonic() < deadline:
         time.sleep(0.05)
-    times = [t for t, _ in blue.probes[:7]]
+    times = [t for t, _ in blue.probes[:12]]
     gaps = [b - a for a, b in pairwise(times)]
-    assert len(gaps) == 6, blue.probes
-    assert gaps[1] / gaps[0] > 1.4 and gaps[2] / gaps[1] > 1.4, gaps
-    capped = gaps[3:]
-    assert all(g >= 0.4 * 0.9 for g in capped), gaps
-    assert max(capped) / min(capped) < 1.5, gaps  # the cap holds: no more doubling
-    assert gaps[-1] / gaps[0] > 3, gaps
+    assert len(gaps) == 11, blue.probes
+    # Doubling from 0.05 s would make the last gaps 0.8 s and more.
+    assert max(gaps[5:]) < 0.05 * 6, gaps
+
+
+def test_a_backend_that_failed_many_checks_and_starts_answering_is_seen_healthy_within_two_intervals(
+    flaky, edge
+):
+    interval = 0.2
+    blue = flaky("blue")
+    e = edge(
+        app_config({"blue": [blue.url]}, health={"interval": interval, "unhealthy_threshold": 1})
+    )
+    events = Events(e, lambda u: time.monotonic())
+    blue.health = [500]
+    assert events.next()[0] == "unhealthy"
+    time.sleep(3.0)  # many failed checks (a doubling back-off would wait 3.2 s for the next one)
+    failed = blue.answered(500)
+    assert failed >= 3, blue.probes
+    answering = time.monotonic()
+    blue.health = [200]
+    event, _, seen = events.next()
+    assert event == "healthy"
+    # healthy_threshold 2: the first passing check comes at most one interval after the
+    # backend answers, the second one interval later; the rest is slack for a busy machine.
+    assert seen - answering < 2 * interval + 1.0, (seen - answering, blue.probes[failed - 3 :])
+    assert blue.answered(200) >= 2
 
 
 def test_a_flapping_upstream_keeps_its_verdict_while_no_threshold_is_reached(flaky, edge):
     blue = flaky("blue")
     e = edge(
-        app_config({"blue": [blue.url]}, health={"healthy_threshold": 2, "unhealthy_threshold": 3})
+        app_config(
+            {"blue": [blue.url]},
+            health={"healthy_threshold": 2, "unhealthy_threshold": 3},
+            when_all_down="refuse",
+        )
     )
     events = Events(e)
     start = len(blue.probes)
@@ -126,7 +158,7 @@ def test_a_switch_to_an_unhealthy_color_is_refused_naming_the_failing_check_unle
     flaky, edge
 ):
     blue, green = flaky("blue"), flaky("green", health=[503])
-    e = edge(app_config({"blue": [blue.url], "green": [green.url]}))
+    e = edge(app_config({"blue": [blue.url], "green": [green.url]}, when_all_down="refuse"))
     ctl = ControlClient(e.socket_path)
     with pytest.raises(ControlError) as err:
         ctl.set("shop", "green", 10)
@@ -135,7 +167,8 @@ def test_a_switch_to_an_unhealthy_color_is_refused_naming_the_failing_check_unle
     assert ctl.app("shop")["weights"] == {"blue": 100, "green": 0}
     view = ctl.set("shop", "green", 100, force=True)
     assert view["active"] == "green"
-    # The active color has no healthy upstream: edgeproxy does not flip back on its own.
+    # The active color has no healthy upstream: edgeproxy does not flip back on its own
+    # (and with `when_all_down: refuse`, does not panic-route to green either).
     r = http_get(e.http_port)
     assert r.status == 503 and r.header("Retry-After") == "5"
     assert ctl.app("shop")["colors"]["green"]["healthy"] is False
@@ -147,7 +180,8 @@ def test_a_restored_active_color_must_pass_its_check_before_it_gets_traffic(
 ):
     blue, green = flaky("blue"), flaky("green", health=[500])
     state = tmp_path / "restored.json"
-    conf = app_config({"blue": [blue.url], "green": [green.url]})
+    # `refuse`: with panic routing (the default) the restored color would be served anyway.
+    conf = app_config({"blue": [blue.url], "green": [green.url]}, when_all_down="refuse")
     e = edge({**conf, "state_file": str(state)})
     ControlClient(e.socket_path).set("shop", "green", 100, force=True)
     e.run(e.server.shutdown())
@@ -200,15 +234,17 @@ def test_a_check_sends_its_host_header_and_accepts_the_configured_status_range(f
     assert not healthy and "GET /health → 404 (expected 200-399)" in failing[0]
 
 
-def test_asking_about_a_backed_off_color_probes_it_at_once_so_a_deploy_need_not_wait(flaky, edge):
+def test_asking_about_a_color_that_failed_for_long_finds_it_healthy_soon_after_it_answers(
+    flaky, edge
+):
     blue, green = flaky("blue"), flaky("green", health=[500])
     e = edge(
         app_config(
             {"blue": [blue.url], "green": [green.url]},
-            health={"interval": 0.05, "max_backoff": 600, "healthy_threshold": 1},
+            health={"interval": 0.05, "healthy_threshold": 1},
         )
     )
-    while len(green.probes) < 6:  # backed off: the next probe is due 6.4 s after the 6th
+    while len(green.probes) < 6:
         time.sleep(0.05)
     green.health = [200]
     ctl = ControlClient(e.socket_path)
@@ -218,5 +254,31 @@ def test_asking_about_a_backed_off_color_probes_it_at_once_so_a_deploy_need_not_
         time.sleep(0.05)
     passed = [t for t, status in green.probes if status == 200]
     last_failed = max(t for t, status in green.probes if status == 500)
-    assert passed[0] - last_failed < 6.4 * 0.9 / 2  # well before the backoff would have ended
+    assert passed[0] - last_failed < 1.0  # a back-off after six failures would be 3.2 s
     assert ctl.set("shop", "green", 10)["weights"] == {"blue": 90, "green": 10}
+
+
+def test_switchctl_set_refused_for_an_unhealthy_color_says_how_long_until_its_next_check(
+    flaky, edge
+):
+    blue, green = flaky("blue"), flaky("green", health=[503])
+    interval = 2.0
+    e = edge(
+        app_config(
+            {"blue": [blue.url], "green": [green.url]},
+            health={"interval": interval, "unhealthy_threshold": 1},
+        )
+    )
+    out = CliRunner().invoke(
+        cli, ["--socket", str(e.socket_path), "--app", "shop", "set", "green", "--weight", "10"]
+    )
+    assert out.exit_code == 1, out.output
+    message = out.output
+    assert f"green is unhealthy ({green.url}: GET /health → 503" in message
+    found = re.search(r"next check in (\d+\.\d)s, healthy after 2 passing in a row", message)
+    assert found is not None, message
+    assert 0.0 <= float(found.group(1)) <= interval
+    ctl = ControlClient(e.socket_path)
+    assert ctl.app("shop")["weights"] == {"blue": 100, "green": 0}
+    upstream = ctl.health()["apps"]["shop"]["green"]["upstreams"][0]
+    assert 0.0 <= upstream["next_check"] - time.time() <= interval

@@ -62,7 +62,14 @@ def test_connect_errors_eject_every_upstream_and_the_color_answers_503_with_retr
     port = dead.getsockname()[1]
     dead.close()  # nothing listens: connection refused
     url = f"http://127.0.0.1:{port}"
-    e = edge(app_config({"blue": [url]}, health={"enabled": False}, ejection=ejection(2, 30.0)))
+    e = edge(
+        app_config(
+            {"blue": [url]},
+            health={"enabled": False},
+            ejection=ejection(2, 30.0),
+            when_all_down="refuse",
+        )
+    )
     events = Events(e)
     assert [http_get(e.http_port).status for _ in range(2)] == [502, 502]
     assert events.next()[:2] == ("ejected", url)
@@ -74,3 +81,19 @@ def test_connect_errors_eject_every_upstream_and_the_color_answers_503_with_retr
         f"{url}: ejected after 2 failed requests in a row (connect failed: "
     )
     assert view["upstreams"][0]["check"] == "disabled"
+
+
+def test_with_panic_routing_a_color_whose_every_upstream_is_ejected_still_gets_requests_and_their_answers_decide(
+    flaky, edge
+):
+    good = flaky("good", traffic=[500, 500, 200])
+    e = edge(
+        app_config({"blue": [good.url]}, health={"enabled": False}, ejection=ejection(2, 30.0))
+    )
+    events = Events(e)
+    assert [http_get(e.http_port).status for _ in range(2)] == [500, 500]
+    assert events.next()[:2] == ("ejected", good.url)
+    # Ejected, the only upstream: panic routing (the default) still sends the request,
+    # and the upstream's own answer decides.
+    assert http_get(e.http_port).body == b"good\n"
+    assert len(good.served) == 3

@@ -33,25 +33,37 @@ def test_an_unhealthy_upstream_needs_the_healthy_threshold_of_passes_in_a_row() 
     assert verdicts == [False, False, False, False, True]
 
 
-def test_a_dead_upstream_is_probed_with_doubling_delays_up_to_the_cap() -> None:
+def test_an_upstream_that_is_not_healthy_is_probed_at_most_one_interval_after_the_last_probe() -> (
+    None
+):
     state = CheckState(2, 3)
-    delays = []
-    for i in range(8):
+    for i in range(40):
         state.record(False, "refused", float(i))
-        delays.append(state.next_delay(1.0, 10.0))
-    assert delays == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0, 10.0]
-    state.record(True, "ok", 9.0)
-    assert state.next_delay(1.0, 10.0) == 1.0  # a pass brings the interval back
+        assert [state.next_delay(1.0, j) for j in (-1.0, 0.0, 1.0)] == [0.9, 1.0, 1.0]
+    state.record(True, "ok", 41.0)
+    assert state.healthy is False  # 1 of 2 passing: still probed at most an interval apart
+    assert state.next_delay(1.0, 1.0) == 1.0
+    assert state.describe() == "refused, then 1 of 2 passing checks in a row"
+    state.record(True, "ok", 42.0)
+    assert state.healthy is True
+    assert [state.next_delay(1.0, j) for j in (-1.0, 1.0)] == [0.9, 1.1]  # ±10% jitter
 
 
-def test_failures_before_the_threshold_keep_the_regular_interval() -> None:
-    state = CheckState(2, 3)
+def test_a_pending_upstream_is_probed_at_most_one_interval_apart() -> None:
+    assert CheckState(2, 3).next_delay(2.0, 1.0) == 2.0
+
+
+def test_a_check_that_could_not_run_for_a_local_error_changes_no_verdict_and_no_count() -> None:
+    state = CheckState(2, 1)
     state.record(True, "ok", 0.0)
-    state.record(False, "500", 1.0)
-    state.record(False, "500", 2.0)
-    assert state.next_delay(1.0, 30.0) == 1.0
-    state.record(False, "500", 3.0)
-    assert state.next_delay(1.0, 30.0) == 2.0
+    first = [state.record_local("GET /health: local error EMFILE") for _ in range(5)]
+    assert first == [True, False, False, False, False]  # logged once per run
+    assert (state.healthy, state.failures, state.failed, state.local_errors) == (True, 0, 0, 5)
+    state.record(False, "GET /health → 500", 1.0)  # a real failure still counts
+    assert state.healthy is False and state.local_streak == 0
+    assert state.record_local("GET /health: local error ENOBUFS") is True
+    assert (state.failures, state.successes) == (1, 0)
+    assert CheckState(2, 3).describe() == "no health check has finished yet"
 
 
 @given(
@@ -74,8 +86,8 @@ def test_verdicts_change_only_at_the_thresholds_and_delays_stay_within_jitter_an
             else:
                 assert state.failures == unhealthy_threshold
         before = state.healthy
-        delay = state.next_delay(0.5, 8.0, jitter)
-        assert 0.45 <= delay <= 8.0
+        delay = state.next_delay(0.5, jitter)
+        assert 0.45 <= delay <= (0.55 if state.healthy else 0.5)
 
 
 def eject(**kw: float) -> EjectionState:

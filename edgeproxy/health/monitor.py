@@ -2,11 +2,13 @@
 
 `HealthMonitor.start()` runs one round of checks (each bounded by its
 `timeout`) before edgeproxy accepts connections, so a color restored from the
-state file must pass its check before it gets a request; the loops then keep
-probing every color, active or not; a failing upstream is probed less and less
-often, unless someone asks about its color (a deploy waiting for it to become
-healthy, a refused switch): then it is probed at once, at most once per
-`interval`. The data plane asks `ctx.health_ok(pool)`
+state file must pass its check before it gets a request (except by panic
+routing: with `when_all_down: route`, an active color with no fit upstream
+gets requests anyway, see `Exchange._pick_color`); the loops then keep
+probing every color, active or not, every `interval` (±10% jitter; never later
+than one interval for an upstream that is not healthy, so a recovered one is
+seen within `healthy_threshold` intervals: see `health/state.py`). The data
+plane asks `ctx.health_ok(pool)`
 per request; while every upstream is fit that hook is None and costs nothing.
 
 An upstream shared by several colors or apps (same host:port) has one verdict:
@@ -54,8 +56,8 @@ class UpstreamHealth:
         self.users: list[tuple[str, str]] = []
         """(app, color) pairs that route to this upstream."""
         self.readmit: asyncio.TimerHandle | None = None
-        self.wake = asyncio.Event()
-        """Set to probe now instead of at the end of the backoff."""
+        self.next_check = 0.0
+        """Loop time of the next active check (in the past while one is running)."""
 
     def fit(self, now: float) -> bool:
         checked = not self.spec.enabled or self.check.healthy is True
@@ -65,11 +67,20 @@ class UpstreamHealth:
         """Why this upstream gets no requests (empty while it is fit)."""
         out = []
         if self.spec.enabled and self.check.healthy is not True:
-            out.append(self.check.describe())
+            out.append(f"{self.check.describe()}; {self.next_check_in(now)}")
         if self.eject.ejected(now):
             left = self.eject.ejected_until - now
             out.append(f"{self.eject.describe()}, back in {left:.0f}s")
         return out
+
+    def next_check_in(self, now: float) -> str:
+        """When the next check runs, and what it takes to be healthy again."""
+        left = self.next_check - now
+        when = f"next check in {left:.1f}s" if left > 0 else "a check is running"
+        need = self.spec.healthy_threshold
+        if self.check.healthy is None or need == 1 or self.check.successes:
+            return when  # the next passing check decides, or describe() says how many are left
+        return f"{when}, healthy after {need} passing in a row"
 
     def failing(self, now: float) -> list[str]:
         return [f"{self.url}: {r}" for r in self.reasons(now)]
@@ -87,8 +98,14 @@ class UpstreamHealth:
             ),
             "last_check": wall - (now - check.last_check) if check.last_check else None,
             "failing": "; ".join(self.reasons(now)) or None,
+            "next_check": (
+                wall + max(0.0, self.next_check - now)
+                if self.spec.enabled and self.next_check
+                else None
+            ),
             "checks_passed": check.passed,
             "checks_failed": check.failed,
+            "checks_local_errors": check.local_errors,
             "ejected": ejected,
             "ejected_until": wall + (self.eject.ejected_until - now) if ejected else None,
             "ejections": self.eject.ejections,
@@ -100,6 +117,13 @@ class HealthMonitor:
         self.ctx = ctx
         self.by_pool: dict[UpstreamPool, UpstreamHealth] = {}
         self.colors: dict[tuple[str, str], list[UpstreamHealth]] = {}
+        for name, app_spec in config.apps.items():
+            if app_spec.health.max_backoff is not None:
+                log.warning(
+                    "apps.%s.health.max_backoff no longer has an effect: failing upstreams "
+                    "are checked every interval; remove it",
+                    name,
+                )
         for (app, color), targets in ctx.colors.items():
             spec = config.apps[app]
             ups = []
@@ -152,30 +176,33 @@ class HealthMonitor:
     # --- active checks ------------------------------------------------------------------------
 
     async def _probe_loop(self, u: UpstreamHealth) -> None:
+        assert self.loop is not None
         while True:
-            delay = u.check.next_delay(
-                u.spec.interval, u.spec.max_backoff, self.rng.uniform(-1.0, 1.0)
-            )
-            u.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await u.wake.wait()
+            delay = u.check.next_delay(u.spec.interval, self.rng.uniform(-1.0, 1.0))
+            u.next_check = self.loop.time() + delay
+            await asyncio.sleep(delay)
             try:
                 await self._probe(u)
             except Exception:  # a bug must not end the checks of this upstream
                 log.exception("health check of %s failed unexpectedly", u.url)
 
-    def _wake_backed_off(self, ups: list[UpstreamHealth], now: float) -> None:
-        """Someone asks about these upstreams (a deploy waiting, a refused switch): probe the
-        failing ones now rather than at the end of their backoff, at most once per interval."""
-        for u in ups:
-            check = u.check
-            if check.healthy is False and now - check.last_check >= u.spec.interval:
-                u.wake.set()
-
     async def _probe(self, u: UpstreamHealth) -> None:
         assert self.session is not None and self.loop is not None
         ok, detail = await probe(self.session, u.url, u.spec)
+        if ok is None:
+            # Our own failure (EMFILE, ENOBUFS, ...): counted apart, never the upstream's.
+            if u.check.record_local(detail):
+                log.warning(
+                    "health check of %s could not run: %s; its verdict stays %s "
+                    "(a local error says nothing about the upstream)",
+                    u.url,
+                    detail,
+                    {None: "pending", True: "healthy", False: "unhealthy"}[u.check.healthy],
+                )
+            return
+        streak = u.check.local_streak
+        if streak:
+            log.info("health checks of %s run again after %d local errors", u.url, streak)
         before = u.check.healthy
         if u.check.record(ok, detail, self.loop.time()):
             if before is not None or not ok:
@@ -233,6 +260,11 @@ class HealthMonitor:
         assert self.loop is not None
         if u.fit(self.loop.time()):
             self.down.discard(u.pool)
+            for app, color in u.users:
+                targets = self.ctx.colors.get((app, color))
+                if targets is not None and targets.panicking:
+                    targets.panicking = False
+                    log.info("%s/%s: %s is fit again; panic routing ends", app, color, u.url)
         else:
             self.down.add(u.pool)
         # No hook at all while everything is fit: the per-request pick skips the call.
@@ -245,12 +277,11 @@ class HealthMonitor:
         return pool not in self.down
 
     def health(self, app: str, color: str) -> tuple[bool, list[str]]:
-        """The SwitchBoard's hook (views, switch checks): the verdict, and probe what fails."""
-        self._wake_backed_off(self.colors.get((app, color), []), self._now())
-        return self.verdict(app, color)
+        """The SwitchBoard's hook (views, switch checks, metrics).
 
-    def verdict(self, app: str, color: str) -> tuple[bool, list[str]]:
-        """A color is healthy while one of its upstreams is fit; what fails on the others."""
+        A color is healthy while one of its upstreams is fit; what fails on the
+        others, each with the time to its next check.
+        """
         now = self._now()
         ups = self.colors.get((app, color), [])
         failing = [f for u in ups for f in u.failing(now)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 
 import aiohttp
@@ -10,6 +11,25 @@ import aiohttp
 from edgeproxy.config import Health
 
 USER_AGENT = "edgeproxy-health/1"
+
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""Errors of this machine, not of the upstream: a check that hits one says nothing about it."""
+
+
+def local_errno(exc: BaseException) -> int | None:
+    """The local error (EMFILE, ...) behind `exc`, looking through its causes; None if none."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in LOCAL_ERRNOS:
+            return seen.errno
+        if isinstance(seen, aiohttp.ClientConnectorError):
+            code = seen.os_error.errno
+            if code in LOCAL_ERRNOS:
+                return code
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -35,8 +55,14 @@ async def probe_now(urls: list[str], spec: Health) -> tuple[bool, list[str]]:
     return any(ok for ok, _ in results), failing
 
 
-async def probe(session: aiohttp.ClientSession, base_url: str, spec: Health) -> tuple[bool, str]:
-    """(passed?, what was seen) for one GET of `spec.path` on `base_url`."""
+async def probe(
+    session: aiohttp.ClientSession, base_url: str, spec: Health
+) -> tuple[bool | None, str]:
+    """(passed?, what was seen) for one GET of `spec.path` on `base_url`.
+
+    None instead of passed/failed when the check could not run because of a
+    local error (edgeproxy out of file descriptors, buffers or memory).
+    """
     lo, hi = spec.status_range()
     what = f"GET {spec.path}"
     headers = {"Host": spec.host} if spec.host else None
@@ -48,11 +74,15 @@ async def probe(session: aiohttp.ClientSession, base_url: str, spec: Health) -> 
             status = resp.status
     except TimeoutError:
         return False, f"{what}: no answer within {spec.timeout:g}s"
-    except aiohttp.ClientConnectorError as e:
-        err = e.os_error
-        reason = os.strerror(err.errno) if err.errno else str(err)
-        return False, f"{what}: cannot connect ({reason.lower()})"
     except (aiohttp.ClientError, OSError) as e:
+        code = local_errno(e)
+        if code is not None:
+            reason = os.strerror(code).lower()
+            return None, f"{what}: local error {errno.errorcode[code]} ({reason})"
+        if isinstance(e, aiohttp.ClientConnectorError):
+            err = e.os_error
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            return False, f"{what}: cannot connect ({reason.lower()})"
         return False, f"{what}: {type(e).__name__}: {e}"
     if lo <= status <= hi:
         return True, f"{what} → {status}"

@@ -14,8 +14,9 @@ signal go to the renamed file, every later line to a new file at `path`.
 Fields: time (UTC, when the response ended), request_id, client, host, method,
 path (without the query string), status, bytes_in (request body bytes sent
 upstream), bytes_out (response body bytes), duration_ms, app, color, upstream,
-tls (protocol version, or null), and error (why edgeproxy ended the exchange
-itself, or null).
+panic (only present, as true, on a request routed to a color with no fit
+upstream: `apps.*.when_all_down: route`), tls (protocol version, or null), and
+error (why edgeproxy ended the exchange itself, or null).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class AccessLogWriter:
         """Wall clock minus loop clock."""
         self._sec = -1
         self._prefix = b""
-        self._where: dict[tuple[str | None, str | None, UpstreamPool | None], bytes] = {}
+        self._where: dict[tuple[str | None, str | None, UpstreamPool | None, bool], bytes] = {}
         self._tls: dict[str | None, bytes] = {}
         self._methods = {
             m: b'"%s"' % m
@@ -153,7 +154,7 @@ class AccessLogWriter:
         # Strings from the config or the socket are cached as JSON; only what the client
         # sent (request id, host, path) is checked for characters to escape, per line.
         where = self._where
-        key = (ex.app, ex.color, ex.pool)
+        key = (ex.app, ex.color, ex.pool, ex.panic)
         target = where.get(key)
         if target is None:
             target = where[key] = self._target(key)
@@ -184,10 +185,11 @@ class AccessLogWriter:
             self.timer = self.loop.call_later(FLUSH_SECONDS, self.flush)
 
     @staticmethod
-    def _target(key: tuple[str | None, str | None, UpstreamPool | None]) -> bytes:
-        app, color, pool = key
+    def _target(key: tuple[str | None, str | None, UpstreamPool | None, bool]) -> bytes:
+        app, color, pool, panic = key
         upstream = None if pool is None else pool.upstream.url
-        return f'"app":{jstr(app)},"color":{jstr(color)},"upstream":{jstr(upstream)}'.encode()
+        where = f'"app":{jstr(app)},"color":{jstr(color)},"upstream":{jstr(upstream)}'
+        return (where + ',"panic":true' if panic else where).encode()
 
     # --- output --------------------------------------------------------------------------------
 

@@ -180,8 +180,10 @@ class Metrics:
         if s is None:
             return {}
         w = s.window.summary(self.ctx_time())
+        targets = self.ctx.colors.get((app, color))
         return {
             "requests": s.requests,
+            "panic_routed": targets.panic_routed if targets is not None else 0,
             "errors_5xx": s.codes[5],
             "window_requests": w.requests,
             "error_rate": round(w.error_rate, 6),
@@ -260,14 +262,30 @@ class Metrics:
             out.family(name, kind, help_text)
             for labels, u in rows:
                 out.sample(name, labels, value(u, now))
-        out.family("edgeproxy_upstream_checks_total", "counter", "Active health checks run.")
+        out.family(
+            "edgeproxy_upstream_checks_total",
+            "counter",
+            "Active health checks by result (local_error: could not run because of a local "
+            "error such as EMFILE; never counted against the upstream).",
+        )
         for labels, u in rows:
-            for result, n in (("pass", u.check.passed), ("fail", u.check.failed)):
+            check = u.check
+            results = (("pass", check.passed), ("fail", check.failed))
+            for result, n in (*results, ("local_error", check.local_errors)):
                 out.sample("edgeproxy_upstream_checks_total", {**labels, "result": result}, n)
         out.family("edgeproxy_color_healthy", "gauge", "1 while one upstream of the color is fit.")
         for app, color in self.health.colors:
-            healthy, _ = self.health.verdict(app, color)  # a scrape does not wake probes
+            healthy, _ = self.health.health(app, color)
             out.sample("edgeproxy_color_healthy", {"app": app, "color": color}, int(healthy))
+        out.family(
+            "edgeproxy_panic_routed_total",
+            "counter",
+            "Requests routed to a color while none of its upstreams was fit "
+            "(panic routing, apps.*.when_all_down: route).",
+        )
+        for (app, color), targets in self.ctx.colors.items():
+            labels = {"app": app, "color": color}
+            out.sample("edgeproxy_panic_routed_total", labels, targets.panic_routed)
 
     def _listeners(self, out: Exposition) -> None:
         names = [("http", False), ("https", True)]

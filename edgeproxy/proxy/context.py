@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.proxy.exchange import Exchange
 
-log = logging.getLogger("edgeproxy.limits")
+log = logging.getLogger("edgeproxy.proxy")
+limits_log = logging.getLogger("edgeproxy.limits")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -42,6 +43,10 @@ class ColorTargets:
     color: str
     pools: list[UpstreamPool]
     _next: int = 0
+    panic_routed: int = 0
+    """Requests routed here while no upstream was fit (`when_all_down: route`)."""
+    panicking: bool = False
+    """Set by the first panic-routed request, cleared when an upstream is fit again."""
 
     def pick(self, healthy: Callable[[UpstreamPool], bool] | None = None) -> UpstreamPool | None:
         pools = self.pools
@@ -52,6 +57,24 @@ class ColorTargets:
             if healthy is None or healthy(pool):
                 return pool
         return None
+
+    def pick_anyway(self) -> UpstreamPool:
+        """Panic routing: no upstream is fit, so take the next one round-robin regardless.
+
+        Passive ejection and the 502/504 path then judge each request; this is
+        logged once per entry into panic (`HealthMonitor` notes the way out).
+        """
+        self.panic_routed += 1
+        if not self.panicking:
+            self.panicking = True
+            log.warning(
+                "%s/%s: no upstream is fit for traffic; panic routing: requests go to its "
+                "upstreams anyway until one is fit again (when_all_down: route)",
+                self.app,
+                self.color,
+            )
+        self._next = (self._next + 1) % len(self.pools)
+        return self.pools[self._next]
 
 
 @dataclass(slots=True)
@@ -164,7 +187,7 @@ class ConnectionCaps:
         if now - self.warned_at[why] >= 10.0:  # one line per cap per 10 s, not one per connection
             self.warned_at[why] = now
             if why == OVER_TOTAL:
-                log.warning(
+                limits_log.warning(
                     "refusing connections: %d open, limits.max_connections is %d "
                     "(%d descriptors); %d refused so far (edgeproxy_connections_refused_total)",
                     self.max_total,
@@ -173,7 +196,7 @@ class ConnectionCaps:
                     self.refused[why],
                 )
             else:
-                log.warning(
+                limits_log.warning(
                     "refusing connections from %s: %d open, limits.max_connections_per_client "
                     "is %d; %d refused so far (edgeproxy_connections_refused_total)",
                     ip,

@@ -57,6 +57,7 @@ class Exchange:
         "local",
         "loop",
         "method",
+        "panic",
         "path",
         "paused",
         "policy",
@@ -130,6 +131,8 @@ class Exchange:
         self.up_until_close = False
         self.reported = False
         self.paused = False
+        self.panic = False
+        """Routed to a color with no fit upstream (`when_all_down: route`)."""
         self.set_cookie: bytes | None = None
         self.info: h.RequestInfo | None = None
         self.policy: RoutePolicy | None = None
@@ -240,16 +243,32 @@ class Exchange:
                 if fallback is not None:
                     self.color, pool = active, fallback
         if pool is None:
-            headers = [(b"retry-after", b"5"), *self.error_headers()]
-            self.local = build_response(
-                503,
-                b"503 Service Unavailable: no healthy upstream for this app right now\n",
-                headers,
-                close=not self.keep_alive,
-            )
-            return False
+            pool = self._when_all_down(app)
+            if pool is None:
+                headers = [(b"retry-after", b"5"), *self.error_headers()]
+                self.local = build_response(
+                    503,
+                    b"503 Service Unavailable: no healthy upstream for this app right now\n",
+                    headers,
+                    close=not self.keep_alive,
+                )
+                return False
         self.pool = pool
         return True
+
+    def _when_all_down(self, app: str) -> UpstreamPool | None:
+        """Neither the chosen color nor the active one has a fit upstream: panic routing
+        sends the request to the active color's upstreams anyway (`when_all_down: route`,
+        the default), `refuse` answers 503."""
+        ctx = self.client.ctx
+        if ctx.config.apps[app].when_all_down != "route":
+            return None
+        picker = ctx.picker
+        if picker is not None:
+            self.color = picker.board.states[app].active
+        assert self.color is not None
+        self.panic = True
+        return ctx.colors[(app, self.color)].pick_anyway()
 
     # -- running ----------------------------------------------------------
     def start(self) -> None:
