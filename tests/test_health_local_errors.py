@@ -1,8 +1,8 @@
 """A health check that fails because edgeproxy itself is out of file descriptors.
 
 Real EMFILE in a real `edgeproxy serve` subprocess: a wrapper lowers its
-RLIMIT_NOFILE to 256 and, on SIGUSR1, opens /dev/null until the kernel answers
-EMFILE (SIGUSR2 closes them again), so every socket the health checks create
+RLIMIT_NOFILE (soft and hard) to 256 and, on SIGRTMIN, opens /dev/null until the kernel answers
+EMFILE (SIGRTMIN+1 closes them again), so every socket the health checks create
 fails as it would with thousands of idle client connections.
 """
 
@@ -24,8 +24,9 @@ from tests.test_switching_e2e import free_port
 HOG = """
 import os, resource, signal, sys, threading, time
 
+# Soft and hard: edgeproxy raises its soft limit to the hard one at start.
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), min(256, hard)))
 held = []
 lock = threading.Lock()
 hogging = threading.Event()
@@ -60,8 +61,8 @@ def release(signum, frame):
     os.write(2, b"test-hog: released %d fds\\n" % n)
 
 threading.Thread(target=keep_taking, daemon=True).start()
-signal.signal(signal.SIGUSR1, hog)
-signal.signal(signal.SIGUSR2, release)
+signal.signal(signal.SIGRTMIN, hog)  # not SIGUSR1: edgeproxy reopens its logs on that
+signal.signal(signal.SIGRTMIN + 1, release)
 sys.argv = ["edgeproxy", "serve", "--config", sys.argv[1], "--log-format", "text"]
 from edgeproxy.cli import main
 main()
@@ -108,12 +109,15 @@ def test_emfile_during_health_checks_does_not_mark_the_upstream_unhealthy(flaky,
         wait_for(lambda: ctl.app("shop")["colors"]["blue"]["healthy"], "blue never healthy")
         time.sleep(0.3)  # the control connections above are closed: no fd frees up later
         probes = len(blue.probes)
-        proc.send_signal(signal.SIGUSR1)
-        wait_for(lambda: "test-hog: holding" in log.read_text(), "the fds were not taken")
+        proc.send_signal(signal.SIGRTMIN)
+        wait_for(
+            lambda: "test-hog: holding" in log.read_text(),
+            f"the fds were not taken: {log.read_text()[-3000:]}",
+        )
         assert "Too many open files" in log.read_text()
         time.sleep(1.0)  # about ten checks, each failing with EMFILE
         assert len(blue.probes) <= probes + 1  # none reached the backend (but one under way)
-        proc.send_signal(signal.SIGUSR2)
+        proc.send_signal(signal.SIGRTMIN + 1)
         wait_for(lambda: "test-hog: released" in log.read_text(), "the fds were not released")
 
         up = ctl.health()["apps"]["shop"]["blue"]["upstreams"][0]
