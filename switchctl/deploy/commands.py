@@ -25,6 +25,7 @@ from switchctl.deploy.history import History
 from switchctl.deploy.orchestrate import connect, deploy, stale_lock_note, survey
 from switchctl.deploy.plan import Plan
 from switchctl.deploy.progress import Progress
+from switchctl.deploy.smoke import referenced
 
 config_option = click.option(
     "-c",
@@ -106,7 +107,14 @@ def _check(config_path: Path, as_json: bool) -> int:
     if cfg is not None:
         report |= {"app": cfg.app, "roles": list(cfg.roles), "env_file": str(cfg.env_file)}
         try:
-            report["variables"] = len(read_env_file(cfg.env_file, cfg.required_env).values)
+            env = read_env_file(cfg.env_file, cfg.required_env)
+            report["variables"] = len(env.values)
+            problems += [
+                f"smoke.checks: ${{{name}}} is used in a header or body but is not set in "
+                f"{cfg.env_file}"
+                for name in sorted(referenced(cfg.smoke))
+                if not env.values.get(name)
+            ]
         except DeployConfigError as e:
             problems += e.problems
         proxy_file = next(
