@@ -22,7 +22,13 @@ from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_f
 from switchctl.deploy.crosscheck import cross_check
 from switchctl.deploy.errors import DeployConfigError, DeployError, LockHeld
 from switchctl.deploy.history import History
-from switchctl.deploy.orchestrate import connect, deploy, stale_lock_note, survey
+from switchctl.deploy.orchestrate import (
+    connect,
+    deploy,
+    deploy_running,
+    stale_lock_note,
+    survey,
+)
 from switchctl.deploy.plan import Plan
 from switchctl.deploy.progress import Progress
 from switchctl.deploy.smoke import referenced
@@ -190,7 +196,7 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
     cfg = _load(config_path, as_json)
     try:
         s = connect(cfg)
-        obs, p = survey(s, stale_lock_note(s))
+        obs, p = survey(s, stale_lock_note(s), deploy_running(s))
     except DeployError as e:
         _die(e, 2, as_json)
     if as_json:

@@ -193,6 +193,24 @@ class Executor:
 
     # --- steps -------------------------------------------------------------------------------
 
+    def _remove_orphans(self, step: Step) -> str:
+        return ", ".join(self.apps.remove_hooks(keep_release=self.release.id)) or "none left"
+
+    def _close_interrupted(self, step: Step) -> str:
+        closed = []
+        for rel in self.history.stuck(self.release.id):
+            self.history.record(
+                rel.model_copy(
+                    update={
+                        "outcome": "interrupted",
+                        "message": "the deploy process died before it recorded an outcome "
+                        f"(SIGKILL or a reboot); closed by release {self.release.id}",
+                    }
+                )
+            )
+            closed.append(rel.id)
+        return ", ".join(closed) or "none left"
+
     def _start_base(self, step: Step) -> str:
         c = self.docker.containers.get(str(step.arg))
         c.start()

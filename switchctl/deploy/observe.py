@@ -13,6 +13,7 @@ from edgeproxy.control.store import StateFileError, StateStore
 from edgeproxy.errors import ConfigError
 from switchctl.client import ControlClient, ControlError, ProxyUnreachable
 from switchctl.deploy.config import DeployConfig
+from switchctl.deploy.history import History
 from switchctl.deploy.plan import BaseObs, ContainerObs, Observed, ProxyObs
 from switchctl.deploy.proxyctl import Runner, check_config
 
@@ -22,11 +23,14 @@ LABEL_ROLE = "edgeproxy.role"
 LABEL_RELEASE = "edgeproxy.release"
 
 
-def app_containers(client: docker.DockerClient, app: str) -> list[ContainerObs]:
+def app_containers(
+    client: docker.DockerClient, app: str, hooks: bool = False
+) -> list[ContainerObs]:
+    """The app's color containers; with `hooks`, its one-off (hook) containers instead."""
     out = []
     for c in client.containers.list(all=True, filters={"label": f"{LABEL_APP}={app}"}):
         labels = c.labels
-        if labels.get(LABEL_ROLE) == "hook":
+        if (labels.get(LABEL_ROLE) == "hook") != hooks:
             continue
         st = c.attrs["State"]
         out.append(
@@ -132,7 +136,20 @@ def observe(
     runner: Runner,
     control: ControlClient,
     stale_lock: str | None = None,
+    deploy_running: bool = False,
+    current_release: str | None = None,
 ) -> Observed:
+    """`deploy_running`: another process holds the deploy lock (its one-off containers and
+    its `running` history entry are its own); `current_release`: the deploy observing."""
+    orphans: tuple[ContainerObs, ...] = ()
+    stuck: tuple[str, ...] = ()
+    if not deploy_running:
+        hooks = app_containers(client, cfg.app, hooks=True)
+        orphans = tuple(h for h in hooks if h.release != current_release)
+        try:
+            stuck = tuple(r.id for r in History(cfg.history_file).stuck(current_release))
+        except ValueError:
+            stuck = ()  # an unreadable history is reported when the deploy records to it
     return Observed(
         app=cfg.app,
         colors=(cfg.colors[0], cfg.colors[1]),
@@ -142,4 +159,6 @@ def observe(
         proxy=proxy_view(cfg, runner, control),
         state_file_active=state_file_active(cfg),
         stale_lock=stale_lock,
+        orphans=orphans,
+        stuck_releases=stuck,
     )
