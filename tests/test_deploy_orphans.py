@@ -67,6 +67,9 @@ def test_a_deploy_killed_during_its_migration_leaves_an_orphan_that_doctor_names
     assert doc.returncode == 1, doc.stdout + doc.stderr
     assert f"one-off container {hook} (running) of deploy {killed} is left" in doc.stdout
     assert f"release {killed} is recorded as running, but no deploy holds the lock" in doc.stdout
+    assert (
+        f"  {hook}: running (one-off container of deploy {killed}, left by a deploy" in doc.stdout
+    )
     assert [c.status for c in hook_containers(stack)] == ["running"]  # doctor changes nothing
 
     stack.write_deploy_config(hooks={"pre_deploy": {"command": "echo migrated"}})
@@ -95,6 +98,9 @@ def test_doctor_does_not_call_a_running_deploys_migration_an_orphan(docker_stack
             assert time.monotonic() < deadline, "the migration container never started"
             time.sleep(0.1)
         doc = stack.switchctl("doctor")
+        [hook] = hook_containers(stack)
+        assert f"  {hook.name}: running (one-off container of deploy " in doc.stdout
+        assert "its deploy runs)" in doc.stdout
         assert "is left from a deploy that did not finish" not in doc.stdout, doc.stdout
         assert "recorded as running" not in doc.stdout, doc.stdout
         assert "a deploy is running now" in doc.stdout

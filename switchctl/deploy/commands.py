@@ -210,6 +210,11 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
             click.echo(
                 f"  {c.name}: {c.state}{' ' + c.health if c.health else ''} (release {c.release})"
             )
+        for h in obs.hooks:
+            whose = (
+                "left by a deploy that did not finish" if h in obs.orphans else "its deploy runs"
+            )
+            click.echo(f"  {h.name}: {h.state} (one-off container of deploy {h.release}, {whose})")
         if not p.findings and not p.blockers:
             click.echo(f"consistent: {p.live} serves; the next deploy goes to {p.target}")
         else:

@@ -141,10 +141,10 @@ def observe(
 ) -> Observed:
     """`deploy_running`: another process holds the deploy lock (its one-off containers and
     its `running` history entry are its own); `current_release`: the deploy observing."""
+    hooks = tuple(app_containers(client, cfg.app, hooks=True))
     orphans: tuple[ContainerObs, ...] = ()
     stuck: tuple[str, ...] = ()
     if not deploy_running:
-        hooks = app_containers(client, cfg.app, hooks=True)
         orphans = tuple(h for h in hooks if h.release != current_release)
         try:
             stuck = tuple(r.id for r in History(cfg.history_file).stuck(current_release))
@@ -161,4 +161,5 @@ def observe(
         stale_lock=stale_lock,
         orphans=orphans,
         stuck_releases=stuck,
+        hooks=hooks,
     )

@@ -106,6 +106,8 @@ class Observed:
     """One-off (hook) containers of a deploy that is not running: a killed deploy left them."""
     stuck_releases: tuple[str, ...] = ()
     """History entries still `running` although no deploy holds the lock."""
+    hooks: tuple[ContainerObs, ...] = ()
+    """Every one-off (hook) container of the app, a running deploy's included (for doctor)."""
 
     def of(self, color: str) -> list[ContainerObs]:
         return [c for c in self.containers if c.color == color]
