@@ -362,6 +362,8 @@ class Executor:
 
     def _smoke(self, step: Step) -> str:
         color = str(step.color)
+        if not self.cfg.smoke.checks:
+            return "no smoke checks configured"
         client = self._smoke_client()
         failed = [o for o in (client.run(c, color) for c in self.cfg.smoke.checks) if not o.ok]
         if failed:
@@ -378,11 +380,18 @@ class Executor:
         cn = self.cfg.canary
         before = self._view()
         self.control.set(self.cfg.app, color, weight)
-        if "requests" not in before["colors"].get(color, {}):
-            self.progress.info("edgeproxy reports no per-color request stats: gates cannot judge")
+        stats = "requests" in before["colors"].get(color, {})
+        if not stats:
+            self.progress.info(
+                "edgeproxy reports no per-color request stats: gates cannot judge, and the "
+                "step ends after its dwell"
+            )
         started = time.monotonic()
         dwell_end, thin_end = started + cn.dwell, started + cn.max_dwell
-        prober = Prober(self._smoke_client(), color, cn.probe_rate, time.monotonic)
+        probing = cn.probe_rate > 0 and bool(self.cfg.smoke.checks)
+        prober = Prober(
+            self._smoke_client() if probing else None, color, cn.probe_rate, time.monotonic
+        )
         deadline = None if cn.on_thin_traffic == "hold" else cn.max_dwell
         beat = self.progress.heartbeat(f"the {weight}% canary of {color} to dwell", deadline)
         holding = False
@@ -406,7 +415,7 @@ class Executor:
                 )
             seen = f"{ev.describe()}, {prober.describe()}"
             now = time.monotonic()
-            enough = ev.requests >= cn.gates.min_requests
+            enough = ev.requests >= cn.gates.min_requests or not stats
             if now >= dwell_end and enough:
                 return seen
             if now >= thin_end and not enough:

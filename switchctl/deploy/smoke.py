@@ -229,11 +229,11 @@ class Prober:
     color's requests: a shop with no visitors still gives the gates evidence."""
 
     def __init__(
-        self, client: SmokeClient, color: str, rate: float, clock: Callable[[], float]
+        self, client: SmokeClient | None, color: str, rate: float, clock: Callable[[], float]
     ) -> None:
         self.client = client
         self.color = color
-        self.rate = rate if client.smoke.checks else 0.0
+        self.rate = rate if client is not None and client.smoke.checks else 0.0
         self.clock = clock
         self.started = clock()
         self.slot = 0
@@ -250,7 +250,7 @@ class Prober:
     def tick(self) -> None:
         """Send the probes that are due (a slow listener makes it skip, never pile up)."""
         due = self.next_due()
-        if due is None or self.clock() < due:
+        if due is None or self.client is None or self.clock() < due:
             return
         checks = self.client.smoke.checks
         out = self.client.run(checks[self.sent % len(checks)], self.color)
