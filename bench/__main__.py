@@ -336,7 +336,63 @@ def backends(
     finish(doc, _json_path(json_path, "backends"), report.backends_markdown(docs), [])
 
 
+@main.command()
+@click.option("--url", required=True, help="base URL of the store API (any server)")
+@click.option("--host", help="TLS SNI and Host when --url is an address (e.g. api.shop.test)")
+@click.option(
+    "--key",
+    envvar="MEDUSA_PUBLISHABLE_KEY",
+    default="",
+    show_default=False,
+    help="publishable API key (env MEDUSA_PUBLISHABLE_KEY)",
+)
+@click.option("--shoppers", default=10, type=click.IntRange(1), help="virtual shoppers")
+@click.option("--think", default=1.0, type=click.FloatRange(0), help="mean think time (s)")
+@click.option(
+    "--fresh-share",
+    default=0.2,
+    type=click.FloatRange(0, 1),
+    help="share of shoppers opening a new connection per request",
+)
+@click.option("--duration", default=60.0, type=click.FloatRange(0), help="seconds (no --deploy)")
+@click.option(
+    "--journeys",
+    default=0,
+    type=click.IntRange(0),
+    help="journeys per shopper, then stop (0: until the run ends)",
+)
+@click.option(
+    "--deploy",
+    help="release command printing --json events, e.g. "
+    "'switchctl deploy --ref abc --json'; the report is split by its phases",
+)
+@click.option("--before", default=10.0, type=click.FloatRange(0), help="seconds before --deploy")
+@click.option("--after", default=10.0, type=click.FloatRange(0), help="seconds after --deploy")
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA (or certificate) to trust",
+)
+@click.option("--insecure", is_flag=True, help="do not verify the certificate (staging only)")
+@click.option("--timeout", default=10.0, type=click.FloatRange(0.1), help="per request (s)")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="output file")
+def storefront(json_path: Path | None, **kw: Any) -> None:
+    """Shoppers doing regions → products → cart → line item → cart, through a release."""
+    from bench import storefront as sf
+
+    doc = sf.run(sf.Options(**kw))
+    path = _json_path(json_path, "storefront")
+    finish(doc, path, sf.markdown(doc), [sf.plot(doc, path.with_suffix(".png"))])
+
+
+def _storefront_markdown(doc: dict[str, Any]) -> str:
+    from bench import storefront as sf
+
+    return sf.markdown(doc)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "storefront": _storefront_markdown,
     "throughput": report.throughput_markdown,
     "tls-handshakes": report.handshakes_markdown,
     "memory": report.memory_markdown,

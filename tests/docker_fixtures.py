@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import os
@@ -38,7 +39,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "edgeproxy-test/busybox:1"
-APP = "edgeproxy-test/shop"
 TEST_LABEL = "edgeproxy.test"
 
 APP_SH = r"""#!/bin/sh
@@ -52,6 +52,12 @@ body="$EDGEPROXY_COLOR $RELEASE_ID"
 printf '#!/bin/sh\nprintf "Status: %s\\r\\nContent-Type: text/plain\\r\\nContent-Length: %s\\r\\n\\r\\n%s\\n"\n' \
   "$status" "$((${#body} + 1))" "$body" > /www/cgi-bin/app
 chmod +x /www/cgi-bin/app
+# /cgi-bin/color always answers 200 and names its color in X-Edgeproxy-Color: a test double
+# for the header edgeproxy adds to a request whose override it honoured (smoke checks
+# require it). Through edgeproxy it names the color that really answered.
+printf '#!/bin/sh\nprintf "Status: 200\\r\\nX-Edgeproxy-Color: %s\\r\\nContent-Type: text/plain\\r\\nContent-Length: %s\\r\\n\\r\\n%s\\n"\n' \
+  "$EDGEPROXY_COLOR" "$((${#body} + 1))" "$body" > /www/cgi-bin/color
+chmod +x /www/cgi-bin/color
 exec httpd -f -p "127.0.0.1:$PORT" -h /www
 """
 
@@ -61,6 +67,9 @@ ENV MODE=$MODE
 COPY app.sh /app.sh
 CMD ["/bin/sh", "/app.sh"]
 """
+
+# Tagged by content: tests sharing a dockerd never rebuild another version's app image.
+APP = "edgeproxy-test/shop-" + hashlib.sha256((APP_SH + DOCKERFILE).encode()).hexdigest()[:8]
 
 
 def docker_or_none() -> docker.DockerClient | None:
@@ -334,7 +343,7 @@ class Stack:
             "health": {"deadline": 8, "first_delay": 0.1, "max_delay": 0.5},
             "smoke": {
                 "url": f"http://127.0.0.1:{self.http_port}",
-                "checks": [{"path": "/", "host": "shop.test", "status": 200}],
+                "checks": [{"path": "/cgi-bin/color", "host": "shop.test", "status": 200}],
             },
             "canary": {
                 "steps": [10, 50, 100],

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from switchctl.deploy import commands
@@ -193,3 +195,82 @@ def test_every_deploy_command_lists_its_exit_codes_in_help(command: click.Comman
     assert res.exit_code == 0
     codes = " ".join(res.output.split("Exit codes:")[1].split())
     assert all(f"{n} " in codes for n in (0, 1, 2))
+
+
+MEDUSA = Path(__file__).resolve().parent.parent / "compose" / "medusa"
+
+
+def shipped_medusa(tmp_path: Path, env: str, **smoke: Any) -> Path:
+    """compose/medusa/deploy.yml as shipped, with a local env file and edgeproxy.yml."""
+    cfg = yaml.safe_load((MEDUSA / "deploy.yml").read_text())
+    cfg["env_file"] = str(tmp_path / "app.env")
+    cfg["edgeproxy"]["config"] = str(MEDUSA / "edgeproxy.yml")
+    cfg["state_dir"] = str(tmp_path / "state")
+    cfg["smoke"].update(smoke)
+    (tmp_path / "app.env").write_text(env)
+    os.chmod(tmp_path / "app.env", 0o600)
+    path = tmp_path / "deploy.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+MEDUSA_ENV = "".join(
+    f"{k}=x\n"
+    for k in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "JWT_SECRET",
+        "COOKIE_SECRET",
+        "STORE_CORS",
+        "ADMIN_CORS",
+        "AUTH_CORS",
+        "MEILISEARCH_HOST",
+        "MEILISEARCH_API_KEY",
+    ]
+)
+
+
+def test_the_shipped_medusa_deploy_config_passes_deploy_check_with_the_publishable_key(
+    tmp_path: Path,
+) -> None:
+    cfg = shipped_medusa(tmp_path, MEDUSA_ENV + "MEDUSA_PUBLISHABLE_KEY=pk_01abc\n")
+    res = CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--check"])
+    assert res.exit_code == 0, res.output
+    assert "agrees with" in res.output and "pk_01abc" not in res.output
+    missing = shipped_medusa(tmp_path, MEDUSA_ENV)
+    res = CliRunner().invoke(deploy_cmd, ["-c", str(missing), "--check"])
+    assert res.exit_code == 2
+    assert f"MEDUSA_PUBLISHABLE_KEY is missing from {tmp_path / 'app.env'}" in res.output
+
+
+def test_deploy_check_refuses_a_plain_http_smoke_url_where_the_site_redirects_to_https(
+    tmp_path: Path,
+) -> None:
+    env = MEDUSA_ENV + "MEDUSA_PUBLISHABLE_KEY=pk\n"
+    cfg = shipped_medusa(tmp_path, env, url="http://127.0.0.1:80")
+    res = CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--check"])
+    assert res.exit_code == 2
+    assert "smoke.url: http://127.0.0.1:80 is plain HTTP, where" in res.output
+    assert "smoke checks never follow a redirect" in res.output
+    public = shipped_medusa(tmp_path, env, url="https://203.0.113.7:8443")
+    res = CliRunner().invoke(deploy_cmd, ["-c", str(public), "--check"])
+    assert "smoke.url: port 8443, but" in res.output
+    assert "smoke.url: 203.0.113.7 is not a loopback address" in res.output
+
+
+def test_deploy_check_names_a_smoke_header_variable_the_env_file_lacks(tmp_path: Path) -> None:
+    env = MEDUSA_ENV + "MEDUSA_PUBLISHABLE_KEY=pk\n"
+    cfg = shipped_medusa(
+        tmp_path,
+        env,
+        checks=[
+            {
+                "path": "/store/regions",
+                "host": "api.shop.example.com",
+                "headers": {"x-publishable-api-key": "${STORE_KEY}"},
+            }
+        ],
+    )
+    res = CliRunner().invoke(deploy_cmd, ["-c", str(cfg), "--check"])
+    assert res.exit_code == 2
+    assert "smoke.checks: ${STORE_KEY} is used in a header or body but is not set in" in res.output

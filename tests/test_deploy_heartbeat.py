@@ -102,7 +102,7 @@ def test_the_canary_dwell_reports_heartbeats(control_proxy: StartProxy, tmp_path
     waits = [e for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == "waiting"]
     assert len(waits) >= 3
     assert {e["what"] for e in waits} == {"the 10% canary of green to dwell"}
-    assert all(e["deadline"] == 0.6 for e in waits)
+    assert all(e["deadline"] is None for e in waits)  # on_thin_traffic: hold has no deadline
     assert waits[0]["detail"].startswith("gates pass so far: 0 requests")
 
 

@@ -238,3 +238,26 @@ def test_every_plan_starts_checks_and_switches_to_the_target_only_after_it_is_he
             assert s.color != p.target
     # never retire the live color
     assert Step("retire", color=p.live) not in p.steps
+
+
+def test_a_killed_deploys_one_off_containers_and_history_entry_are_cleared_before_anything_else() -> (
+    None
+):
+    hook = replace(c("green", role="hook"), name="shop-pre-deploy-r0", release="r0")
+    o = replace(
+        obs(running("blue"), proxy=ProxyObs(status="down")),
+        orphans=(hook,),
+        stuck_releases=("r0",),
+    )
+    p = plan(o, INTENT)
+    assert [s.kind for s in p.steps[:2]] == ["remove_orphans", "close_interrupted"]
+    assert p.steps[0].describe() == (
+        "stop and remove one-off containers a killed deploy left (shop-pre-deploy-r0)"
+    )
+    problems = [f.problem for f in p.findings]
+    assert (
+        "one-off container shop-pre-deploy-r0 (running) of deploy r0 is left from a deploy "
+        "that did not finish" in problems
+    )
+    assert "release r0 is recorded as running, but no deploy holds the lock" in problems
+    assert p.steps.index(Step("pre_deploy")) > 1

@@ -307,7 +307,7 @@ def test_a_canary_that_fails_its_error_gate_is_rolled_back(stack: Stack) -> None
     stack.run_color("blue")
     stack.create_proxy()
     stack.write_deploy_config(
-        smoke={"checks": [{"path": "/healthz", "host": "shop.test", "status": 200}]},
+        smoke={"checks": [{"path": "/cgi-bin/color", "host": "shop.test", "status": 200}]},
         canary={"steps": [50, 100], "dwell": 5, "poll": 0.2, "gates": {"min_requests": 3}},
     )
     t = stack.traffic("/cgi-bin/app")

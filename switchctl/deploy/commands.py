@@ -26,9 +26,16 @@ from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_f
 from switchctl.deploy.crosscheck import cross_check
 from switchctl.deploy.errors import DeployConfigError, DeployError, LockHeld
 from switchctl.deploy.history import History
-from switchctl.deploy.orchestrate import connect, deploy, stale_lock_note, survey
+from switchctl.deploy.orchestrate import (
+    connect,
+    deploy,
+    deploy_running,
+    stale_lock_note,
+    survey,
+)
 from switchctl.deploy.plan import Plan
 from switchctl.deploy.progress import Progress
+from switchctl.deploy.smoke import referenced
 
 DEFAULT_CONFIG = Path("/etc/switchctl/deploy.yml")
 
@@ -54,6 +61,10 @@ def server_root() -> Path:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+
+HELP = {"help_option_names": ["-h", "--help"]}
+"""-h on each command itself too: click caches a command's help option the first time it
+is built, so a command first run on its own (scripts, tests) would otherwise lose -h."""
 
 DEPLOY_EXIT_CODES = (
     "Exit codes: 0 live (--check: valid; --plan: nothing blocks); 1 the deploy failed "
@@ -93,7 +104,7 @@ def _die(e: DeployError, code: int, as_json: bool = False) -> NoReturn:
     sys.exit(code)
 
 
-@click.command("deploy", epilog=DEPLOY_EXIT_CODES)
+@click.command("deploy", epilog=DEPLOY_EXIT_CODES, context_settings=HELP)
 @config_option
 @click.option("--ref", help="Git ref / image tag to deploy (fills {ref} in `image`).")
 @click.option(
@@ -148,7 +159,14 @@ def _check(config_path: Path, as_json: bool) -> int:
     if cfg is not None:
         report |= {"app": cfg.app, "roles": list(cfg.roles), "env_file": str(cfg.env_file)}
         try:
-            report["variables"] = len(read_env_file(cfg.env_file, cfg.required_env).values)
+            env = read_env_file(cfg.env_file, cfg.required_env)
+            report["variables"] = len(env.values)
+            problems += [
+                f"smoke.checks: ${{{name}}} is used in a header or body but is not set in "
+                f"{cfg.env_file}"
+                for name in sorted(referenced(cfg.smoke))
+                if not env.values.get(name)
+            ]
         except DeployConfigError as e:
             problems += e.problems
         proxy_file = next(
@@ -244,7 +262,7 @@ def _plan_json(p: Plan) -> dict[str, Any]:
     }
 
 
-@click.command("doctor", epilog=DOCTOR_EXIT_CODES)
+@click.command("doctor", epilog=DOCTOR_EXIT_CODES, context_settings=HELP)
 @config_option
 @json_option
 def doctor_cmd(config_path: Path, as_json: bool) -> None:
@@ -252,7 +270,7 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
     cfg = _load(config_path, as_json)
     try:
         s = connect(cfg)
-        obs, p = survey(s, stale_lock_note(s))
+        obs, p = survey(s, stale_lock_note(s), deploy_running(s))
     except DeployError as e:
         _die(e, 2, as_json)
     if as_json:
@@ -266,6 +284,11 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
             click.echo(
                 f"  {c.name}: {c.state}{' ' + c.health if c.health else ''} (release {c.release})"
             )
+        for h in obs.hooks:
+            whose = (
+                "left by a deploy that did not finish" if h in obs.orphans else "its deploy runs"
+            )
+            click.echo(f"  {h.name}: {h.state} (one-off container of deploy {h.release}, {whose})")
         if not p.findings and not p.blockers:
             click.echo(f"consistent: {p.live} serves; the next deploy goes to {p.target}")
         else:
@@ -273,7 +296,7 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
     sys.exit(2 if p.blockers else 1 if p.findings else 0)
 
 
-@click.group("releases", epilog=RELEASES_EXIT_CODES)
+@click.group("releases", epilog=RELEASES_EXIT_CODES, context_settings=HELP)
 def releases_group() -> None:
     """Released versions (history) and rollback to a retained one."""
 

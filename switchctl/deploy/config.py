@@ -12,6 +12,7 @@ import re
 import shlex
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -85,33 +86,94 @@ class HealthWait(Model):
 class SmokeCheck(Model):
     path: str = "/"
     host: str | None = None
+    """Sent as TLS SNI and as Host: the site a visitor would reach (e.g. api.shop.example.com)."""
     method: str = "GET"
+    headers: dict[str, str] = {}
+    """Extra request headers; `${VAR}` (or `${VAR:-default}`) is taken from the env file,
+    e.g. `x-publishable-api-key: ${MEDUSA_PUBLISHABLE_KEY}`. Values are never printed."""
+    body: str | None = None
+    """Request body (`${VAR}` expanded like headers)."""
     status: int = 200
+    """Expected status; a redirect is never followed, so a 3xx fails unless expected here."""
     contains: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"path {v!r} must start with /")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z]+", v):
+            raise ValueError(f"method {v!r} is not an HTTP method")
+        return v.upper()
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+            if name.lower() in ("host", "content-length", "transfer-encoding"):
+                raise ValueError(f"{name}: set by switchctl (use the check's `host`)")
+        return v
 
 
 class Smoke(Model):
-    url: str = "http://127.0.0.1:80"
-    """edgeproxy's HTTP listener as seen from this server."""
+    url: str = "https://127.0.0.1:443"
+    """edgeproxy's listener as reached from this server: HTTPS on loopback, like a visitor.
+    Each check's `host` is the TLS SNI and the Host header."""
     header: str = "X-Edgeproxy-Color"
     """The tester override header (edgeproxy `apps.*.override.header`)."""
+    ca_file: Path | None = None
+    """Certificates to trust (PEM). None: the certificates edgeproxy's config serves
+    (`tls.certificates[].cert`), trusted as they are. Verification is never off."""
     checks: list[SmokeCheck] = []
     timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"{v!r}: expected https://HOST:PORT (edgeproxy's listener)")
+        if u.path not in ("", "/") or u.query:
+            raise ValueError(f"{v!r}: give the listener only; paths belong to the checks")
+        return v
 
 
 class Gates(Model):
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    """The 5xx share the new color may have in a step (or the active color's share in the
+    same step, when that is higher: a failing database is not the release's fault)."""
+    significance: float = Field(default=0.01, gt=0, lt=0.5)
+    """The 5xx gate fails when a one-sided exact binomial test puts the new color's 5xx share
+    above that baseline at this significance (p-value below it): judged from the first
+    request, so 2 errors in 2 requests already fail at the defaults."""
     p99_factor: float = Field(default=3.0, ge=1)
     """Fail when the new color's p99 exceeds this multiple of the active color's."""
     p99_min_ms: float = Field(default=50.0, ge=0)
     """...and exceeds this floor (tiny p99s are noise)."""
     min_requests: int = Field(default=20, ge=0)
-    """Below this many requests in a step, the gates cannot judge and pass."""
+    """A step ends only once the new color has served this many requests in it (visitors and
+    the synthetic probe); the p99 gate judges from this many on."""
 
 
 class Canary(Model):
     steps: list[int] = [10, 25, 50, 100]
     dwell: float = Field(default=30.0, ge=0)
+    """Shortest time at each step; it extends until the step has `gates.min_requests`."""
+    max_dwell: float = Field(default=300.0, gt=0)
+    """After this long at a step without `gates.min_requests`, `on_thin_traffic` decides."""
+    on_thin_traffic: Literal["hold", "fail", "proceed"] = "hold"
+    """hold: stay at the step (saying so) until the evidence arrives or the deploy is
+    interrupted (which rolls back); fail: roll back; proceed: go on unjudged (a note says so)."""
+    probe_rate: float = Field(default=1.0, ge=0)
+    """Smoke checks per second sent to the new color while a step dwells (0: none). They go
+    through edgeproxy, so they count in its per-color figures the gates judge."""
     poll: float = Field(default=1.0, gt=0)
     gates: Gates = Gates()
 
@@ -123,6 +185,14 @@ class Canary(Model):
         if any(not 0 < w <= 100 for w in v) or v != sorted(set(v)):
             raise ValueError("canary steps must be increasing weights between 1 and 100")
         return v
+
+    @model_validator(mode="after")
+    def _dwell(self) -> Canary:
+        if self.max_dwell < self.dwell:
+            raise ValueError(
+                f"max_dwell ({self.max_dwell:g}s) must be at least dwell ({self.dwell:g}s)"
+            )
+        return self
 
 
 class Hook(Model):
@@ -422,6 +492,7 @@ def _resolve_paths(data: dict[str, Any], base: Path | None, root: Path) -> None:
         fix(data.get("edgeproxy"), key, Proxy)
     for key in ("compose_file", "compose_env_file"):
         fix(data.get("setup"), key, Setup)
+    fix(data.get("smoke"), "ca_file", Smoke)
 
 
 def describe_command(argv: list[str]) -> str:

@@ -83,6 +83,21 @@ class AppContainers:
                 c.remove(force=True)
         return names
 
+    def remove_hooks(self, keep_release: str) -> list[str]:
+        """Stop and remove one-off (hook) containers of every deploy but `keep_release`."""
+        found = self.docker.containers.list(
+            all=True, filters={"label": [f"{LABEL_APP}={self.cfg.app}", f"{LABEL_ROLE}=hook"]}
+        )
+        names = []
+        for c in found:
+            if c.labels.get(LABEL_RELEASE) == keep_release:
+                continue
+            names.append(c.name)
+            if c.status in ("running", "restarting", "paused"):
+                c.stop(timeout=self.cfg.stop_timeout)
+            c.remove(force=True)
+        return names
+
     def labels(self, role: str, color: str) -> dict[str, str]:
         return {
             **self.cfg.extra_labels,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from edgeproxy.config import Config
+from edgeproxy.config import Config, parse_address
 from edgeproxy.routing.router import Router
 from switchctl.deploy.config import DeployConfig
 
@@ -64,6 +64,7 @@ def cross_check(cfg: DeployConfig, proxy: Config, proxy_file: str) -> list[str]:
             f"smoke.header: {cfg.smoke.header}, but {proxy_file} takes the override from "
             f"{app.override.header} (apps.{cfg.app}.override.header); use the same header"
         )
+    problems += _smoke_listener(cfg, proxy, proxy_file)
     router = Router(proxy)
     for i, check in enumerate(cfg.smoke.checks):
         if check.host is None:
@@ -82,4 +83,40 @@ def cross_check(cfg: DeployConfig, proxy: Config, proxy_file: str) -> list[str]:
                 f"smoke.checks[{i}]: {check.host}{check.path} goes to {target} in {proxy_file}, "
                 f"so it would not check {cfg.app}'s new color"
             )
+            continue
+        if site.https_redirect and urlsplit(cfg.smoke.url).scheme == "http":
+            problems.append(
+                f"smoke.url: {cfg.smoke.url} is plain HTTP, where {proxy_file} redirects "
+                f"{check.host} to https (sites[].https_redirect); smoke checks never follow a "
+                "redirect: use edgeproxy's HTTPS listener, e.g. https://127.0.0.1:443"
+            )
+    return problems
+
+
+def _smoke_listener(cfg: DeployConfig, proxy: Config, proxy_file: str) -> list[str]:
+    """smoke.url must be a listener edgeproxy's config opens, on loopback."""
+    if not cfg.smoke.checks:
+        return []
+    u = urlsplit(cfg.smoke.url)
+    listen = proxy.listen.https if u.scheme == "https" else proxy.listen.http
+    key = f"listen.{u.scheme}"
+    if listen is None:
+        return [
+            f"smoke.url: {cfg.smoke.url}, but {proxy_file} has no {key} listener; "
+            "point smoke.url at the listener visitors use"
+        ]
+    port = u.port or (443 if u.scheme == "https" else 80)
+    _, listen_port = parse_address(listen)
+    problems = []
+    if listen_port not in (0, port):
+        problems.append(
+            f"smoke.url: port {port}, but {proxy_file} listens on {listen} ({key}); "
+            "use the same port"
+        )
+    if (u.hostname or "") not in LOOPBACK:
+        problems.append(
+            f"smoke.url: {u.hostname} is not a loopback address; edgeproxy honours the tester "
+            "override only from apps.*.override.allow_from (loopback by default), so use "
+            f"127.0.0.1:{port}"
+        )
     return problems

@@ -9,8 +9,6 @@ what to do.
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -18,15 +16,17 @@ import docker
 import docker.errors
 
 from switchctl.client import AppView, ControlClient, ControlError, ProxyUnreachable
-from switchctl.deploy.config import DeployConfig, EnvFile, Gates, Hook
+from switchctl.deploy.config import DeployConfig, EnvFile, Hook
 from switchctl.deploy.containers import AppContainers, ReleaseSpec, tail
 from switchctl.deploy.errors import DeployError
+from switchctl.deploy.gates import gate_verdict, step_evidence
 from switchctl.deploy.health import Probe, WaitTimeout, wait_until
 from switchctl.deploy.history import History, Release
 from switchctl.deploy.notify import Event, Report, notify
 from switchctl.deploy.plan import POINT_OF_NO_RETURN, Plan, Step
 from switchctl.deploy.progress import Progress
 from switchctl.deploy.proxyctl import Runner, check_config, install_config
+from switchctl.deploy.smoke import Prober, SmokeClient, trust
 
 
 class Executor:
@@ -51,6 +51,7 @@ class Executor:
         self.started = time.time()
         self.apps = AppContainers(cfg, env, client, release)
         self.switched = False
+        self._smoker: SmokeClient | None = None
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -191,6 +192,24 @@ class Executor:
             raise DeployError(what, str(e)) from e
 
     # --- steps -------------------------------------------------------------------------------
+
+    def _remove_orphans(self, step: Step) -> str:
+        return ", ".join(self.apps.remove_hooks(keep_release=self.release.id)) or "none left"
+
+    def _close_interrupted(self, step: Step) -> str:
+        closed = []
+        for rel in self.history.stuck(self.release.id):
+            self.history.record(
+                rel.model_copy(
+                    update={
+                        "outcome": "interrupted",
+                        "message": "the deploy process died before it recorded an outcome "
+                        f"(SIGKILL or a reboot); closed by release {self.release.id}",
+                    }
+                )
+            )
+            closed.append(rel.id)
+        return ", ".join(closed) or "none left"
 
     def _start_base(self, step: Step) -> str:
         c = self.docker.containers.get(str(step.arg))
@@ -333,50 +352,49 @@ class Executor:
         )
         return "every role healthy, edgeproxy agrees"
 
+    def _smoke_client(self) -> SmokeClient:
+        if self._smoker is None:
+            cfg = self.cfg.edgeproxy
+            sources = [p for p in (cfg.config, cfg.config_source) if p is not None]
+            ctx = trust(self.cfg.smoke, sources)
+            self._smoker = SmokeClient(self.cfg.smoke, self.env.values, ctx, str(self.env.path))
+        return self._smoker
+
     def _smoke(self, step: Step) -> str:
         color = str(step.color)
-        sm = self.cfg.smoke
-        for check in sm.checks:
-            url = sm.url.rstrip("/") + check.path
-            headers = {sm.header: color}
-            if check.host:
-                headers["Host"] = check.host
-            req = urllib.request.Request(url, method=check.method, headers=headers)
-            try:
-                with urllib.request.urlopen(req, timeout=sm.timeout) as r:
-                    status, body = r.status, r.read()
-            except urllib.error.HTTPError as e:
-                status, body = e.code, e.read()
-            except OSError as e:
-                raise DeployError(
-                    "smoke",
-                    f"{check.method} {url}: {getattr(e, 'reason', e)}",
-                    "is edgeproxy listening on smoke.url?",
-                ) from e
-            text = body.decode(errors="replace")
-            if status != check.status or (check.contains and check.contains not in text):
-                raise DeployError(
-                    "smoke",
-                    f"{check.method} {url} ({sm.header}: {color}) -> {status}, "
-                    f"expected {check.status}"
-                    + (f" containing {check.contains!r}" if check.contains else "")
-                    + f"; body starts: {text[:200]!r}",
-                    "the new release answers wrongly through edgeproxy; "
-                    f"see `docker logs {self._server(color)}`",
-                )
-        return f"{len(sm.checks)} checks passed"
+        if not self.cfg.smoke.checks:
+            return "no smoke checks configured"
+        client = self._smoke_client()
+        failed = [o for o in (client.run(c, color) for c in self.cfg.smoke.checks) if not o.ok]
+        if failed:
+            raise DeployError(
+                "smoke",
+                "\n".join(str(o.problem) for o in failed),
+                f"the new release answers wrongly through edgeproxy, or another color answered "
+                f"for it; see `docker logs {self._server(color)}`",
+            )
+        return f"{len(self.cfg.smoke.checks)} checks passed, each answered by {color}"
 
     def _canary(self, step: Step) -> str:
         color, weight = str(step.color), int(step.arg or 0)
         cn = self.cfg.canary
         before = self._view()
         self.control.set(self.cfg.app, color, weight)
-        base = before["colors"].get(color, {})
-        if "requests" not in base:
-            self.progress.info("edgeproxy reports no per-color request stats: gates cannot judge")
-        base_req, base_err = base.get("requests", 0), base.get("errors_5xx", 0)
-        end = time.monotonic() + cn.dwell
-        beat = self.progress.heartbeat(f"the {weight}% canary of {color} to dwell", cn.dwell)
+        stats = "requests" in before["colors"].get(color, {})
+        if not stats:
+            self.progress.info(
+                "edgeproxy reports no per-color request stats: gates cannot judge, and the "
+                "step ends after its dwell"
+            )
+        started = time.monotonic()
+        dwell_end, thin_end = started + cn.dwell, started + cn.max_dwell
+        probing = cn.probe_rate > 0 and bool(self.cfg.smoke.checks)
+        prober = Prober(
+            self._smoke_client() if probing else None, color, cn.probe_rate, time.monotonic
+        )
+        deadline = None if cn.on_thin_traffic == "hold" else cn.max_dwell
+        beat = self.progress.heartbeat(f"the {weight}% canary of {color} to dwell", deadline)
+        holding = False
         while True:
             view = self._view()
             if view["candidate"] != color or view["weight"] != weight:
@@ -387,19 +405,47 @@ class Executor:
                     else (f"someone changed the switch during the canary (now {view['weights']})")
                 )
                 raise DeployError("canary", why, "read the reason; the old color serves again")
-            verdict = gate_verdict(view, color, base_req, base_err, cn.gates)
+            ev = step_evidence(before, view, color)
+            verdict = gate_verdict(ev, cn.gates)
             if verdict:
                 raise DeployError(
                     f"canary {weight}%",
-                    verdict,
+                    f"{verdict} ({prober.describe()})",
                     f"inspect the release: `docker logs {self._server(color)}`",
                 )
-            c = view["colors"].get(color, {})
-            seen = f"{c.get('requests', 0) - base_req} requests, p99 {c.get('p99_ms', 0):.1f}ms"
-            if time.monotonic() >= end:
+            seen = f"{ev.describe()}, {prober.describe()}"
+            now = time.monotonic()
+            enough = ev.requests >= cn.gates.min_requests or not stats
+            if now >= dwell_end and enough:
                 return seen
-            beat(f"gates pass so far: {seen}")
-            time.sleep(min(cn.poll, max(0.0, end - time.monotonic())))
+            if now >= thin_end and not enough:
+                thin = (
+                    f"{color} served {ev.requests} of the {cn.gates.min_requests} requests "
+                    f"(gates.min_requests) this step needs in {now - started:.0f}s"
+                )
+                if cn.on_thin_traffic == "proceed":
+                    self.progress.info(f"{thin}; proceeding unjudged (on_thin_traffic: proceed)")
+                    return f"{seen}; too few requests to judge, proceeded"
+                if cn.on_thin_traffic == "fail":
+                    raise DeployError(
+                        f"canary {weight}%",
+                        f"{thin} (on_thin_traffic: fail)",
+                        "send traffic (or enable canary.probe_rate), or lower gates.min_requests",
+                    )
+                if not holding:
+                    holding = True
+                    self.progress.info(
+                        f"{thin}; holding at {weight}% until it has them (on_thin_traffic: "
+                        "hold): send traffic to the site, or interrupt the deploy (Ctrl-C, "
+                        "SIGTERM) to roll back"
+                    )
+            beat(f"gates pass so far: {seen}" + (" (holding: thin traffic)" if holding else ""))
+            prober.tick()
+            wake = min(now + cn.poll, dwell_end if now < dwell_end else now + cn.poll)
+            due = prober.next_due()
+            if due is not None:
+                wake = min(wake, due)
+            time.sleep(max(0.0, wake - time.monotonic()))
 
     def _go_live(self, step: Step) -> str:
         color = str(step.color)
@@ -453,29 +499,3 @@ class Executor:
         rel = self.history.get(self.release.id)
         assert rel is not None
         self._send("success", rel, None, None, "")
-
-
-def gate_verdict(
-    view: AppView, color: str, base_req: int, base_err: int, gates: Gates
-) -> str | None:
-    """None while the canary is within its gates, else why it is not."""
-    c = view["colors"].get(color, {})
-    requests = c.get("requests", 0) - base_req
-    if requests < max(1, gates.min_requests):
-        return None
-    errors = c.get("errors_5xx", 0) - base_err
-    rate = errors / requests
-    if rate > gates.max_error_rate:
-        return (
-            f"{color} answered {errors} of {requests} requests with 5xx "
-            f"({rate:.1%} > {gates.max_error_rate:.1%})"
-        )
-    active = view["colors"].get(view["active"], {})
-    limit = max(gates.p99_min_ms, gates.p99_factor * active.get("p99_ms", 0.0))
-    p99 = c.get("p99_ms", 0.0)
-    if p99 > limit:
-        return (
-            f"{color}'s p99 latency is {p99:.0f}ms, above {limit:.0f}ms "
-            f"({gates.p99_factor}x {view['active']}'s)"
-        )
-    return None

@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-Outcome = Literal["success", "failed", "rolled_back", "running"]
+Outcome = Literal["success", "failed", "rolled_back", "running", "interrupted"]
+"""`interrupted`: the deploy process died (SIGKILL, a reboot) before it could record an outcome;
+the next deploy closes its entry."""
 
 
 class Release(BaseModel):
@@ -92,6 +94,11 @@ class History:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def stuck(self, current: str | None = None) -> list[Release]:
+        """Entries still `running`, other than `current` (meaningful only when no deploy holds
+        the lock: then their process died before it recorded an outcome)."""
+        return [r for r in self.load() if r.outcome == "running" and r.id != current]
 
     def retained(self, keep: int) -> list[Release]:
         """The successful releases whose images are kept for rollback (newest last)."""

@@ -15,6 +15,7 @@ from edgeproxy.control.store import StateFileError, StateStore
 from edgeproxy.errors import ConfigError
 from switchctl.client import ControlClient, ControlError, ProxyUnreachable
 from switchctl.deploy.config import DeployConfig
+from switchctl.deploy.history import History
 from switchctl.deploy.plan import BaseObs, ContainerObs, Observed, ProxyObs
 from switchctl.deploy.proxyctl import Runner, check_config
 
@@ -56,8 +57,14 @@ def container_labels(c: Any, adopted: dict[str, dict[str, str]]) -> dict[str, st
 
 
 def app_containers(
-    client: docker.DockerClient, app: str, adopted: dict[str, dict[str, str]] | None = None
+    client: docker.DockerClient,
+    app: str,
+    adopted: dict[str, dict[str, str]] | None = None,
+    *,
+    hooks: bool = False,
 ) -> list[ContainerObs]:
+    """The app's color containers (adopted ones included); with `hooks`, its one-off
+    (hook) containers instead."""
     adopted = adopted or {}
     found = {
         c.id: c for c in client.containers.list(all=True, filters={"label": f"{LABEL_APP}={app}"})
@@ -71,7 +78,7 @@ def app_containers(
     out = []
     for c in found.values():
         labels = container_labels(c, adopted)
-        if labels.get(LABEL_ROLE) == "hook":
+        if (labels.get(LABEL_ROLE) == "hook") != hooks:
             continue
         st = c.attrs["State"]
         out.append(
@@ -177,7 +184,20 @@ def observe(
     runner: Runner,
     control: ControlClient,
     stale_lock: str | None = None,
+    deploy_running: bool = False,
+    current_release: str | None = None,
 ) -> Observed:
+    """`deploy_running`: another process holds the deploy lock (its one-off containers and
+    its `running` history entry are its own); `current_release`: the deploy observing."""
+    hooks = tuple(app_containers(client, cfg.app, hooks=True))
+    orphans: tuple[ContainerObs, ...] = ()
+    stuck: tuple[str, ...] = ()
+    if not deploy_running:
+        orphans = tuple(h for h in hooks if h.release != current_release)
+        try:
+            stuck = tuple(r.id for r in History(cfg.history_file).stuck(current_release))
+        except ValueError:
+            stuck = ()  # an unreadable history is reported when the deploy records to it
     return Observed(
         app=cfg.app,
         colors=(cfg.colors[0], cfg.colors[1]),
@@ -187,4 +207,7 @@ def observe(
         proxy=proxy_view(cfg, runner, control),
         state_file_active=state_file_active(cfg),
         stale_lock=stale_lock,
+        orphans=orphans,
+        stuck_releases=stuck,
+        hooks=hooks,
     )

@@ -53,10 +53,17 @@ def intent(cfg: DeployConfig) -> Intent:
     )
 
 
-def survey(s: Session, stale_lock: str | None = None) -> tuple[Observed, Plan]:
+def survey(
+    s: Session,
+    stale_lock: str | None = None,
+    deploy_running: bool = False,
+    current_release: str | None = None,
+) -> tuple[Observed, Plan]:
     runner = runner_for(s.cfg.edgeproxy, s.docker)
     try:
-        obs = observe(s.cfg, s.docker, runner, s.control, stale_lock)
+        obs = observe(
+            s.cfg, s.docker, runner, s.control, stale_lock, deploy_running, current_release
+        )
     except ControlError as e:
         todo = (
             "run switchctl as root or list your uid in edgeproxy's control.allow_uids"
@@ -76,6 +83,11 @@ def stale_lock_note(s: Session) -> str | None:
     if held:
         return f"a deploy is running now: {holder.describe()}"
     return holder.describe()
+
+
+def deploy_running(s: Session) -> bool:
+    """Another process holds the deploy lock now (for doctor and --plan, which do not take it)."""
+    return read_holder(s.cfg.lock_path)[1]
 
 
 def deploy(
@@ -101,11 +113,11 @@ def deploy(
         rollback_of=rollback_to.id if rollback_to else None,
     )
     if plan_only:
-        _, p = survey(s, stale_lock_note(s))
+        _, p = survey(s, stale_lock_note(s), deploy_running(s))
         return p, None
     with DeployLock(cfg.lock_path) as lock:
         stale = lock.previous.describe() if lock.previous else None
-        obs, p = survey(s, stale)
+        obs, p = survey(s, stale, current_release=release.id)
         runner = runner_for(cfg.edgeproxy, s.docker)
         ex = Executor(cfg, s.env, s.docker, s.control, runner, release, progress)
         with rollback_on_signals():

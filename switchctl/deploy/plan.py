@@ -13,6 +13,8 @@ from typing import Literal
 ProxyStatus = Literal["up", "down", "crash-looping", "missing"]
 
 StepKind = Literal[
+    "remove_orphans",
+    "close_interrupted",
     "start_base",
     "install_proxy_config",
     "check_proxy_config",
@@ -100,6 +102,12 @@ class Observed:
     """The active color recorded in edgeproxy's state file (what it restores at boot)."""
     stale_lock: str | None = None
     """A previous deploy's lock record whose process is gone (it was killed)."""
+    orphans: tuple[ContainerObs, ...] = ()
+    """One-off (hook) containers of a deploy that is not running: a killed deploy left them."""
+    stuck_releases: tuple[str, ...] = ()
+    """History entries still `running` although no deploy holds the lock."""
+    hooks: tuple[ContainerObs, ...] = ()
+    """Every one-off (hook) container of the app, a running deploy's included (for doctor)."""
 
     def of(self, color: str) -> list[ContainerObs]:
         return [c for c in self.containers if c.color == color]
@@ -137,6 +145,8 @@ class Step:
 
 
 _DESCRIBE: dict[StepKind, str] = {
+    "remove_orphans": "stop and remove one-off containers a killed deploy left ({arg})",
+    "close_interrupted": "close the history entries of killed deploys as interrupted ({arg})",
     "start_base": "start base service {arg} (never recreated)",
     "install_proxy_config": "install the known-good edgeproxy config (the bad one is kept aside)",
     "check_proxy_config": "check edgeproxy's config",
@@ -209,11 +219,38 @@ def plan(obs: Observed, intent: Intent) -> Plan:
     else:
         target = obs.state_file_active if obs.state_file_active in obs.colors else obs.colors[0]
     p = Plan(live=live, target=target)
+    _leftovers(obs, p)
     _base(obs, p)
     _proxy(obs, p)
     _switch(obs, p, live, target)
     _release(obs, p, intent, live, target)
     return p
+
+
+def _leftovers(obs: Observed, p: Plan) -> None:
+    """What a killed deploy left: its one-off containers (a migration still running would race
+    the next one) and its history entry, still `running`."""
+    if obs.orphans:
+        names = ", ".join(o.name for o in obs.orphans)
+        for o in obs.orphans:
+            p.findings.append(
+                Finding(
+                    f"one-off container {o.name} ({o.state}) of deploy {o.release} is left "
+                    "from a deploy that did not finish",
+                    "stop and remove it before anything else (a migration must not run twice)",
+                )
+            )
+        p.steps.append(Step("remove_orphans", arg=names))
+    if obs.stuck_releases:
+        ids = ", ".join(obs.stuck_releases)
+        for rid in obs.stuck_releases:
+            p.findings.append(
+                Finding(
+                    f"release {rid} is recorded as running, but no deploy holds the lock",
+                    "close its history entry as interrupted",
+                )
+            )
+        p.steps.append(Step("close_interrupted", arg=ids))
 
 
 def _base(obs: Observed, p: Plan) -> None:
