@@ -67,7 +67,7 @@ class ScratchServer:
                 "http": f"127.0.0.1:{self.http_port}",
                 "https": f"127.0.0.1:{self.https_port}",
             },
-            "control": {"socket": "/run/edgeproxy/control.sock", "mode": 0o660},
+            "control": {"socket": "/run/edgeproxy/control.sock", "mode": "0660"},
             "state_file": "/var/lib/edgeproxy/state.json",
             "acme": {"webroot": "/var/www/certbot"},
             "tls": {

@@ -236,6 +236,11 @@ class HealthMonitor:
             return  # drain cut or pause timeout: edgeproxy's decision, not the upstream's fault
         else:
             why = error
+        if ex.panic:
+            # Panic-routed: this upstream was already unfit, so an ejection changes no
+            # routing; it would only outlast the upstream's recovery (a color starting
+            # up while visitors knock would be ejected again and again).
+            return
         assert self.loop is not None
         seconds = u.eject.failure(why, self.loop.time())  # one clock with call_at and fit()
         if seconds is not None:
