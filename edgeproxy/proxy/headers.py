@@ -4,11 +4,14 @@ llhttp (via httptools) already rejects most smuggling shapes in strict mode:
 CL+TE together, duplicate or non-numeric Content-Length, obs-fold, control
 characters, bad chunk sizes, bare LF. What it lets through and we refuse here:
 Transfer-Encoding other than exactly `chunked`, Transfer-Encoding on HTTP/1.0,
-a missing or repeated Host, and request targets that are not origin-form.
+a missing or repeated Host, a Host that is not `host[:port]`, and request
+targets that are neither origin-form nor absolute-form (whose authority then
+replaces Host, upstream too: RFC 9112 §3.2.2).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import mimetypes
 import os
 from pathlib import Path
@@ -106,6 +109,42 @@ class RequestInfo:
         self.accept_encoding: bytes | None = None
         self.acr_method: bytes | None = None
         self.connection_tokens: frozenset[bytes] = frozenset()
+
+
+_NAME_BYTES: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
+"""What a host name or an IPv4 address is made of: RFC 3986's reg-name without
+pct-encoding and sub-delims (a Host that builds links must not carry `@`, `/`,
+`?`, `#`, `%`, `,` …), and `_`, unreserved and found in internal names."""
+
+
+def checked_host(host: bytes) -> bytes:
+    """A Host value (or absolute-form authority) that is `host[:port]`, port normalised.
+
+    RFC 9112 §3.2: anything else is a 400. `host` is a name or IPv4 address
+    (`_NAME_BYTES`) or an IPv6 literal in brackets; the port is digits (RFC 3986
+    `port = *DIGIT`: an empty one is allowed and dropped, `a.test:` → `a.test`).
+    """
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        literal = host[1:end] if end > 0 else b""
+        # ipaddress accepts a `%zone` suffix; a Host never carries one.
+        if not literal or literal.translate(None, b"0123456789abcdefABCDEF:."):
+            raise ClientProtocolError(400, f"bad IPv6 literal in Host: {host!r}")
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            raise ClientProtocolError(400, f"bad IPv6 literal in Host: {host!r}") from None
+        name = host[: end + 1]
+    else:
+        name = host.partition(b":")[0]
+        if not name or name.translate(None, _NAME_BYTES):
+            raise ClientProtocolError(400, f"Host is not host[:port]: {host!r}")
+    port = host[len(name) :]
+    if not port:
+        return host
+    if port[:1] != b":" or (len(port) > 1 and not port[1:].isdigit()):
+        raise ClientProtocolError(400, f"Host is not host[:port]: {host!r}")
+    return name if len(port) == 1 else host
 
 
 def host_without_port(host: bytes) -> bytes:
@@ -225,6 +264,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
     """Read the headers once: framing checks, Host, what forwarding needs, what to forward."""
     info = RequestInfo()
     host: bytes | None = None
+    host_at = -1
     te: bytes | None = None
     codes = ex.client.ctx.header_codes
     fwd = ex.fwd
@@ -241,6 +281,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
                 if host is not None:
                     raise ClientProtocolError(400, "more than one Host header")
                 host = value
+                host_at = len(fwd) - 2
             elif code == CONTENT_LENGTH:
                 # llhttp has already refused duplicates and non-digits.
                 ex.content_length = int(value)
@@ -287,6 +328,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         if ex.version == "1.1":
             raise ClientProtocolError(400, "missing Host header")
         host = b""
+    sent_host = host
     target = ex.target
     if target.startswith(b"/"):
         pass
@@ -294,13 +336,23 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         # absolute-form: the target's authority replaces Host (RFC 9112 §3.2.2).
         rest = target.split(b"://", 1)[1]
         authority, slash, path = rest.partition(b"/")
-        if not authority or b"@" in authority:
+        if not authority:
             raise ClientProtocolError(400, "bad absolute-form request target")
         host = authority
         target = slash + path if slash else b"/"
         ex.target = target
     else:
         raise ClientProtocolError(400, "request target must be an absolute path")
+    # One C call for the usual `name` (deletes every allowed byte, checks that
+    # nothing is left); a port, an IPv6 literal or a bad byte take checked_host.
+    if host.translate(None, _NAME_BYTES):
+        host = checked_host(host)
+    if host is not sent_host:
+        # The upstream gets the Host we routed on (absolute-form, or `name:` normalised).
+        if host_at < 0:
+            fwd += (b"host", b": ", host, b"\r\n")
+        else:
+            fwd[host_at] = host
     if target.find(b"#") != -1:  # faster than `b"#" in target` (which tries an int first)
         raise ClientProtocolError(400, "fragment in request target")
     ex.host = host.lower()
@@ -329,13 +381,12 @@ def upstream_head(ex: Exchange, info: RequestInfo, route: RouteEntry) -> bytes:
     parts = [ex.method, b" ", route.upstream_target(ex.target), b" HTTP/1.1\r\n"]
     tokens = info.connection_tokens - _STANDARD_TOKENS if info.connection_tokens else None
     if tokens:
-        # Rare: the client named extra hop-by-hop headers in Connection.
-        codes = client.ctx.header_codes
-        for name, value in ex.headers:
-            n = name.lower()
-            code = codes.get(n)
-            if (code is None or code <= FORWARD_MAX) and n not in tokens:
-                parts += (name, b": ", value, b"\r\n")
+        # Rare: the client named extra hop-by-hop headers in Connection. `fwd`
+        # holds (name, ": ", value, CRLF) for each header to forward.
+        fwd = ex.fwd
+        for i in range(0, len(fwd), 4):
+            if fwd[i].lower() not in tokens:
+                parts += fwd[i : i + 4]
     else:
         parts += ex.fwd
     rid_name = client.ctx.request_id_header
