@@ -121,3 +121,169 @@ def test_an_ip_literal_or_an_unknown_name_is_a_well_formed_host_that_no_site_tak
     out = raw_request(e.http_port, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 404 "), out[:200]
     assert b.seen == []
+
+
+# -- item 5: the client address, X-Real-IP, Forwarded, X-Request-ID ----------
+
+BEHIND_PROXIES = {"forwarding": {"trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"]}}
+
+
+def test_behind_trusted_proxies_the_client_is_the_rightmost_forwarded_address_not_trusted(
+    backend, edge
+):
+    e, _ = shop(backend, edge, **BEHIND_PROXIES)
+    seen = get_headers(
+        e.http_port,
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\n"
+        b"X-Forwarded-For: 198.51.100.1, 203.0.113.9, 10.0.0.2\r\n",
+    )
+    # 10.0.0.2 is a trusted hop; 198.51.100.1 is whatever the client wrote.
+    assert seen["x-real-ip"] == "203.0.113.9"
+    assert seen["x-forwarded-for"] == "198.51.100.1, 203.0.113.9, 10.0.0.2, 127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("entry", "client"),
+    [(b"203.0.113.9:4711", "203.0.113.9"), (b"[2001:db8::1]:80", "2001:db8::1")],
+)
+def test_a_forwarded_address_with_a_port_is_read_as_the_address(backend, edge, entry, client):
+    e, _ = shop(backend, edge, **BEHIND_PROXIES)
+    seen = get_headers(
+        e.http_port, b"GET /headers HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: " + entry + b"\r\n"
+    )
+    assert seen["x-real-ip"] == client
+
+
+def test_a_forged_x_real_ip_behind_a_trusted_proxy_is_ignored_and_replaced(backend, edge):
+    e, _ = shop(backend, edge, **BEHIND_PROXIES)
+    seen = get_headers(
+        e.http_port,
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\n"
+        b"X-Real-IP: 1.2.3.4\r\nX-Forwarded-For: 203.0.113.9\r\n",
+    )
+    assert seen["x-real-ip"] == "203.0.113.9"
+    assert "1.2.3.4" not in json.dumps(seen)
+
+
+def test_a_forged_x_real_ip_cannot_pass_the_override_allowlist_to_pick_a_color(backend, edge):
+    blue, green = backend("blue"), backend("green")
+    e = edge(
+        {
+            "apps": {
+                "shop": {
+                    "colors": {
+                        "blue": {"upstreams": [blue.url]},
+                        "green": {"upstreams": [green.url]},
+                    }
+                }
+            },
+            "sites": [site("shop")],
+            **BEHIND_PROXIES,
+        }
+    )
+    head = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Edgeproxy-Color: green\r\nConnection: close\r\n"
+    # The override is honoured from loopback (allow_from's default)...
+    assert raw_request(e.http_port, head + b"\r\n").endswith(b"\r\n\r\ngreen\n")
+    # ... but a visitor behind the proxy claiming loopback in X-Real-IP is not loopback.
+    forged = head + b"X-Real-IP: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
+    assert raw_request(e.http_port, forged).endswith(b"\r\n\r\nblue\n")
+    assert len(green.seen) == 1
+
+
+def test_a_client_rotating_forged_x_real_ip_values_is_rate_limited_as_one_client(backend, edge):
+    b = backend("blue")
+    e = edge(
+        {
+            "apps": {"shop": {"colors": {"blue": {"upstreams": [b.url]}}}},
+            "sites": [site("shop", rate_limit={"rate": 0.01, "burst": 0})],
+            **BEHIND_PROXIES,
+        }
+    )
+    statuses = [
+        raw_request(
+            e.http_port,
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n"
+            b"X-Real-IP: 198.51.100.%d\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n" % i,
+        )[9:12]
+        for i in range(3)
+    ]
+    assert statuses == [b"200", b"429", b"429"]
+
+
+def test_the_access_log_records_the_client_address_found_behind_a_trusted_proxy(
+    backend, edge, tmp_path
+):
+    from edgeproxy.app import Observability
+
+    log = tmp_path / "access.log"
+    e, _ = shop(backend, edge, access_log={"path": str(log)}, **BEHIND_PROXIES)
+    get_headers(
+        e.http_port,
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\n"
+        b"X-Real-IP: 1.2.3.4\r\nX-Forwarded-For: 203.0.113.9\r\n",
+    )
+
+    async def flush() -> None:
+        obs = next(p for p in e.server.plugins if isinstance(p, Observability))
+        assert obs.access_log is not None
+        obs.access_log.flush()
+
+    e.run(flush())
+    (line,) = log.read_text().splitlines()
+    assert json.loads(line)["client"] == "203.0.113.9"
+
+
+def test_x_real_ip_is_believed_from_a_trusted_peer_only_when_real_ip_header_names_it(backend, edge):
+    e, _ = shop(
+        backend,
+        edge,
+        forwarding={"trusted_proxies": ["127.0.0.2/32"], "real_ip_header": "X-Real-IP"},
+    )
+    head = (
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\n"
+        b"X-Real-IP: 203.0.113.7\r\nX-Forwarded-For: 198.51.100.1\r\n"
+    )
+    trusted = get_headers(e.http_port, head, source="127.0.0.2")
+    assert trusted["x-real-ip"] == "203.0.113.7"
+    assert trusted["x-forwarded-for"] == "198.51.100.1, 127.0.0.2"
+    untrusted = get_headers(e.http_port, head, source="127.0.0.3")
+    assert untrusted["x-real-ip"] == "127.0.0.3"
+    assert untrusted["x-forwarded-for"] == "127.0.0.3"
+
+
+def test_a_clients_forwarded_header_never_reaches_the_upstream(backend, edge):
+    e, _ = shop(backend, edge)
+    seen = get_headers(
+        e.http_port,
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\n"
+        b"Forwarded: for=6.6.6.6;host=evil.example;proto=https\r\n",
+    )
+    assert "forwarded" not in seen
+    assert "6.6.6.6" not in json.dumps(seen)
+
+
+UNSAFE_REQUEST_IDS = [b'abc"<script>', b"a;b=c", b"a\\b", b"x" * 129, b"id with space"]
+
+
+@pytest.mark.parametrize(
+    "rid", UNSAFE_REQUEST_IDS, ids=["quote", "semicolon", "backslash", "129", "space"]
+)
+def test_an_unsafe_or_long_client_request_id_is_replaced(backend, edge, rid):
+    e, _ = shop(backend, edge)
+    out = raw_request(
+        e.http_port,
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\nX-Request-ID: " + rid + b"\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    seen = echoed(out)
+    assert seen["x-request-id"] != rid.decode()
+    assert b"x-request-id: " + seen["x-request-id"].encode() + b"\r\n" in out.lower()
+
+
+def test_a_short_plain_client_request_id_is_kept(backend, edge):
+    e, _ = shop(backend, edge)
+    rid = b"4bf92f35-77b3-4da6-a3ce-929d0e0e4736:00f067aa0ba902b7+/="
+    seen = get_headers(
+        e.http_port, b"GET /headers HTTP/1.1\r\nHost: a.test\r\nX-Request-ID: " + rid + b"\r\n"
+    )
+    assert seen["x-request-id"] == rid.decode()

@@ -38,6 +38,8 @@ class Exchange:
         "body_sent",
         "chunked_req",
         "client",
+        "client_ip",
+        "client_ip_b",
         "color",
         "content_length",
         "done",
@@ -83,6 +85,10 @@ class Exchange:
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.loop = client.loop
+        self.client_ip = client.peer_ip
+        """The client's address, found once (prepare) and used everywhere: rate limit,
+        override allow_from, canary key, X-Real-IP upstream, access log."""
+        self.client_ip_b = client.peer_ip_b
         self.headers: list[tuple[bytes, bytes]] = []
         self.fwd: list[bytes] = []
         """Pieces of the request headers to forward as they are (built by validate_request)."""
@@ -140,6 +146,8 @@ class Exchange:
         if self.method == b"CONNECT":
             raise ClientProtocolError(405, "CONNECT is not supported")
         info = h.validate_request(self, ctx.limits)
+        if client.peer_trusted:
+            self._believe_forwarded(info)
         # time.monotonic(), not loop.time(): uvloop's clock moves in whole ms.
         self.started_at = monotonic()
         host = self.host
@@ -187,7 +195,7 @@ class Exchange:
                 self.local = build_response(status, b"", headers, close=not self.keep_alive)
                 return
         if pol.rate_limiter is not None:
-            wait = pol.rate_limiter.check(h.client_ip(self, info), self.loop.time())
+            wait = pol.rate_limiter.check(self.client_ip, self.loop.time())
             if wait is not None:
                 headers = [(b"retry-after", retry_after(wait)), *pol.error_headers(info.origin)]
                 self.local = build_response(429, headers=headers, close=not self.keep_alive)
@@ -207,6 +215,16 @@ class Exchange:
             assert route.upstream is not None
             self.pool = ctx.pool_for(route.upstream)
         self.up_head = h.upstream_head(self, info, route)
+
+    def _believe_forwarded(self, info: h.RequestInfo) -> None:
+        """The peer is a trusted proxy: the client address is the one it forwards."""
+        ctx = self.client.ctx
+        chain = info.xff if ctx.real_ip_from_xff else info.real_ip
+        if chain is not None:
+            ip = ctx.forwarded_client(chain)
+            if ip is not None:
+                self.client_ip = ip
+                self.client_ip_b = ip.encode()
 
     def _pick_color(self) -> bool:
         """Choose color and upstream; False when paused or nothing can serve."""

@@ -111,6 +111,10 @@ class RequestInfo:
         self.connection_tokens: frozenset[bytes] = frozenset()
 
 
+REQUEST_ID_MAX: Final = 128
+_REQUEST_ID_BYTES: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:+/="
+"""A client's request id is kept when made of these (UUIDs, hex, base64, trace ids)."""
+
 _NAME_BYTES: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
 """What a host name or an IPv4 address is made of: RFC 3986's reg-name without
 pct-encoding and sub-delims (a Host that builds links must not carry `@`, `/`,
@@ -191,12 +195,15 @@ HEADER_CODES: Final[dict[bytes, int]] = {
     b"x-forwarded-host": DROP,
     b"x-forwarded-port": DROP,
     b"x-edgeproxy-color": DROP,
+    # Written by edgeproxy (X-Real-IP), or not at all (Forwarded, RFC 7239): a
+    # client's own would override X-Forwarded-* in apps that prefer it.
+    b"x-real-ip": DROP,
+    b"forwarded": DROP,
     b"transfer-encoding": TRANSFER_ENCODING,
     b"connection": CONNECTION,
     b"upgrade": UPGRADE,
     b"expect": EXPECT,
     b"x-forwarded-for": XFF,
-    b"x-real-ip": REAL_IP,
     b"x-forwarded-proto": XF_PROTO,
 }
 
@@ -244,9 +251,16 @@ def spelled_both_ways(codes: dict[bytes, int]) -> dict[bytes, int]:
     return both
 
 
-def header_codes(request_id_header: bytes, override_headers: set[bytes]) -> dict[bytes, int]:
-    """The per-config request table (request id and tester override names are configurable)."""
+def header_codes(
+    request_id_header: bytes,
+    override_headers: set[bytes],
+    real_ip_header: bytes = b"x-forwarded-for",
+) -> dict[bytes, int]:
+    """The per-config request table (request id, tester override and client address
+    header names are configurable)."""
     codes = dict.fromkeys(COMMON_REQUEST_HEADERS, PASS) | HEADER_CODES
+    if real_ip_header != b"x-forwarded-for":
+        codes[real_ip_header] = REAL_IP
     codes[request_id_header] = REQUEST_ID
     for name in override_headers:
         codes[name] = OVERRIDE
@@ -308,11 +322,12 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         elif code == XFF:
             info.xff = value if info.xff is None else info.xff + b", " + value
         elif code == REAL_IP:
-            info.real_ip = value
+            info.real_ip = value if info.real_ip is None else info.real_ip + b", " + value
         elif code == XF_PROTO:
             info.xf_proto = value
         elif code == REQUEST_ID:
-            if 0 < len(value) <= 200 and value.isascii() and value.find(b" ") == -1:
+            # Kept when short and plain (it reaches logs and the app); else replaced.
+            if 0 < len(value) <= REQUEST_ID_MAX and not value.translate(None, _REQUEST_ID_BYTES):
                 info.request_id = value
         else:
             info.override = value
@@ -365,16 +380,6 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
     return info
 
 
-def client_ip(ex: Exchange, info: RequestInfo) -> str:
-    """The visitor's address: the peer, or what a trusted proxy in front says."""
-    client = ex.client
-    if info.real_ip is not None and client.peer_trusted:
-        return info.real_ip.decode("latin-1").strip()
-    if info.xff is not None and client.peer_trusted:
-        return info.xff.rsplit(b",", 1)[-1].decode("latin-1").strip()
-    return client.peer_ip
-
-
 def upstream_head(ex: Exchange, info: RequestInfo, route: RouteEntry) -> bytes:
     """The request head sent upstream: one buffer."""
     client = ex.client
@@ -393,16 +398,15 @@ def upstream_head(ex: Exchange, info: RequestInfo, route: RouteEntry) -> bytes:
     peer = client.peer_ip_b
     if client.peer_trusted:
         xff = info.xff + b", " + peer if info.xff else peer
-        real = info.real_ip or peer
         proto = info.xf_proto or client.scheme
     else:
-        xff = real = peer
+        xff = peer
         proto = client.scheme
     parts += (
         b"x-forwarded-for: ",
         xff,
         b"\r\nx-real-ip: ",
-        real,
+        ex.client_ip_b,
         b"\r\nx-forwarded-proto: ",
         proto,
         b"\r\nx-forwarded-host: ",
