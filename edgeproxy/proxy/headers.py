@@ -151,6 +151,35 @@ def checked_host(host: bytes) -> bytes:
     return name if len(port) == 1 else host
 
 
+def resolve_dot_segments(path: bytes) -> bytes:
+    """`path` with `.` and `..` segments resolved (RFC 3986 §5.2.4); `path` itself if none.
+
+    A segment that is `.` or `..` once `%2e`/`%2E` are decoded counts as one
+    (nginx decodes them too); nothing else is decoded. A `..` above the root is
+    a 400, as in nginx.
+    """
+    segments = path.split(b"/")
+    out: list[bytes] = []
+    last = len(segments) - 1
+    changed = False
+    for i in range(1, last + 1):
+        seg = segments[i]
+        plain = seg.replace(b"%2e", b".").replace(b"%2E", b".") if seg.find(b"%") != -1 else seg
+        if plain == b".":
+            changed = True
+        elif plain == b"..":
+            changed = True
+            if not out:
+                raise ClientProtocolError(400, "request path goes above the root (..)")
+            out.pop()
+        else:
+            out.append(seg)
+            continue
+        if i == last:
+            out.append(b"")  # `/a/b/..` is `/a/`, `/a/.` is `/a/`
+    return b"/" + b"/".join(out) if changed else path
+
+
 def host_without_port(host: bytes) -> bytes:
     if host.startswith(b"["):
         return host[: host.find(b"]") + 1]
@@ -372,7 +401,15 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         raise ClientProtocolError(400, "fragment in request target")
     ex.host = host.lower()
     q = target.find(b"?")
-    ex.path = target if q < 0 else target[:q]
+    path = target if q < 0 else target[:q]
+    # A dot-segment starts `/.` or `/%2e`: routes match, and the upstream gets,
+    # the path with them resolved (`/big/../x` is `/x`), like nginx.
+    if path.find(b"/.") != -1 or path.find(b"/%2") != -1:
+        resolved = resolve_dot_segments(path)
+        if resolved is not path:
+            path = resolved
+            ex.target = resolved if q < 0 else resolved + target[q:]
+    ex.path = path
     if ex.upgrade:
         info.websocket = (
             info.upgrade_value.lower() == b"websocket" and b"upgrade" in info.connection_tokens
