@@ -235,6 +235,9 @@ class Route(Policies):
     upstream: str | None = None
     strip_prefix: bool = False
     no_rate_limit: bool = False
+    allow_trace: bool = False
+    """TRACE is answered 405 unless the route sets this (it echoes the request,
+    cookies and credentials included, back to whoever can make the browser send it)."""
 
     @field_validator("path")
     @classmethod

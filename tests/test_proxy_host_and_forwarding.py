@@ -118,7 +118,9 @@ def test_an_ip_literal_or_an_unknown_name_is_a_well_formed_host_that_no_site_tak
     backend, edge, host
 ):
     e, b = shop(backend, edge)
-    out = raw_request(e.http_port, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    out = raw_request(
+        e.http_port, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    )
     assert out.startswith(b"HTTP/1.1 404 "), out[:200]
     assert b.seen == []
 

@@ -147,6 +147,8 @@ class ProxyContext:
         self.pools: dict[tuple[str, int], UpstreamPool] = (
             {} if previous is None else dict(previous.pools)
         )
+        for pool in self.pools.values():
+            pool.max_headers = config.limits.max_headers
         self.colors: dict[tuple[str, str], ColorTargets] = {}
         for app_name, app in config.apps.items():
             for color, spec in app.colors.items():
@@ -206,6 +208,7 @@ class ProxyContext:
                 upstream,
                 idle_timeout=self.timeouts.upstream_idle,
                 connect_timeout=self.timeouts.connect,
+                max_headers=self.limits.max_headers,
             )
         return pool
 

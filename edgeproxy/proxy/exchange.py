@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproxy.proxy")
 
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+ALLOWED_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+"""The Allow header of a 405 for TRACE (a route that allows it passes anything on)."""
 
 
 class Exchange:
@@ -179,6 +181,10 @@ class Exchange:
             return
         self.route = route
         self.policy = pol = route.policy[tls]
+        if self.method == b"TRACE" and not route.config.allow_trace:
+            headers = [(b"allow", ALLOWED_METHODS), *pol.error_headers(info.origin)]
+            self.local = build_response(405, headers=headers, close=not self.keep_alive)
+            return
         if (
             pol.max_body is not None
             and self.content_length is not None
@@ -477,11 +483,13 @@ class Exchange:
                 and not self.retried
                 and self.method in IDEMPOTENT
                 and self.body_sent == 0
-                and not self.chunked_req
-                and not self.content_length
+                and not (self.chunked_req and self.req_done)
             ):
                 # A keep-alive socket the upstream closed just as we reused it:
-                # safe to replay once on a fresh connection (nothing was processed).
+                # safe to replay once on a fresh connection (nothing was processed),
+                # a PUT too while none of its body went out: what arrives from now
+                # on is buffered for the fresh connection. (A chunked body's last
+                # chunk is not counted in body_sent: once it went, no retry.)
                 self.retried = True
                 self.client.spawn(self._connect(), "upstream-retry")
                 return
