@@ -381,6 +381,9 @@ class Route(Policies):
     upstream: str | None = None
     strip_prefix: bool = False
     no_rate_limit: bool = False
+    allow_trace: bool = False
+    """TRACE is answered 405 unless the route sets this (it echoes the request,
+    cookies and credentials included, back to whoever can make the browser send it)."""
 
     @field_validator("path")
     @classmethod
@@ -534,9 +537,19 @@ class MetricsConfig(Model):
     health and certificates only; health's passive ejection keeps working)."""
 
 
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_NOT_AN_ADDRESS_HEADER = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "expect", "cookie"}
+)
+
+
 class Forwarding(Model):
     trusted_proxies: list[str] = []
-    """Networks whose X-Forwarded-For / X-Real-IP are believed (else they are replaced)."""
+    """Networks whose forwarded client address (`real_ip_header`) and X-Forwarded-Proto
+    are believed; from any other peer they are replaced."""
+    real_ip_header: str = "X-Forwarded-For"
+    """Where a trusted peer puts the client address: the rightmost entry not in
+    `trusted_proxies` is the client (nginx `real_ip_header` + `real_ip_recursive on`)."""
     request_id_header: str = "X-Request-ID"
 
     @field_validator("trusted_proxies")
@@ -544,6 +557,16 @@ class Forwarding(Model):
     def _nets(cls, v: list[str]) -> list[str]:
         for n in v:
             ipaddress.ip_network(n, strict=False)
+        return v
+
+    @field_validator("real_ip_header")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        if not _TOKEN_RE.match(v) or v.lower() in _NOT_AN_ADDRESS_HEADER:
+            raise ValueError(
+                f"{v!r} is not a header that carries a client address "
+                "(e.g. X-Forwarded-For, X-Real-IP, CF-Connecting-IP)"
+            )
         return v
 
 

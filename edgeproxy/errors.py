@@ -30,6 +30,15 @@ class ClientProtocolError(EdgeproxyError):
         super().__init__(f"{status}: {reason}")
 
 
+class UpstreamProtocolError(EdgeproxyError):
+    """An upstream's response we refuse to pass on; the client gets `status` (502)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status}: {reason}")
+
+
 class SwitchError(EdgeproxyError):
     """A switch transition is not allowed from the current state (message names it)."""
 

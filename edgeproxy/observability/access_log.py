@@ -165,7 +165,7 @@ class AccessLogWriter:
             self._prefix,
             int((wall - sec) * 1000),
             jbytes(ex.request_id),
-            client.peer_ip_b,
+            ex.client_ip_b,
             jbytes(ex.host),
             method,
             jbytes(ex.path),

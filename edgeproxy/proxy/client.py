@@ -232,6 +232,10 @@ class ClientConnection:
             else:
                 log.exception("internal error while parsing a request", exc_info=cause)
                 self.reject(ClientProtocolError(500, "internal error"))
+        except httptools.HttpParserInvalidMethodError:
+            # llhttp knows every registered method; anything else is not implemented
+            # (RFC 9110 §9.1), not malformed.
+            self.reject(ClientProtocolError(501, "unknown request method"))
         except httptools.HttpParserError as e:
             self.reject(ClientProtocolError(400, str(e)))
 

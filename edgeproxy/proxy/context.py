@@ -211,6 +211,22 @@ def _networks(cidrs: list[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
+def _address(entry: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """One forwarded address: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:80`."""
+    text = entry.strip().decode("latin-1")
+    if text.startswith("["):
+        end = text.find("]")
+        text = text[1:end] if end > 0 else ""
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    if "%" in text:  # a zone id is no client address
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def in_networks(ip: str, nets: tuple[Network, ...]) -> bool:
     if not nets or not ip:
         return False
@@ -237,6 +253,8 @@ class ProxyContext:
         self.pools: dict[tuple[str, int], UpstreamPool] = (
             {} if previous is None else dict(previous.pools)
         )
+        for pool in self.pools.values():
+            pool.max_headers = config.limits.max_headers
         self.colors: dict[tuple[str, str], ColorTargets] = {}
         for app_name, app in config.apps.items():
             for color, spec in app.colors.items():
@@ -261,7 +279,11 @@ class ProxyContext:
             for app in config.apps.values()
             if app.override.header
         }
-        self.header_codes = header_codes(self.request_id_header, self.override_headers)
+        real_ip_header = config.forwarding.real_ip_header.lower().encode()
+        self.real_ip_from_xff = real_ip_header == b"x-forwarded-for"
+        self.header_codes = header_codes(
+            self.request_id_header, self.override_headers, real_ip_header
+        )
         self.response_codes = response_codes(self.request_id_header)
         self.webroot: Path | None = config.acme.webroot
         self.tracker: Tracker = Tracker() if previous is None else previous.tracker
@@ -297,6 +319,7 @@ class ProxyContext:
                 upstream,
                 idle_timeout=self.timeouts.upstream_idle,
                 connect_timeout=self.timeouts.connect,
+                max_headers=self.limits.max_headers,
             )
         return pool
 
@@ -306,6 +329,26 @@ class ProxyContext:
 
     def is_trusted(self, ip: str) -> bool:
         return in_networks(ip, self.trusted)
+
+    def forwarded_client(self, chain: bytes) -> str | None:
+        """The client address in a trusted peer's `real_ip_header` (a comma list).
+
+        The rightmost entry that is not in `trusted_proxies`: every hop to its
+        right is a proxy we trust to have appended what it saw, and the ones to
+        its left were written by the client, so they may be forged (nginx's
+        realip module with `real_ip_recursive on`, Traefik). All trusted: the
+        leftmost. An entry that is not an address: None (the peer stays the
+        client, as nginx does).
+        """
+        found: str | None = None
+        for entry in reversed(chain.split(b",")):
+            addr = _address(entry)
+            if addr is None:
+                return None
+            found = str(addr)
+            if not any(addr in n for n in self.trusted):
+                return found
+        return found
 
     def close_idle_of_color(self, app: str, color: str) -> int:
         targets = self.colors.get((app, color))

@@ -31,6 +31,8 @@ log = logging.getLogger("edgeproxy.proxy")
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 LOCAL_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 """Errors of this host, not of the upstream being connected to."""
+ALLOWED_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+"""The Allow header of a 405 for TRACE (a route that allows it passes anything on)."""
 
 
 class Exchange:
@@ -41,6 +43,8 @@ class Exchange:
         "body_sent",
         "chunked_req",
         "client",
+        "client_ip",
+        "client_ip_b",
         "color",
         "content_length",
         "done",
@@ -87,6 +91,10 @@ class Exchange:
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.loop = client.loop
+        self.client_ip = client.peer_ip
+        """The client's address, found once (prepare) and used everywhere: rate limit,
+        override allow_from, canary key, X-Real-IP upstream, access log."""
+        self.client_ip_b = client.peer_ip_b
         self.headers: list[tuple[bytes, bytes]] = []
         self.fwd: list[bytes] = []
         """Pieces of the request headers to forward as they are (built by validate_request)."""
@@ -146,6 +154,8 @@ class Exchange:
         if self.method == b"CONNECT":
             raise ClientProtocolError(405, "CONNECT is not supported")
         info = h.validate_request(self, ctx.limits)
+        if client.peer_trusted:
+            self._believe_forwarded(info)
         # time.monotonic(), not loop.time(): uvloop's clock moves in whole ms.
         self.started_at = monotonic()
         host = self.host
@@ -183,6 +193,10 @@ class Exchange:
             return
         self.route = route
         self.policy = pol = route.policy[tls]
+        if self.method == b"TRACE" and not route.config.allow_trace:
+            headers = [(b"allow", ALLOWED_METHODS), *pol.error_headers(info.origin)]
+            self.local = build_response(405, headers=headers, close=not self.keep_alive)
+            return
         if (
             pol.max_body is not None
             and self.content_length is not None
@@ -199,7 +213,7 @@ class Exchange:
                 self.local = build_response(status, b"", headers, close=not self.keep_alive)
                 return
         if pol.rate_limiter is not None:
-            wait = pol.rate_limiter.check(h.client_ip(self, info), self.loop.time())
+            wait = pol.rate_limiter.check(self.client_ip, self.loop.time())
             if wait is not None:
                 headers = [(b"retry-after", retry_after(wait)), *pol.error_headers(info.origin)]
                 self.local = build_response(429, headers=headers, close=not self.keep_alive)
@@ -219,6 +233,16 @@ class Exchange:
             assert route.upstream is not None
             self.pool = ctx.pool_for(route.upstream)
         self.up_head = h.upstream_head(self, info, route)
+
+    def _believe_forwarded(self, info: h.RequestInfo) -> None:
+        """The peer is a trusted proxy: the client address is the one it forwards."""
+        ctx = self.client.ctx
+        chain = info.xff if ctx.real_ip_from_xff else info.real_ip
+        if chain is not None:
+            ip = ctx.forwarded_client(chain)
+            if ip is not None:
+                self.client_ip = ip
+                self.client_ip_b = ip.encode()
 
     def _pick_color(self) -> bool:
         """Choose color and upstream; False when paused or nothing can serve."""
@@ -498,11 +522,13 @@ class Exchange:
                 and not self.retried
                 and self.method in IDEMPOTENT
                 and self.body_sent == 0
-                and not self.chunked_req
-                and not self.content_length
+                and not (self.chunked_req and self.req_done)
             ):
                 # A keep-alive socket the upstream closed just as we reused it:
-                # safe to replay once on a fresh connection (nothing was processed).
+                # safe to replay once on a fresh connection (nothing was processed),
+                # a PUT too while none of its body went out: what arrives from now
+                # on is buffered for the fresh connection. (A chunked body's last
+                # chunk is not counted in body_sent: once it went, no retry.)
                 self.retried = True
                 self.client.spawn(self._connect(), "upstream-retry")
                 return

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from edgeproxy.config import Config
 from edgeproxy.proxy.context import Network, in_networks
-from edgeproxy.proxy.headers import RequestInfo, client_ip
+from edgeproxy.proxy.headers import RequestInfo
 from edgeproxy.switching.choose import choose
 
 if TYPE_CHECKING:
@@ -71,18 +71,17 @@ class Picker:
             return None
         spec = self.apps[app]
         override: str | None = None
-        if info.override is not None or (spec.override_cookie and info.cookie):
-            ip = client_ip(ex, info)
-            if not spec.override_nets or in_networks(ip, spec.override_nets):
-                if info.override is not None:
-                    override = info.override.decode("latin-1").strip().lower()
-                else:
-                    override = cookie_get(info.cookie, spec.override_cookie)
+        if (info.override is not None or (spec.override_cookie and info.cookie)) and (
+            not spec.override_nets or in_networks(ex.client_ip, spec.override_nets)
+        ):
+            if info.override is not None:
+                override = info.override.decode("latin-1").strip().lower()
+            else:
+                override = cookie_get(info.cookie, spec.override_cookie)
         if state.candidate is None and override is None:
             return state.active  # no canary: the common case stays cheap
         sticky = cookie_get(info.cookie, spec.sticky_cookie)
-        key = client_ip(ex, info).encode()
-        color, cookie = choose(state, override=override, sticky=sticky, client_key=key)
+        color, cookie = choose(state, override=override, sticky=sticky, client_key=ex.client_ip_b)
         if cookie is not None and spec.cookie_name:
             ex.set_cookie = b"%s=%s; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax%s" % (
                 spec.cookie_name.encode(),

@@ -46,7 +46,7 @@ ERROR_BODIES: Final[dict[int, bytes]] = {
     421: b"421 Misdirected Request: this host is not served on this TLS connection\n",
     429: b"429 Too Many Requests: slow down and retry later\n",
     431: b"431 Request Header Fields Too Large\n",
-    501: b"501 Not Implemented: unsupported Transfer-Encoding\n",
+    501: b"501 Not Implemented: unsupported request method or Transfer-Encoding\n",
     502: b"502 Bad Gateway: the upstream server is unreachable or answered badly\n",
     503: b"503 Service Unavailable: no upstream can take this request right now\n",
     504: b"504 Gateway Timeout: the upstream server did not answer in time\n",

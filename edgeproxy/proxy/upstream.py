@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import httptools
 
 from edgeproxy.config import Upstream
+from edgeproxy.errors import UpstreamProtocolError
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.exchange import Exchange
@@ -103,8 +104,13 @@ class UpstreamConnection:
         except httptools.HttpParserUpgrade as e:
             ex.on_upstream_upgrade(data[e.args[0] :])
         except httptools.HttpParserError as e:
-            log.warning("bad response from %s: %s", self.pool.upstream.url, e)
-            ex.on_upstream_failed(502, f"malformed response: {e}")
+            refused = e.__context__
+            if isinstance(refused, UpstreamProtocolError):
+                log.warning("refused response from %s: %s", self.pool.upstream.url, refused.reason)
+                ex.on_upstream_failed(refused.status, f"upstream response: {refused.reason}")
+            else:
+                log.warning("bad response from %s: %s", self.pool.upstream.url, e)
+                ex.on_upstream_failed(502, f"malformed response: {e}")
             self.close()  # a parser that failed can't frame another response
         finally:
             client.corked = False
@@ -142,7 +148,11 @@ class UpstreamConnection:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.pool.max_headers:
+            # Like a request's (431): limits.max_headers, here a 502.
+            raise UpstreamProtocolError(502, f"more than {self.pool.max_headers} header fields")
 
     def on_headers_complete(self) -> None:
         headers, self.headers = self.headers, []
@@ -193,10 +203,13 @@ class UpstreamPool:
         idle_timeout: float,
         connect_timeout: float,
         max_idle: int = 512,
+        max_headers: int = 100,
     ) -> None:
         self.upstream = upstream
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
+        self.max_headers = max_headers
+        """More header fields in a response is a 502 (`limits.max_headers`)."""
         self.max_idle = max_idle
         self.idle: list[UpstreamConnection] = []
         self._sweeper: asyncio.TimerHandle | None = None

@@ -1,15 +1,53 @@
 """Host → site → route, compiled once from the config.
 
 A site matches an exact host or a `*.domain` wildcard (one label deep, like a
-certificate); a route matches the longest path prefix. Pure: no I/O.
+certificate); a route matches the longest path prefix. A Host that is not
+`host[:port]` is refused here, once per distinct value (a cache miss). Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from edgeproxy.config import Config, Route, Site, Upstream
+from edgeproxy.errors import ClientProtocolError
+
+_NAME_BYTES: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
+"""What a host name or an IPv4 address is made of: RFC 3986's reg-name without
+pct-encoding and sub-delims (a Host that builds links must not carry `@`, `/`,
+`?`, `#`, `%`, `,` …), and `_`, unreserved and found in internal names."""
+
+
+def host_name(host: bytes) -> bytes:
+    """The name part of a Host value that is `host[:port]`, else ClientProtocolError(400).
+
+    RFC 9112 §3.2: `host` is a name or IPv4 address (`_NAME_BYTES`) or an IPv6
+    literal in brackets; the port is digits. (An empty port, which RFC 3986
+    allows, is dropped before: the data plane forwards `name:` as `name`.) An
+    empty Host is allowed (RFC 9112 §3.2: a target without an authority) and
+    names no site.
+    """
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        literal = host[1:end] if end > 0 else b""
+        # ipaddress accepts a `%zone` suffix; a Host never carries one.
+        if not literal or literal.translate(None, b"0123456789abcdefABCDEF:."):
+            raise ClientProtocolError(400, f"bad IPv6 literal in Host: {host!r}")
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            raise ClientProtocolError(400, f"bad IPv6 literal in Host: {host!r}") from None
+        name = host[: end + 1]
+    else:
+        name = host.partition(b":")[0]
+        if name.translate(None, _NAME_BYTES) or (not name and host):
+            raise ClientProtocolError(400, f"Host is not host[:port]: {host!r}")
+    port = host[len(name) :]
+    if port and (port[:1] != b":" or not port[1:].isdigit()):
+        raise ClientProtocolError(400, f"Host is not host[:port]: {host!r}")
+    return name
 
 
 @dataclass(slots=True, eq=False)
@@ -86,7 +124,11 @@ class Router:
         self._cache: dict[bytes, SiteEntry | None] = {}
 
     def site_for(self, host: bytes) -> SiteEntry | None:
-        """The site for a Host header value (port stripped, case-insensitive)."""
+        """The site for a Host header value (port stripped, case-insensitive).
+
+        Raises ClientProtocolError (400) for a Host that is not `host[:port]`;
+        only checked ones are cached, so a known Host costs one dict lookup.
+        """
         hit = self._cache.get(host)
         if hit is not None or host in self._cache:
             return hit
@@ -96,15 +138,7 @@ class Router:
         return site
 
     def _lookup(self, host: bytes) -> SiteEntry | None:
-        try:
-            name = host.decode("ascii").lower()
-        except UnicodeDecodeError:
-            return None
-        if name.startswith("["):
-            name = name[: name.find("]") + 1]
-        else:
-            name = name.rpartition(":")[0] if ":" in name else name
-        name = name.rstrip(".")
+        name = host_name(host).decode("ascii").lower().rstrip(".")
         site = self._exact.get(name)
         if site is not None:
             return site
@@ -116,4 +150,7 @@ class Router:
     def site_for_sni(self, server_name: str | None) -> SiteEntry | None:
         if not server_name:
             return None
-        return self.site_for(server_name.encode())
+        try:
+            return self.site_for(server_name.encode())
+        except ClientProtocolError:
+            return None
