@@ -501,6 +501,9 @@ class App(Model):
     when_all_down: Literal["route", "refuse"] = "route"
     """No upstream of the color is fit (health checks, ejection): `route` to its upstreams
     anyway (panic routing, like Envoy's panic threshold), or `refuse` with 503."""
+    expose_color: bool = False
+    """Name the serving color in every response (`X-Edgeproxy-Color`), not only for an
+    honoured tester override: for staging and `bench storefront`, not for production."""
 
     @field_validator("colors")
     @classmethod

@@ -4,9 +4,9 @@
 line items) the way Medusa v2 does where it matters here: every `/store/` route
 answers 400 without the right `x-publishable-api-key`. `broken=True` makes the
 store routes answer 500 (a release that boots and passes /health, then fails).
-`served_by=True` adds `X-Edgeproxy-Color: <color>` to every answer: a test
-double for the header edgeproxy adds to requests with an honoured override
-(a parallel change); it only ever names the color that really answered.
+`served_by=True` adds `X-Edgeproxy-Color: <color>` to every answer, as an app
+trying to speak for edgeproxy would: edgeproxy drops it and names the color
+itself, only for an honoured override (or with `expose_color`).
 Every request is counted by (method, route, status).
 """
 

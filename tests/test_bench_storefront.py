@@ -30,7 +30,9 @@ def store(
         blue = FakeMedusa("blue", broken=blue_broken).start(backend_loop)
         green = FakeMedusa("green").start(backend_loop)
         started.extend([blue, green])
-        conf = shipped_edgeproxy_config(tmp_path, tls_ca, {"blue": blue.url, "green": green.url})
+        conf = shipped_edgeproxy_config(
+            tmp_path, tls_ca, {"blue": blue.url, "green": green.url}, expose_color=True
+        )
         del conf["sites"][0]["rate_limit"]  # every shopper shares 127.0.0.1 here
         (tmp_path / "edgeproxy.yml").write_text(yaml.safe_dump(conf))
         return edge(conf), blue, green

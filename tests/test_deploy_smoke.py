@@ -282,17 +282,18 @@ def test_the_shipped_medusa_smoke_checks_fail_when_edgeproxy_ignores_the_overrid
     s = shop(override={"allow_from": ["192.0.2.0/24"]})  # loopback may not override here
     problems = s.failures()
     assert len(problems) == 2
-    assert all("answered by blue, not green: the override was ignored" in p for p in problems)
+    # blue answered; its own X-Edgeproxy-Color was dropped by edgeproxy, which names a
+    # color only for an override it honoured, so the check cannot mistake blue for green.
+    assert all("200 from an unnamed color: no X-Edgeproxy-Color" in p for p in problems)
     assert s.green.store_requests() == 0
 
 
-def test_the_shipped_medusa_smoke_checks_fail_without_a_color_header_from_edgeproxy(
+def test_edgeproxy_itself_names_the_color_that_served_an_honoured_override(
     shop: Callable[..., Shop],
 ) -> None:
-    s = shop(served_by=False)
-    problems = s.failures()
-    assert len(problems) == 2
-    assert all("no X-Edgeproxy-Color response header" in p for p in problems)
+    s = shop(served_by=False)  # the apps send no X-Edgeproxy-Color of their own
+    assert s.failures() == []
+    assert s.green.store_requests() > 0
 
 
 def test_the_old_http_smoke_url_gets_the_https_redirect_and_fails_instead_of_testing_blue(

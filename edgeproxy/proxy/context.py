@@ -256,6 +256,10 @@ class ProxyContext:
         for pool in self.pools.values():
             pool.max_headers = config.limits.max_headers
         self.colors: dict[tuple[str, str], ColorTargets] = {}
+        self.color_exposed: frozenset[str] = frozenset(
+            name for name, app in config.apps.items() if app.expose_color
+        )
+        """Apps whose every response names the color that served it (apps.NAME.expose_color)."""
         for app_name, app in config.apps.items():
             for color, spec in app.colors.items():
                 pools = [self.pool_for(Upstream.parse(u)) for u in spec.upstreams]

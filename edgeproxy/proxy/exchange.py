@@ -61,6 +61,8 @@ class Exchange:
         "local",
         "loop",
         "method",
+        "name_color",
+        "override",
         "panic",
         "path",
         "paused",
@@ -140,6 +142,10 @@ class Exchange:
         self.reported = False
         self.paused = False
         self.panic = False
+        self.override: str | None = None
+        self.name_color = False
+        """The response names the color that served it (an honoured override, expose_color)."""
+        """The color a tester asked for, when this client may override (set in prepare)."""
         """Routed to a color with no fit upstream (`when_all_down: route`)."""
         self.set_cookie: bytes | None = None
         self.info: h.RequestInfo | None = None
@@ -212,7 +218,11 @@ class Exchange:
                 headers.extend(pol.response_headers)
                 self.local = build_response(status, b"", headers, close=not self.keep_alive)
                 return
-        if pol.rate_limiter is not None:
+        picker = ctx.picker
+        if route.app is not None and picker is not None and (info.override or info.cookie):
+            self.override = picker.override(route.app, self, info)
+        if pol.rate_limiter is not None and self.override is None:
+            # Override traffic (smoke checks, testers from override.allow_from) is exempt.
             wait = pol.rate_limiter.check(self.client_ip, self.loop.time())
             if wait is not None:
                 headers = [(b"retry-after", retry_after(wait)), *pol.error_headers(info.origin)]
@@ -258,6 +268,11 @@ class Exchange:
             color = ctx.config.apps[app].first_color
         self.color = color
         pool = ctx.colors[(app, color)].pick(ctx.health_ok)
+        if self.override is not None and (pool is None or color != self.override):
+            # A tester asked for a color that cannot serve: say so, never answer
+            # from another color (a smoke check must not pass on the old release).
+            self._refuse_override(color if pool is None else None)
+            return False
         if pool is None and picker is not None:
             # A canary with no healthy upstream must not cost its share of
             # visitors: they go to the active color (never the other way round).
@@ -278,7 +293,19 @@ class Exchange:
                 )
                 return False
         self.pool = pool
+        self.name_color = self.override is not None or app in ctx.color_exposed
         return True
+
+    def _refuse_override(self, unfit: str | None) -> None:
+        why = (
+            f"{unfit} has no healthy upstream"
+            if unfit is not None
+            else "it is not a color of this app, or it is draining"
+        )
+        assert self.override is not None
+        body = f"503 Service Unavailable: the override asks for {self.override}, but {why}\n"
+        headers = [(b"retry-after", b"5"), *self.error_headers()]
+        self.local = build_response(503, body.encode(), headers, close=not self.keep_alive)
 
     def _when_all_down(self, app: str) -> UpstreamPool | None:
         """Neither the chosen color nor the active one has a fit upstream: panic routing

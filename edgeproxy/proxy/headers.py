@@ -45,6 +45,7 @@ RESPONSE_CODES: Final[dict[bytes, int]] = {
     b"trailer": R_DROP,
     b"server": R_DROP,
     b"date": R_DROP,
+    b"x-edgeproxy-color": R_DROP,
     b"transfer-encoding": R_TE,
     b"upgrade": R_UPGRADE,
     b"content-length": R_LENGTH,
@@ -486,6 +487,10 @@ def response_head(
         parts += (ctx.request_id_header, b": ", ex.request_id, b"\r\n")
     if ex.set_cookie is not None:
         parts += (b"set-cookie: ", ex.set_cookie, b"\r\n")
+    if ex.name_color and ex.color is not None:
+        # Which color served a tester's request (smoke checks fail without it), or any
+        # request of an app with expose_color (staging).
+        parts += (b"x-edgeproxy-color: ", ex.color.encode(), b"\r\n")
     if status == 101:
         parts += (b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n")
         return b"".join(parts), NOBODY

@@ -64,25 +64,33 @@ class Picker:
             for name, app in config.apps.items()
         }
 
+    def override(self, app: str, ex: Exchange, info: RequestInfo) -> str | None:
+        """The color a tester asks for, if this client may override (else None)."""
+        spec = self.apps[app]
+        if info.override is None and not (spec.override_cookie and info.cookie):
+            return None
+        if spec.override_nets and not in_networks(ex.client_ip, spec.override_nets):
+            return None
+        if info.override is not None:
+            return info.override.decode("latin-1").strip().lower() or None
+        return cookie_get(info.cookie, spec.override_cookie) or None
+
     def choose(self, app: str, ex: Exchange, info: RequestInfo) -> str | None:
-        """The color for this request, or None while the app is paused."""
+        """The color for this request, or None while the app is paused.
+
+        `ex.override` (set by `override()`) is a tester's color; when it is not a
+        color that may serve, the active color comes back and the exchange refuses.
+        """
         state = self.board.states[app]
         if state.paused:
             return None
-        spec = self.apps[app]
-        override: str | None = None
-        if (info.override is not None or (spec.override_cookie and info.cookie)) and (
-            not spec.override_nets or in_networks(ex.client_ip, spec.override_nets)
-        ):
-            if info.override is not None:
-                override = info.override.decode("latin-1").strip().lower()
-            else:
-                override = cookie_get(info.cookie, spec.override_cookie)
+        override = ex.override
         if state.candidate is None and override is None:
             return state.active  # no canary: the common case stays cheap
+        spec = self.apps[app]
         sticky = cookie_get(info.cookie, spec.sticky_cookie)
         color, cookie = choose(state, override=override, sticky=sticky, client_key=ex.client_ip_b)
-        if cookie is not None and spec.cookie_name:
+        if cookie is not None and spec.cookie_name and override is None:
             ex.set_cookie = b"%s=%s; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax%s" % (
                 spec.cookie_name.encode(),
                 cookie.encode(),
