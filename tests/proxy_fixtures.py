@@ -99,6 +99,9 @@ def make_backend_app(b: Backend) -> web.Application:
             return web.Response(body=body, headers={"X-Body-Length": str(len(body))})
         if path == "/headers":
             return web.json_response({k.lower(): v for k, v in request.headers.items()})
+        if path == "/respond-header":  # ?name=X&value=Y: a response header of the app's choice
+            q = request.query
+            return web.Response(text=f"{b.name}\n", headers={q["name"]: q["value"]})
         return web.Response(text=f"{b.name}\n", headers={"X-Backend": b.name})
 
     async def ws(request: web.Request) -> web.WebSocketResponse:
