@@ -46,9 +46,7 @@ def test_an_apps_own_color_header_never_reaches_the_client(backend, edge):
     assert (r.body, r.header(OVERRIDE)) == (b"blue\n", "blue")
 
 
-def test_an_override_naming_a_color_that_cannot_serve_is_a_503_never_another_color(
-    backend, edge
-):
+def test_an_override_naming_a_color_that_cannot_serve_is_a_503_never_another_color(backend, edge):
     blue = backend("blue")
     with socket.socket() as s:  # a port nothing listens on: green never passes a check
         s.bind(("127.0.0.1", 0))
@@ -86,8 +84,6 @@ def test_an_override_naming_a_color_that_cannot_serve_is_a_503_never_another_col
 def test_override_requests_from_an_allowed_address_are_not_rate_limited(backend, edge):
     """Smoke checks come from loopback like the visitors' reverse tunnel would: a 429 there
     failed a deploy. The override's allow_from already says these callers are trusted."""
-    e, _, _, _ = two_colors(backend, edge)
-    del e
     blue, green = backend("blue"), backend("green")
     e = edge(
         {
