@@ -221,10 +221,18 @@ class Exchange:
         picker = ctx.picker
         if route.app is not None and picker is not None and (info.override or info.cookie):
             self.override = picker.override(route.app, self, info)
-        if pol.rate_limiter is not None and self.override is None:
-            # Override traffic (smoke checks, testers from override.allow_from) is exempt.
-            wait = pol.rate_limiter.check(self.client_ip, self.loop.time())
-            if wait is not None:
+        limiter = pol.rate_limiter
+        if (
+            limiter is not None
+            and self.override is None
+            and (info.secrets is None or not limiter.exempt_secret(info.secrets))
+        ):
+            # Override traffic (smoke checks, testers from override.allow_from) is exempt,
+            # and so is a request with the exemption secret (it takes no token either).
+            wait = limiter.check(self.client_ip, self.loop.time())
+            # An exempt network is asked about only once refused: the common request
+            # pays nothing, and an exempt client only empties its own bucket.
+            if wait is not None and not limiter.exempt_address(self.client_ip):
                 headers = [(b"retry-after", retry_after(wait)), *pol.error_headers(info.origin)]
                 self.local = build_response(429, headers=headers, close=not self.keep_alive)
                 return
