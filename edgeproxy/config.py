@@ -575,6 +575,23 @@ class App(Model):
     expose_color: bool = False
     """Name the serving color in every response (`X-Edgeproxy-Color`), not only for an
     honoured tester override: for staging and `bench storefront`, not for production."""
+    canary_key: str = "client_ip"
+    """What puts a visitor in a canary bucket: `client_ip` (its address), `header:NAME`
+    (a hash of that request header's value, e.g. a shopper id a server-side storefront
+    forwards; the address when the header is missing), or `request` (a fresh bucket per
+    request and no sticky cookie, for cookieless server-to-server callers). A sticky
+    cookie the request carries wins over all three."""
+
+    @field_validator("canary_key")
+    @classmethod
+    def _canary_key(cls, v: str) -> str:
+        kind, _, name = v.partition(":")
+        if v in ("client_ip", "request") or (kind == "header" and _TOKEN_RE.match(name)):
+            return v
+        raise ValueError(
+            f"canary_key {v!r} must be client_ip, request, or header:NAME "
+            "(e.g. header:X-Shopper-Id)"
+        )
 
     @field_validator("colors")
     @classmethod
