@@ -575,6 +575,12 @@ class App(Model):
     expose_color: bool = False
     """Name the serving color in every response (`X-Edgeproxy-Color`), not only for an
     honoured tester override: for staging and `bench storefront`, not for production."""
+    first_release: Literal["serve", "hold"] = "serve"
+    """On a server where this app was never released (no state file): `serve` sends
+    visitors to `default_color` at once (what nginx does with a fresh config); `hold`
+    answers them 503 maintenance (with Retry-After) until the first deploy has
+    smoke-tested a color through the tester override and released it (weight 100),
+    so nobody meets an unverified release. A saved state is never affected."""
     canary_key: str = "client_ip"
     """What puts a visitor in a canary bucket: `client_ip` (its address), `header:NAME`
     (a hash of that request header's value, e.g. a shopper id a server-side storefront

@@ -270,9 +270,14 @@ class Exchange:
         picker = ctx.picker
         color = picker.choose(app, self, self.info) if picker is not None else None
         if color is None:
-            if picker is not None and picker.board.states[app].paused:
-                self.paused = True
-                return False
+            if picker is not None:
+                state = picker.board.states[app]
+                if state.paused:
+                    self.paused = True
+                    return False
+                if not state.released:
+                    self._not_released()
+                    return False
             color = ctx.config.apps[app].first_color
         self.color = color
         pool = ctx.colors[(app, color)].pick(ctx.health_ok)
@@ -304,6 +309,17 @@ class Exchange:
         self.name_color = self.override is not None or app in ctx.color_exposed
         return True
 
+    def _not_released(self) -> None:
+        """`first_release: hold` and no release yet: visitors never meet an unverified
+        color (testers reach one with the override)."""
+        headers = [(b"retry-after", b"30"), *self.error_headers()]
+        self.local = build_response(
+            503,
+            b"503 Service Unavailable: this site is not released yet; please come back soon\n",
+            headers,
+            close=not self.keep_alive,
+        )
+
     def _refuse_override(self, unfit: str | None) -> None:
         why = (
             f"{unfit} has no healthy upstream"
@@ -324,7 +340,10 @@ class Exchange:
             return None
         picker = ctx.picker
         if picker is not None:
-            self.color = picker.board.states[app].active
+            state = picker.board.states[app]
+            if not state.released:
+                return None  # never panic-route visitors to a color not yet released
+            self.color = state.active
         assert self.color is not None
         self.panic = True
         return ctx.colors[(app, self.color)].pick_anyway()

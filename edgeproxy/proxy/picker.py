@@ -121,7 +121,8 @@ class Picker:
             return None
         override = ex.override
         if state.candidate is None and override is None:
-            return state.active  # no canary: the common case stays cheap
+            # No canary: the common case stays cheap. Never released: nobody but testers.
+            return state.active if state.released else None
         spec = self.apps[app]
         sticky = cookie_get(info.cookie, spec.sticky_cookie)
         color, cookie = choose(
