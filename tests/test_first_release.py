@@ -239,3 +239,16 @@ def test_the_shipped_medusa_config_holds_visitors_while_the_first_deploys_smoke_
     r = conn.getresponse()
     assert r.status == 200
     conn.close()
+
+
+@given(st.booleans(), st.booleans(), st.sampled_from(COLORS), st.integers(0, 100), st.booleans())
+def test_the_fast_path_flag_is_exactly_released_not_paused_and_no_candidate(
+    released: bool, paused: bool, color: str, weight: int, set_first: bool
+) -> None:
+    s = sw.initial("shop", COLORS, "blue", released=released)
+    if set_first and (weight == 100 or (released and color != "blue")):
+        s = sw.set_color(s, color, weight, 1.0)
+    if paused:
+        s = sw.pause(s, 2.0)
+    assert s.plain == (s.released and not s.paused and s.candidate is None)
+    assert sw.from_json(sw.to_json({"shop": s}))["shop"].plain == s.plain

@@ -117,11 +117,14 @@ class Picker:
         color that may serve, the active color comes back and the exchange refuses.
         """
         state = self.board.states[app]
+        override = ex.override
+        if override is None and state.plain:
+            # Released, not paused, no canary: the common case reads one attribute.
+            return state.active
         if state.paused:
             return None
-        override = ex.override
-        if state.candidate is None and override is None:
-            # No canary: the common case stays cheap. Never released: nobody but testers.
+        if override is None and (not state.released or state.candidate is None):
+            # Never released: nobody but testers (the exchange answers 503).
             return state.active if state.released else None
         spec = self.apps[app]
         sticky = cookie_get(info.cookie, spec.sticky_cookie)
