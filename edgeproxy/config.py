@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -307,12 +308,82 @@ class Limits(Model):
         return v
 
 
+SECRET_MIN_LENGTH = 16
+"""A shorter exemption secret could be guessed; it is refused."""
+
+
+class ExemptHeader(Model):
+    """A shared secret that lifts the rate limit: a request whose header `name` carries it
+    is not limited (a storefront server whose addresses change). The secret is read from
+    the environment (`value_env`) or a file (`value_file`, e.g. a docker secret), never
+    from the config itself; the header is dropped before the request goes upstream."""
+
+    name: str
+    value_env: str | None = None
+    value_file: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_RE.match(v) or v.lower() in _NOT_AN_ADDRESS_HEADER:
+            raise ValueError(f"{v!r} is not a header name for a secret (e.g. X-Storefront-Secret)")
+        return v
+
+    @field_validator("value_file")
+    @classmethod
+    def _file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError(f"value_file {str(v)!r} must be an absolute path (/run/secrets/…)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExemptHeader:
+        if (self.value_env is None) == (self.value_file is None):
+            raise ValueError(
+                "exempt_header needs exactly one of value_env (an environment variable) or "
+                "value_file (a file holding the secret); never the secret itself"
+            )
+        return self
+
+    def secret(self) -> bytes:
+        """The secret, read now; ValueError saying what to set when it is missing or short."""
+        if self.value_env is not None:
+            text = os.environ.get(self.value_env)
+            where = f"environment variable {self.value_env}"
+            if text is None:
+                raise ValueError(f"{where} is not set; set it in edgeproxy's environment")
+        else:
+            assert self.value_file is not None
+            where = f"file {self.value_file}"
+            try:
+                text = self.value_file.read_text()
+            except OSError as e:
+                raise ValueError(f"cannot read {where}: {e.strerror}") from e
+        value = text.strip().encode()
+        if len(value) < SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"the secret in {where} is shorter than {SECRET_MIN_LENGTH} characters; "
+                "use a long random one (openssl rand -hex 32)"
+            )
+        return value
+
+
 class RateLimit(Model):
     """A token bucket per client address: `rate` per second, `burst` extra (nginx nodelay)."""
 
     rate: float = Field(gt=0)
     burst: int = Field(default=0, ge=0)
     max_clients: int = Field(default=100_000, ge=1)
+    exempt: list[str] = []
+    """Client networks (CIDRs) that are never limited: a storefront server, a monitor."""
+    exempt_header: ExemptHeader | None = None
+
+    @field_validator("exempt")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)
+        return v
 
 
 class Cors(Model):
@@ -504,6 +575,29 @@ class App(Model):
     expose_color: bool = False
     """Name the serving color in every response (`X-Edgeproxy-Color`), not only for an
     honoured tester override: for staging and `bench storefront`, not for production."""
+    first_release: Literal["serve", "hold"] = "serve"
+    """On a server where this app was never released (no state file): `serve` sends
+    visitors to `default_color` at once (what nginx does with a fresh config); `hold`
+    answers them 503 maintenance (with Retry-After) until the first deploy has
+    smoke-tested a color through the tester override and released it (weight 100),
+    so nobody meets an unverified release. A saved state is never affected."""
+    canary_key: str = "client_ip"
+    """What puts a visitor in a canary bucket: `client_ip` (its address), `header:NAME`
+    (a hash of that request header's value, e.g. a shopper id a server-side storefront
+    forwards; the address when the header is missing), or `request` (a fresh bucket per
+    request and no sticky cookie, for cookieless server-to-server callers). A sticky
+    cookie the request carries wins over all three."""
+
+    @field_validator("canary_key")
+    @classmethod
+    def _canary_key(cls, v: str) -> str:
+        kind, _, name = v.partition(":")
+        if v in ("client_ip", "request") or (kind == "header" and _TOKEN_RE.match(name)):
+            return v
+        raise ValueError(
+            f"canary_key {v!r} must be client_ip, request, or header:NAME "
+            "(e.g. header:X-Shopper-Id)"
+        )
 
     @field_validator("colors")
     @classmethod

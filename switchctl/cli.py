@@ -163,6 +163,8 @@ def format_status(views: dict[str, AppView], now: float | None = None) -> str:
     rows = [["APP", "ACTIVE", "CANDIDATE", "DRAINING", "PAUSED", "GEN"]]
     for name, v in sorted(views.items()):
         candidate = f"{v['candidate']} {v['weight']}%" if v["candidate"] else "-"
+        if not v.get("released", True):
+            candidate = "(not released yet: visitors get 503 maintenance)"
         draining = ", ".join(
             f"{c} ({max(0.0, d['deadline'] - now):.0f}s left)" for c, d in v["draining"].items()
         )
@@ -222,6 +224,8 @@ def _pct(rate: float | None) -> float | None:
 
 def format_weights(v: AppView) -> str:
     shares = " · ".join(f"{c} {w}%" for c, w in v["weights"].items() if w)
+    if not v.get("released", True):
+        shares = f"not released yet ({v['active']} is next; visitors get 503 maintenance)"
     extra = " · paused" if v["paused"] else ""
     if v["draining"]:
         extra += " · draining " + ", ".join(v["draining"])

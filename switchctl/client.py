@@ -73,6 +73,9 @@ class AppView(TypedDict):
     previous: str | None
     draining: dict[str, dict[str, float]]
     paused: bool
+    released: NotRequired[bool]
+    """False until the app's first release (`first_release: hold`); absent from older
+    edgeproxy versions, which always serve."""
     generation: int
     changed_at: float
     guard: dict[str, Any] | None

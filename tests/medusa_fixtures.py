@@ -174,6 +174,9 @@ def shipped_edgeproxy_config(
     for color, url in upstreams.items():
         medusa["colors"][color]["upstreams"] = [url]
     medusa["health"] = {"path": "/health", "interval": 0.2, "timeout": 1}
+    # These tests run on a server where blue was released before (the shipped
+    # `first_release: hold` is for the first deploy, tests/test_first_release.py).
+    medusa["first_release"] = "serve"
     medusa.update(app)
     return conf
 

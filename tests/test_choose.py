@@ -95,3 +95,33 @@ def test_following_the_returned_cookie_gives_the_same_color_again(
     color, cookie = choose(s, override=None, sticky=f"blue.{bucket}", client_key=key)
     next_cookie = cookie or f"blue.{bucket}"
     assert choose(s, override=None, sticky=next_cookie, client_key=key)[0] == color
+
+
+@given(st.binary(max_size=32), st.integers(0, 100))
+def test_a_per_request_key_picks_the_same_color_as_a_kept_key_but_never_sets_a_cookie(
+    key: bytes, weight: int
+) -> None:
+    s = canary(weight)
+    kept = choose(s, override=None, sticky=None, client_key=key)
+    assert choose(s, override=None, sticky=None, client_key=key, keep=False) == (kept[0], None)
+
+
+@given(st.binary(max_size=32), st.integers(0, 100), st.integers(0, 9999))
+def test_a_sticky_cookie_wins_over_any_key_kept_or_not(
+    key: bytes, weight: int, bucket: int
+) -> None:
+    s = canary(weight)
+    want = "green" if bucket < weight * 100 else "blue"
+    for keep in (True, False):
+        assert (
+            choose(s, override=None, sticky=f"green.{bucket}", client_key=key, keep=keep)[0] == want
+        )
+
+
+@given(st.lists(st.binary(min_size=1, max_size=16), min_size=1, max_size=50), st.integers(0, 99))
+def test_the_color_depends_only_on_the_key_so_one_address_with_many_keys_splits(
+    keys: list[bytes], weight: int
+) -> None:
+    s = canary(weight)
+    for key in keys:
+        assert pick(s, key) == ("green" if bucket_of(key) < weight * 100 else "blue")

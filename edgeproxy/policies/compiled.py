@@ -205,11 +205,18 @@ def compile_route_policy(
     rate_cfg: RateLimit | None = None if route.no_rate_limit else _pick(site, route, "rate_limit")
     limiter: RateLimiter | None = None
     if rate_cfg is not None:
+        secret: bytes | None = None
+        if rate_cfg.exempt_header is not None:
+            try:
+                secret = rate_cfg.exempt_header.secret()
+            except ValueError as e:
+                raise ConfigError([f"{where}rate_limit.exempt_header: {e}"]) from e
         old = previous.rate_limiter if previous is not None else None
         if old is not None and old.config == rate_cfg:
             limiter = old
+            limiter.secret = secret  # a rotated secret takes effect on reload; buckets stay
         else:
-            limiter = RateLimiter.from_config(rate_cfg)
+            limiter = RateLimiter.from_config(rate_cfg, secret)
 
     cors_cfg = _pick(site, route, "cors")
     cors: CorsPolicy | None = None

@@ -9,14 +9,24 @@ Memory is bounded by `max_clients`: the table is kept in least-recently-allowed
 order and, when a new client arrives at a full table, the least recently allowed
 client is dropped (O(1); if that client was still rate limited, it starts again
 with a full bucket, the price of bounded memory; nginx answers 503 instead).
+
+Exemptions (`rate_limit.exempt`, `exempt_header`): a client in an exempt network
+is never refused, and a request carrying the shared secret neither counts nor is
+refused. The data plane asks about the network only once `check` has refused (an
+exempt client's own bucket empties, nobody else's), so the common request pays
+nothing for it.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import math
 from collections import OrderedDict
 
 from edgeproxy.config import RateLimit
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Float slack so that requests spaced exactly 1/rate apart are not refused
 # because 0.1 has no exact binary representation.
@@ -26,7 +36,18 @@ _EPSILON = 1e-9
 class RateLimiter:
     """`check(key, now)`: None when the request may pass, else seconds for `Retry-After`."""
 
-    __slots__ = ("_interval", "_max_clients", "_table", "_tolerance", "burst", "config", "rate")
+    __slots__ = (
+        "_interval",
+        "_max_clients",
+        "_table",
+        "_tolerance",
+        "burst",
+        "config",
+        "exempt_nets",
+        "rate",
+        "secret",
+        "secret_header",
+    )
 
     def __init__(
         self,
@@ -34,6 +55,10 @@ class RateLimiter:
         burst: int = 0,
         max_clients: int = 100_000,
         config: RateLimit | None = None,
+        *,
+        exempt: tuple[Network, ...] = (),
+        secret_header: bytes | None = None,
+        secret: bytes | None = None,
     ) -> None:
         if rate <= 0 or burst < 0 or max_clients < 1:
             raise ValueError("rate must be > 0, burst >= 0 and max_clients >= 1")
@@ -45,10 +70,44 @@ class RateLimiter:
         self._interval = 1.0 / rate
         self._tolerance = burst * self._interval
         self._table: OrderedDict[str, float] = OrderedDict()
+        self.exempt_nets = exempt
+        """Client networks never refused (`rate_limit.exempt`)."""
+        self.secret_header = secret_header
+        """Lowercase name of the header whose value may be `secret` (`exempt_header.name`)."""
+        self.secret = secret
 
     @classmethod
-    def from_config(cls, cfg: RateLimit) -> RateLimiter:
-        return cls(cfg.rate, cfg.burst, cfg.max_clients, config=cfg)
+    def from_config(cls, cfg: RateLimit, secret: bytes | None = None) -> RateLimiter:
+        """`secret`: the exempt_header's value, read by the caller (`ExemptHeader.secret()`)."""
+        header = cfg.exempt_header
+        return cls(
+            cfg.rate,
+            cfg.burst,
+            cfg.max_clients,
+            config=cfg,
+            exempt=tuple(ipaddress.ip_network(n, strict=False) for n in cfg.exempt),
+            secret_header=header.name.lower().encode() if header is not None else None,
+            secret=secret if header is not None else None,
+        )
+
+    def exempt_address(self, ip: str) -> bool:
+        """True when `ip` is in an exempt network (asked only after `check` refused)."""
+        nets = self.exempt_nets
+        if not nets:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in nets)
+
+    def exempt_secret(self, presented: list[tuple[bytes, bytes]]) -> bool:
+        """True when one of the (lowercase name, value) secret headers a request carried
+        is this limiter's, with its value. Compared in constant time."""
+        name, secret = self.secret_header, self.secret
+        if name is None or secret is None:
+            return False
+        return any(n == name and hmac.compare_digest(v, secret) for n, v in presented)
 
     @property
     def clients(self) -> int:

@@ -227,6 +227,18 @@ def _address(entry: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
+def secret_headers(config: Config) -> frozenset[bytes]:
+    """Lowercase names of every rate-limit exemption header (dropped before forwarding,
+    on every route: a secret never reaches an upstream)."""
+    names: set[bytes] = set()
+    for site in config.sites:
+        for policies in (site, *site.routes):
+            rl = policies.rate_limit
+            if rl is not None and rl.exempt_header is not None:
+                names.add(rl.exempt_header.name.lower().encode())
+    return frozenset(names)
+
+
 def in_networks(ip: str, nets: tuple[Network, ...]) -> bool:
     if not nets or not ip:
         return False
@@ -286,7 +298,7 @@ class ProxyContext:
         real_ip_header = config.forwarding.real_ip_header.lower().encode()
         self.real_ip_from_xff = real_ip_header == b"x-forwarded-for"
         self.header_codes = header_codes(
-            self.request_id_header, self.override_headers, real_ip_header
+            self.request_id_header, self.override_headers, real_ip_header, secret_headers(config)
         )
         self.response_codes = response_codes(self.request_id_header)
         self.webroot: Path | None = config.acme.webroot

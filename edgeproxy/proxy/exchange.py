@@ -221,10 +221,18 @@ class Exchange:
         picker = ctx.picker
         if route.app is not None and picker is not None and (info.override or info.cookie):
             self.override = picker.override(route.app, self, info)
-        if pol.rate_limiter is not None and self.override is None:
-            # Override traffic (smoke checks, testers from override.allow_from) is exempt.
-            wait = pol.rate_limiter.check(self.client_ip, self.loop.time())
-            if wait is not None:
+        limiter = pol.rate_limiter
+        if (
+            limiter is not None
+            and self.override is None
+            and (info.secrets is None or not limiter.exempt_secret(info.secrets))
+        ):
+            # Override traffic (smoke checks, testers from override.allow_from) is exempt,
+            # and so is a request with the exemption secret (it takes no token either).
+            wait = limiter.check(self.client_ip, self.loop.time())
+            # An exempt network is asked about only once refused: the common request
+            # pays nothing, and an exempt client only empties its own bucket.
+            if wait is not None and not limiter.exempt_address(self.client_ip):
                 headers = [(b"retry-after", retry_after(wait)), *pol.error_headers(info.origin)]
                 self.local = build_response(429, headers=headers, close=not self.keep_alive)
                 return
@@ -262,9 +270,14 @@ class Exchange:
         picker = ctx.picker
         color = picker.choose(app, self, self.info) if picker is not None else None
         if color is None:
-            if picker is not None and picker.board.states[app].paused:
-                self.paused = True
-                return False
+            if picker is not None:
+                state = picker.board.states[app]
+                if state.paused:
+                    self.paused = True
+                    return False
+                if not state.released:
+                    self._not_released()
+                    return False
             color = ctx.config.apps[app].first_color
         self.color = color
         pool = ctx.colors[(app, color)].pick(ctx.health_ok)
@@ -296,6 +309,17 @@ class Exchange:
         self.name_color = self.override is not None or app in ctx.color_exposed
         return True
 
+    def _not_released(self) -> None:
+        """`first_release: hold` and no release yet: visitors never meet an unverified
+        color (testers reach one with the override)."""
+        headers = [(b"retry-after", b"30"), *self.error_headers()]
+        self.local = build_response(
+            503,
+            b"503 Service Unavailable: this site is not released yet; please come back soon\n",
+            headers,
+            close=not self.keep_alive,
+        )
+
     def _refuse_override(self, unfit: str | None) -> None:
         why = (
             f"{unfit} has no healthy upstream"
@@ -316,7 +340,10 @@ class Exchange:
             return None
         picker = ctx.picker
         if picker is not None:
-            self.color = picker.board.states[app].active
+            state = picker.board.states[app]
+            if not state.released:
+                return None  # never panic-route visitors to a color not yet released
+            self.color = state.active
         assert self.color is not None
         self.panic = True
         return ctx.colors[(app, self.color)].pick_anyway()

@@ -90,6 +90,7 @@ class RequestInfo:
         "override",
         "real_ip",
         "request_id",
+        "secrets",
         "upgrade_value",
         "websocket",
         "xf_proto",
@@ -109,6 +110,8 @@ class RequestInfo:
         self.accept_encoding: bytes | None = None
         self.acr_method: bytes | None = None
         self.connection_tokens: frozenset[bytes] = frozenset()
+        self.secrets: list[tuple[bytes, bytes]] | None = None
+        """(lowercase name, value) of each rate-limit exemption header the request carried."""
 
 
 REQUEST_ID_MAX: Final = 128
@@ -180,6 +183,8 @@ REAL_IP: Final = 12
 XF_PROTO: Final = 13
 REQUEST_ID: Final = 14
 OVERRIDE: Final = 15
+SECRET: Final = 16
+"""A rate-limit exemption secret (`rate_limit.exempt_header`): noted, never forwarded."""
 PASS: Final = -1
 """Forwarded as is, nothing to note (also what a name missing from the table gets)."""
 FORWARD_MAX: Final = ACR_METHOD  # codes up to this one are forwarded
@@ -258,15 +263,18 @@ def header_codes(
     request_id_header: bytes,
     override_headers: set[bytes],
     real_ip_header: bytes = b"x-forwarded-for",
+    secret_headers: frozenset[bytes] = frozenset(),
 ) -> dict[bytes, int]:
-    """The per-config request table (request id, tester override and client address
-    header names are configurable)."""
+    """The per-config request table (request id, tester override, client address and
+    rate-limit exemption header names are configurable)."""
     codes = dict.fromkeys(COMMON_REQUEST_HEADERS, PASS) | HEADER_CODES
     if real_ip_header != b"x-forwarded-for":
         codes[real_ip_header] = REAL_IP
     codes[request_id_header] = REQUEST_ID
     for name in override_headers:
         codes[name] = OVERRIDE
+    for name in secret_headers:
+        codes[name] = SECRET
     return spelled_both_ways(codes)
 
 
@@ -332,8 +340,14 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
             # Kept when short and plain (it reaches logs and the app); else replaced.
             if 0 < len(value) <= REQUEST_ID_MAX and value.translate(_REQUEST_ID_CHECK) == value:
                 info.request_id = value
-        else:
+        elif code == OVERRIDE:
             info.override = value
+        else:
+            pair = (name.lower(), value)
+            if info.secrets is None:
+                info.secrets = [pair]
+            else:
+                info.secrets.append(pair)
     if te is not None:
         if ex.version == "1.0":
             raise ClientProtocolError(400, "Transfer-Encoding is not allowed in HTTP/1.0")

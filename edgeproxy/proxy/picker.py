@@ -6,7 +6,8 @@ lookup, and a switch is the assignment of a new state object there.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from random import getrandbits
+from typing import TYPE_CHECKING, Final
 
 from edgeproxy.config import Config
 from edgeproxy.proxy.context import Network, in_networks
@@ -18,10 +19,24 @@ if TYPE_CHECKING:
     from edgeproxy.switching.board import SwitchBoard
 
 
+KEY_CLIENT_IP: Final = 0
+KEY_HEADER: Final = 1
+KEY_REQUEST: Final = 2
+"""What `apps.NAME.canary_key` names, as `AppPicker.key_kind`."""
+
+
 class AppPicker:
     """Per-app choice settings compiled once from the config."""
 
-    __slots__ = ("colors", "cookie_name", "override_cookie", "override_nets", "sticky_cookie")
+    __slots__ = (
+        "colors",
+        "cookie_name",
+        "key_header",
+        "key_kind",
+        "override_cookie",
+        "override_nets",
+        "sticky_cookie",
+    )
 
     def __init__(
         self, colors: tuple[str, ...], override_nets: tuple[Network, ...], config: Config, app: str
@@ -34,6 +49,26 @@ class AppPicker:
         )
         self.sticky_cookie = spec.sticky_cookie.encode() + b"=" if spec.sticky_cookie else None
         self.cookie_name = spec.sticky_cookie
+        kind, _, header = spec.canary_key.partition(":")
+        self.key_kind = (
+            KEY_HEADER if kind == "header" else KEY_REQUEST if kind == "request" else KEY_CLIENT_IP
+        )
+        self.key_header = header.lower().encode()
+        """Lowercase name of the canary key header (`canary_key: header:NAME`)."""
+
+    def canary_key(self, ex: Exchange) -> bytes:
+        """The bytes whose hash is this request's bucket (asked only during a canary,
+        for a request without a sticky cookie)."""
+        kind = self.key_kind
+        if kind == KEY_CLIENT_IP:
+            return ex.client_ip_b
+        if kind == KEY_REQUEST:
+            return getrandbits(64).to_bytes(8, "little")
+        name = self.key_header
+        for n, value in ex.headers:
+            if (n == name or n.lower() == name) and value:
+                return b"h:" + value  # never equal to an address key
+        return ex.client_ip_b
 
 
 def cookie_get(cookies: bytes | None, prefix: bytes | None) -> str | None:
@@ -82,14 +117,24 @@ class Picker:
         color that may serve, the active color comes back and the exchange refuses.
         """
         state = self.board.states[app]
+        override = ex.override
+        if override is None and state.plain:
+            # Released, not paused, no canary: the common case reads one attribute.
+            return state.active
         if state.paused:
             return None
-        override = ex.override
-        if state.candidate is None and override is None:
-            return state.active  # no canary: the common case stays cheap
+        if override is None and (not state.released or state.candidate is None):
+            # Never released: nobody but testers (the exchange answers 503).
+            return state.active if state.released else None
         spec = self.apps[app]
         sticky = cookie_get(info.cookie, spec.sticky_cookie)
-        color, cookie = choose(state, override=override, sticky=sticky, client_key=ex.client_ip_b)
+        color, cookie = choose(
+            state,
+            override=override,
+            sticky=sticky,
+            client_key=spec.canary_key(ex),
+            keep=spec.key_kind != KEY_REQUEST,
+        )
         if cookie is not None and spec.cookie_name and override is None:
             ex.set_cookie = b"%s=%s; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax%s" % (
                 spec.cookie_name.encode(),

@@ -71,7 +71,9 @@ def reconcile(
         colors = tuple(app.colors)
         old = restored.get(name)
         if old is None:
-            states[name] = sw.initial(name, colors, app.first_color, now)
+            states[name] = sw.initial(
+                name, colors, app.first_color, now, released=app.first_release == "serve"
+            )
             continue
         states[name] = new = sw.refit(old, colors, app.first_color, now)
         if old.active != new.active:
@@ -264,6 +266,7 @@ class SwitchBoard:
             "previous": s.previous,
             "draining": {c: {"deadline": d} for c, d in s.draining.items()},
             "paused": s.paused,
+            "released": s.released,
             "generation": s.generation,
             "changed_at": s.changed_at,
             "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},

@@ -42,12 +42,19 @@ def parse_cookie(value: str) -> tuple[str, int] | None:
 
 
 def choose(
-    state: AppState, *, override: str | None, sticky: str | None, client_key: bytes
+    state: AppState,
+    *,
+    override: str | None,
+    sticky: str | None,
+    client_key: bytes,
+    keep: bool = True,
 ) -> tuple[str, str | None]:
     """Return (color, sticky cookie value to set or None).
 
     `override` is a color a tester asked for; the caller has already decided
     that this client may override. A draining color is never chosen.
+    `client_key` is what the app's `canary_key` names (address, header value, or
+    random bytes per request); `keep=False` (per-request keys) sets no cookie.
     """
     draining = state.draining
     if override is not None and override in state.colors and override not in draining:
@@ -65,4 +72,4 @@ def choose(
             return chosen, (None if chosen == color else cookie_value(chosen, bucket))
     bucket = bucket_of(client_key)
     chosen = candidate if bucket < threshold else state.active
-    return chosen, cookie_value(chosen, bucket)
+    return chosen, (cookie_value(chosen, bucket) if keep else None)

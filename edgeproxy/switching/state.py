@@ -10,6 +10,13 @@ optional `candidate` receives `weight` percent (0-99, a candidate at 100 becomes
 the active color); `previous` is the last active color (rollback target);
 `draining` maps colors that get no new requests to the deadline (epoch seconds)
 after which their remaining requests are cut.
+
+`released` is False only for an app that was never released on this server
+(`apps.NAME.first_release: hold`, no state file yet): `active` then names the
+color the first deploy will release, but visitors get a 503 maintenance answer
+until a color is given weight 100 (`switchctl set COLOR --weight 100`, which is
+what the first deploy's `go_live` does after its smoke checks). Tester overrides
+still reach a color. A state saved before this field existed is released.
 """
 
 from __future__ import annotations
@@ -53,11 +60,17 @@ class AppState:
     generation: int = 0
     changed_at: float = 0.0
     guard: Guard | None = None
+    released: bool = True
+    plain: bool = field(init=False, repr=False, compare=False, default=False)
+    """Derived: released, not paused, no candidate. The data plane's fast path reads
+    this one attribute instead of three (`proxy/picker.py`)."""
 
     def __post_init__(self) -> None:
         problem = _invariant_problem(self)
         if problem:
             raise ValueError(f"inconsistent switch state for {self.app}: {problem}")
+        plain = self.released and not self.paused and self.candidate is None
+        object.__setattr__(self, "plain", plain)
         if not isinstance(self.draining, MappingProxyType):
             object.__setattr__(self, "draining", MappingProxyType(dict(self.draining)))
 
@@ -75,6 +88,8 @@ class AppState:
             parts.append("draining=" + ",".join(sorted(self.draining)))
         if self.paused:
             parts.append("paused")
+        if not self.released:
+            parts.append("not-released")
         parts.append(f"gen={self.generation}")
         return " ".join(parts)
 
@@ -98,17 +113,25 @@ def _invariant_problem(s: AppState) -> str | None:
             return f"draining color {color!r} must be configured and neither active nor candidate"
     if s.generation < 0:
         return "generation cannot be negative"
+    if not s.released and (s.candidate is not None or s.previous is not None):
+        return "an app never released has no candidate and no previous color"
     return None
 
 
-def initial(app: str, colors: tuple[str, ...], active: str, now: float = 0.0) -> AppState:
-    """A fresh app: all traffic on `active`, nothing else going on."""
-    return AppState(app=app, colors=colors, active=active, changed_at=now)
+def initial(
+    app: str, colors: tuple[str, ...], active: str, now: float = 0.0, *, released: bool = True
+) -> AppState:
+    """A fresh app: all traffic on `active`, nothing else going on (`released=False`:
+    no traffic at all until the first `set_color(..., 100)`)."""
+    return AppState(app=app, colors=colors, active=active, changed_at=now, released=released)
 
 
 def weights(state: AppState) -> dict[str, int]:
-    """Each color's share of new requests; sums to 100, the active color has > 0."""
+    """Each color's share of new requests; sums to 100, the active color has > 0
+    (all 0 for an app never released: visitors get a maintenance answer)."""
     out = dict.fromkeys(state.colors, 0)
+    if not state.released:
+        return out
     out[state.active] = 100 - state.weight
     if state.candidate is not None:
         out[state.candidate] = state.weight
@@ -136,6 +159,16 @@ def set_color(state: AppState, color: str, weight: int, now: float) -> AppState:
     _check_color(state, color)
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
         raise InvalidRequest(f"weight: must be between 0 and 100, got {weight!r}")
+    if not state.released:
+        if weight != 100:
+            raise SwitchError(
+                f"cannot set {state.app}/{color} to weight {weight}: {state.app} was never "
+                "released, so there is no traffic to split; smoke-test the color with the "
+                f"tester override, then release it with `switchctl set {color} --weight 100`"
+            )
+        return _next(
+            state, now, active=color, released=True, draining=_undrained(state, color), guard=None
+        )
     if color == state.active:
         if weight != 100:
             raise SwitchError(
@@ -306,6 +339,8 @@ class _Record(BaseModel):
     generation: int = Field(default=0, ge=0)
     changed_at: float = 0.0
     guard: dict[str, Any] | None = None
+    released: bool = True
+    """Absent in files written before first_release existed: those apps were released."""
 
 
 class _File(BaseModel):
@@ -330,6 +365,7 @@ def to_json(states: Mapping[str, AppState]) -> str:
             "generation": s.generation,
             "changed_at": s.changed_at,
             "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},
+            "released": s.released,
         }
     return json.dumps({"version": STATE_VERSION, "apps": apps}, indent=2, sort_keys=True) + "\n"
 
@@ -371,6 +407,7 @@ def from_json(text: str | bytes) -> dict[str, AppState]:
                 generation=r.generation,
                 changed_at=r.changed_at,
                 guard=guard,
+                released=r.released,
             )
         except (ValueError, KeyError, TypeError) as e:
             raise StateFormatError(f"apps.{name}: {e}") from e
@@ -481,6 +518,10 @@ def _restore_record(name: str, raw: object) -> tuple[AppState | None, list[str]]
     if candidate is None and weight:
         notes.append(f"weight {weight} set aside: there is no candidate color")
         weight = 0
+    released = r.released
+    if not released and (candidate is not None or previous is not None):
+        notes.append("released: false set aside: the app had a candidate or previous color")
+        released = True
     if previous is not None and (previous not in colors or previous == r.active):
         notes.append(f"previous color {previous!r} set aside: not one of its other colors")
         previous = None
@@ -509,5 +550,6 @@ def _restore_record(name: str, raw: object) -> tuple[AppState | None, list[str]]
         generation=r.generation,
         changed_at=r.changed_at,
         guard=guard,
+        released=released,
     )
     return state, notes

@@ -450,7 +450,9 @@ class Executor:
     def _go_live(self, step: Step) -> str:
         color = str(step.color)
         view = self._view()
-        if view["active"] != color:
+        if view["active"] != color or not view.get("released", True):
+            # The first release of a `first_release: hold` app: its active color is
+            # named but serves nobody until this weight 100 releases it.
             self.control.set(self.cfg.app, color, 100)
         return f"{color} serves all traffic"
 

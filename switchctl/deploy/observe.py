@@ -174,6 +174,7 @@ def proxy_view(
         draining=tuple(view.get("draining", {})),
         healthy={c: bool(v.get("healthy")) for c, v in colors.items()},
         paused=view["paused"],
+        released=view.get("released", True),
         managed=managed,
     )
 

@@ -86,6 +86,8 @@ class ProxyObs:
     draining: tuple[str, ...] = ()
     healthy: dict[str, bool] = field(default_factory=dict)
     paused: bool = False
+    released: bool = True
+    """False while the app was never released (`first_release: hold`): nothing serves."""
     managed: bool = True
     """switchctl can start and restart it (a container or a unit); False: `edgeproxy.unmanaged`."""
 
@@ -200,7 +202,11 @@ class Plan:
 
 
 def choose_live(obs: Observed) -> str | None:
-    """The color that serves now: a serving color, preferring edgeproxy's view of it."""
+    """The color that serves now: a serving color, preferring edgeproxy's view of it.
+    None while edgeproxy holds the app for its first release (running containers of
+    a first deploy that did not finish serve nobody)."""
+    if obs.proxy.status == "up" and not obs.proxy.released:
+        return None
     serving = [c for c in obs.colors if obs.serving(c)]
     if not serving:
         return None
