@@ -42,12 +42,9 @@ class StateStore:
 
     def load(self) -> dict[str, AppState] | None:
         """The saved states, or None when there is no state file yet."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
+        raw = self._read()
+        if raw is None:
             return None
-        except OSError as e:
-            raise CorruptStateFile(f"cannot read {self.path}: {e.strerror}") from e
         try:
             return from_json(raw)
         except StateFormatError as e:
@@ -58,16 +55,21 @@ class StateStore:
 
         Raises CorruptStateFile only when it cannot be read or holds no `apps` object.
         """
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
+        raw = self._read()
+        if raw is None:
             return None
-        except OSError as e:
-            raise CorruptStateFile(f"cannot read {self.path}: {e.strerror}") from e
         try:
             return restore(raw)
         except StateFormatError as e:
             raise CorruptStateFile(f"{self.path}: {e}") from e
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise CorruptStateFile(f"cannot read {self.path}: {e.strerror}") from e
 
     def save(self, states: Mapping[str, AppState]) -> None:
         """Replace the file atomically; raise StateFileError (old file intact) on failure."""
