@@ -196,13 +196,17 @@ class Storefront:
     def now(self) -> float:
         return time.monotonic() - self.started
 
-    def head(self, method: str, path: str, body: bytes, keep: bool) -> bytes:
+    def head(self, method: str, path: str, body: bytes, keep: bool, shopper: int = -1) -> bytes:
         lines = [
             f"{method} {self.prefix}{path} HTTP/1.1",
             f"Host: {self.host}",
             "Accept: application/json",
             "User-Agent: edgeproxy-bench-storefront",
         ]
+        if shopper >= 0:
+            # What the Next.js storefront's server sends per visitor (compose/medusa/edgeproxy.yml
+            # canary_key: header:X-Shopper-Id): each shopper draws its own canary bucket.
+            lines.append(f"X-Shopper-Id: shopper-{self.opts.seed}-{shopper}")
         if self.opts.key:
             lines.append(f"x-publishable-api-key: {self.opts.key}")
         if body or method == "POST":
@@ -230,7 +234,7 @@ class Storefront:
                 if conn is None:
                     conn = await self.connect()
                 status, color, data, keep = await asyncio.wait_for(
-                    conn.exchange(self.head(method, path, body, not fresh), body),
+                    conn.exchange(self.head(method, path, body, not fresh, n), body),
                     self.opts.timeout,
                 )
                 if fresh or not keep:
