@@ -301,6 +301,7 @@ def edgeproxy_config() -> dict[str, Any]:
     cfg: dict[str, Any] = yaml.safe_load((ROOT / "compose/medusa/edgeproxy.yml").read_text())
     cfg["listen"] = {"http": f"127.0.0.1:{HTTP_PORT}", "https": f"127.0.0.1:{HTTPS_PORT}"}
     cfg["control"].update(
+        mode=f"{cfg['control']['mode']:04o}",  # YAML read 0660 as a number; keep it octal
         socket=str(p["socket"]),
         group=0,
         allow_gids=[0],
