@@ -104,7 +104,12 @@ def postgres() -> None:
         opts = f"-p {PG_PORT} -k {PG_SOCK} -c listen_addresses=127.0.0.1 -c max_connections=200"
         sh(*as_pg, f"{PG_BIN}/pg_ctl -D {data} -l {CACHE}/pg/server.log -o '{opts}' -w start")
     psql = ["psql", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-tAc"]
-    if "1" not in sh(*psql, "select 1 from pg_database where datname='medusa'", capture_output=True).stdout:
+    if (
+        "1"
+        not in sh(
+            *psql, "select 1 from pg_database where datname='medusa'", capture_output=True
+        ).stdout
+    ):
         sh(*psql, "create database medusa")
 
 
@@ -213,9 +218,9 @@ def build_images(rebuild: bool = False) -> None:
         for dirpath, _dirs, files in os.walk(PROJECT / "node_modules"):
             for f in files:
                 p = Path(dirpath) / f
-                if (f.endswith(".node") or os.access(p, os.X_OK)) and not p.is_symlink():
-                    if _is_elf(p):
-                        elves.append(p)
+                executable = f.endswith(".node") or os.access(p, os.X_OK)
+                if executable and not p.is_symlink() and _is_elf(p):
+                    elves.append(p)
         libs = _libraries(elves)
         log(f"rootfs: node, npm, the app, {len(elves)} ELF files, {len(libs)} shared libraries")
         rootfs = CACHE / "rootfs.tar"
@@ -309,9 +314,7 @@ def edgeproxy_config() -> dict[str, Any]:
     )
     cfg["state_file"] = str(p["state"] / "state.json")
     d = p["certs"] / HOST
-    cfg["tls"]["certificates"] = [
-        {"cert": str(d / "fullchain.pem"), "key": str(d / "privkey.pem")}
-    ]
+    cfg["tls"]["certificates"] = [{"cert": str(d / "fullchain.pem"), "key": str(d / "privkey.pem")}]
     cfg["acme"]["webroot"] = str(p["webroot"])
     app = cfg["apps"]["medusa"]
     for color in ("blue", "green"):
@@ -335,9 +338,7 @@ def deploy_config() -> dict[str, Any]:
     cfg["pull"] = "never"
     cfg["container_name"] = "staging-{app}-{role}-{color}"
     cfg["env_file"] = str(p["env"])
-    cfg["required_env"] = [
-        v for v in cfg["required_env"] if not v.startswith(("REDIS", "MEILI"))
-    ]
+    cfg["required_env"] = [v for v in cfg["required_env"] if not v.startswith(("REDIS", "MEILI"))]
     for role in ("server", "worker"):
         cfg["roles"][role]["ports"] = PORTS[role]
     cfg["smoke"]["url"] = f"https://127.0.0.1:{HTTPS_PORT}"
@@ -482,7 +483,19 @@ def switchctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
 
 
 def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return switchctl("--socket", str(paths()["socket"]), *args, check=check)
+    """switchctl against the staging socket, output captured."""
+    return sh(
+        sys.executable,
+        "-m",
+        "switchctl",
+        "--socket",
+        str(paths()["socket"]),
+        *args,
+        cwd=ROOT,
+        check=check,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def deploy_cmd(ref: str) -> str:
@@ -498,6 +511,221 @@ def up(key: str) -> None:
     start_edgeproxy()
     log("switchctl deploy --ref v1 (first release: held until smoke-tested)")
     switchctl("deploy", "-c", str(paths()["deploy"]), "--ref", "v1")
+
+
+# --- the runs under the storefront scenario ------------------------------------------------
+
+CA = "$CA"
+
+
+def storefront_argv(name: str, url: str, shoppers: int, think: float, **extra: str) -> list[str]:
+    argv = ["python", "-m", "bench", "storefront", "--url", url]
+    if url.startswith("https"):
+        argv += ["--host", HOST, "--ca-file", CA]
+    argv += ["--shoppers", str(shoppers), "--think", str(think)]
+    for k, v in extra.items():
+        argv += [f"--{k.replace('_', '-')}", v]
+    return [*argv, "--json", f"bench/out/staging-{name}.json"]
+
+
+def storefront(name: str, argv: list[str]) -> dict[str, Any]:
+    """Run one `python -m bench storefront` (key from the env), return its JSON document."""
+    shown = " ".join(a if " " not in a else repr(a) for a in argv)
+    log(f"{name}: MEDUSA_PUBLISHABLE_KEY=... {shown}")
+    real = [sys.executable, *argv[1:]]
+    real = [str(cert_file()) if a == CA else a for a in real]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MEDUSA_PUBLISHABLE_KEY": key()}
+    proc = sh(*real, cwd=ROOT, env=env, capture_output=True, check=False)
+    sys.stderr.write(proc.stdout)
+    doc: dict[str, Any] = json.loads((ROOT / argv[-1]).read_text())
+    doc["staging_command"] = shown
+    return doc
+
+
+def key() -> str:
+    return (CACHE / "publishable-key.txt").read_text().strip()
+
+
+def status() -> dict[str, Any]:
+    out = ctl("--json", "status", check=False).stdout
+    doc: dict[str, Any] = json.loads(out) if out.strip() else {}
+    return doc
+
+
+def active_color() -> str:
+    out = ctl("--json", "status").stdout
+    doc = json.loads(out)
+    app = doc["medusa"]
+    return str(app["active"])
+
+
+def start_color_like(color: str, model: str) -> None:
+    """Run `color`'s containers from the image and settings of `model`'s (a second copy of the
+    live release), as an operator would to have a standby for the set/drain/rollback round."""
+    import docker
+
+    client = docker.from_env()
+    for role in ("server", "worker"):
+        src = client.containers.get(f"staging-medusa-{role}-{model}")
+        name = f"staging-medusa-{role}-{color}"
+        try:
+            client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        env = [
+            f"PORT={PORTS[role][color]}" if e.startswith("PORT=") else e.replace(model, color)
+            for e in src.attrs["Config"]["Env"]
+        ]
+        labels = {k: v.replace(model, color) for k, v in src.labels.items()}
+        client.containers.run(
+            src.image.id,
+            src.attrs["Config"]["Cmd"],
+            name=name,
+            detach=True,
+            network_mode="host",
+            init=True,
+            environment=env,
+            labels=labels,
+            restart_policy={"Name": "unless-stopped"},
+        )
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        h = ctl("--json", "health", check=False).stdout
+        if h and f'"{color}"' in h and _healthy(json.loads(h), color):
+            return
+        time.sleep(1)
+    raise SystemExit(f"{color} did not become healthy in 120 s")
+
+
+def _healthy(doc: Any, color: str) -> bool:
+    """True when the health document says `color` is healthy (any nesting)."""
+    if isinstance(doc, dict):
+        if doc.get("color") == color and "healthy" in doc:
+            return bool(doc["healthy"])
+        if color in doc and isinstance(doc[color], dict) and "healthy" in doc[color]:
+            return bool(doc[color]["healthy"])
+        return any(_healthy(v, color) for v in doc.values())
+    if isinstance(doc, list):
+        return any(_healthy(v, color) for v in doc)
+    return False
+
+
+ROUND_WAIT = 15.0
+
+
+def round_events(standby: str, live: str) -> None:
+    """The --deploy command of the round: reload, set 10, drain, set 100, rollback; one JSON
+    line per action (step_start kinds chosen so bench storefront names the phases)."""
+    actions: list[tuple[str, str, list[str]]] = [
+        ("reload", "config reload", ["config", "reload"]),
+        ("canary", f"set {standby} --weight 10 (10%)", ["set", standby, "--weight", "10"]),
+        ("drain_old", f"drain {standby}", ["drain", standby]),
+        ("promote", f"set {standby}", ["set", standby]),
+        ("rollback", f"rollback (to {live})", ["rollback"]),
+    ]
+    for kind, step, argv in actions:
+        r = ctl(*argv, check=False)
+        print(
+            json.dumps(
+                {
+                    "event": "step_start",
+                    "kind": kind,
+                    "step": step,
+                    "exit": r.returncode,
+                    "output": (r.stdout + r.stderr).strip()[-300:],
+                }
+            ),
+            flush=True,
+        )
+        time.sleep(ROUND_WAIT)
+    print(json.dumps({"event": "done", "kind": "round"}), flush=True)
+
+
+def runs() -> list[dict[str, Any]]:
+    docs = []
+    # Direct (the blue server on its port, HTTP) vs through edgeproxy (HTTPS, as a visitor)
+    # at the same offered load, alternating, twice.
+    for i in (1, 2):
+        for where, url in (
+            ("direct", f"http://127.0.0.1:{PORTS['server']['blue']}"),
+            ("edgeproxy", f"https://127.0.0.1:{HTTPS_PORT}"),
+        ):
+            argv = storefront_argv(f"{where}-{i}", url, 10, 3.0, duration="30")
+            docs.append({"run": f"{where} {i}", **storefront(f"{where}-{i}", argv)})
+    url = f"https://127.0.0.1:{HTTPS_PORT}"
+    for ref in ("v2", "v3"):
+        cmd = deploy_cmd(ref).replace(sys.executable, "python")
+        argv = storefront_argv(f"release-{ref}", url, 20, 2.0, deploy=cmd)
+        docs.append({"run": f"release {ref}", **storefront(f"release-{ref}", argv)})
+    live = active_color()
+    standby = "blue" if live == "green" else "green"
+    log(f"round: starting {standby} as a copy of {live} (the live release)")
+    start_color_like(standby, live)
+    cmd = f"python -m bench.staging round --standby {standby} --live {live}"
+    argv = storefront_argv("round", url, 20, 2.0, deploy=cmd)
+    docs.append({"run": "reload + set/drain/rollback round", **storefront("round", argv)})
+    (OUT / "staging-runs.json").write_text(json.dumps(docs, default=str))
+    return docs
+
+
+def results_markdown(docs: list[dict[str, Any]]) -> str:
+    from bench import storefront as sf
+
+    rev = sh("git", "rev-parse", "--short", "HEAD", cwd=ROOT, capture_output=True).stdout.strip()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"## Staging with the real Medusa app: `make staging` ({when}, `{rev}`)",
+        "",
+        f"Medusa {MEDUSA_VERSION} from npm in local images (`docker import`), PostgreSQL 15 on "
+        "the host, edgeproxy in its container (host network, the compose service's settings; "
+        "busybox image with the host's Python: no base-image registry here), released by "
+        "`switchctl deploy` with compose/medusa/{deploy,edgeproxy}.yml adapted by "
+        "`bench/staging.py` (loopback ports, self-signed certificate, canary dwell 20 s and "
+        "min_requests 20 instead of 60/60, the load generator's 127.0.0.1 exempt from the "
+        "rate limit as the storefront server, expose_color on). Commands below run with "
+        "`MEDUSA_PUBLISHABLE_KEY` from the seed and `CA` = the self-signed certificate.",
+        "",
+    ]
+    cmp_rows = []
+    for d in docs:
+        if d["run"].startswith(("direct", "edgeproxy")):
+            t = d["summary"][-1]
+            cmp_rows.append((d["run"], t))
+    if cmp_rows:
+        lines += [
+            "### Direct vs through edgeproxy, same offered load (10 shoppers, think 3 s, 30 s)",
+            "",
+            "| run | requests | failed | failures | p50 ms | p99 ms |",
+            "|---|--:|--:|---|--:|--:|",
+        ]
+        for name, t in cmp_rows:
+            causes = ", ".join(f"{k} {v}" for k, v in t["causes"].items()) or "-"
+            lines.append(
+                f"| {name} | {t['requests']} | {t['failed']} | {causes} "
+                f"| {t['p50_ms']:.1f} | {t['p99_ms']:.1f} |"
+            )
+        direct = [t for n, t in cmp_rows if n.startswith("direct")]
+        proxy = [t for n, t in cmp_rows if n.startswith("edgeproxy")]
+        if direct and proxy:
+            dp99 = sum(t["p99_ms"] for t in direct) / len(direct)
+            pp99 = sum(t["p99_ms"] for t in proxy) / len(proxy)
+            dp50 = sum(t["p50_ms"] for t in direct) / len(direct)
+            pp50 = sum(t["p50_ms"] for t in proxy) / len(proxy)
+            lines += [
+                "",
+                f"Mean of the runs: p50 direct {dp50:.1f} ms, through edgeproxy {pp50:.1f} ms; "
+                f"p99 direct {dp99:.1f} ms, through edgeproxy {pp99:.1f} ms: "
+                f"**{pp99 / dp99:.2f} times** (goal: at most 1.5 times).",
+                "",
+            ]
+    for d in docs:
+        lines += [f"### {d['run']}", "", "```sh", d["staging_command"], "```", ""]
+        lines.append(sf.markdown(d))
+        if "deploy" in d:
+            outcomes = [e for e in d.get("events", []) if e.get("event") in ("done", "result")]
+            if outcomes:
+                lines += [f"last event: `{json.dumps(outcomes[-1])[:300]}`", ""]
+    return "\n".join(lines) + "\n"
 
 
 @click.group()
@@ -516,6 +744,40 @@ def prepare_cmd(rebuild: bool) -> None:
 @main.command("up")
 def up_cmd() -> None:
     up((CACHE / "publishable-key.txt").read_text().strip())
+
+
+@main.command("runs")
+@click.option("--results/--no-results", default=True, help="append to bench/RESULTS.md")
+def runs_cmd(results: bool) -> None:
+    docs = runs()
+    md = results_markdown(docs)
+    (OUT / "staging-results.md").write_text(md)
+    click.echo(md)
+    if results:
+        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
+            f.write("\n" + md)
+
+
+@main.command("round")
+@click.option("--standby", required=True)
+@click.option("--live", required=True)
+def round_cmd(standby: str, live: str) -> None:
+    round_events(standby, live)
+
+
+@main.command("all")
+@click.option("--rebuild", is_flag=True, help="rebuild the base image")
+@click.pass_context
+def all_cmd(ctx: click.Context, rebuild: bool) -> None:
+    """prepare, up, runs (results appended to bench/RESULTS.md), down."""
+    postgres()
+    k = project()
+    build_images(rebuild)
+    up(k)
+    try:
+        ctx.invoke(runs_cmd, results=True)
+    finally:
+        down()
 
 
 @main.command("down")
