@@ -13,7 +13,7 @@ BUILD_MANIFEST := edgeproxy/hotpath-build.json
 EDGEPROXY_SOURCES := $(shell find edgeproxy -name '*.py')
 HOT_PATH := $(if $(PURE),pure,compile)
 
-.PHONY: demo test lint bench base-deps system-deps apt-install venv compile pure clean
+.PHONY: demo test lint bench staging base-deps system-deps apt-install venv compile pure clean
 
 $(STAMP): pyproject.toml Makefile | base-deps
 	python3 -m venv $(VENV)
@@ -72,6 +72,12 @@ lint: $(STAMP)
 
 bench: system-deps $(STAMP) $(HOT_PATH)
 	$(PY) -m bench $(ARGS)
+
+# A staging run with the real Medusa v2 app (npm, PostgreSQL 15, local images, edgeproxy's
+# container, switchctl deploy under bench storefront); not part of `make test`. About 15 minutes
+# the first time (npm install, image), then about 10. Appends its figures to bench/RESULTS.md.
+staging: system-deps $(STAMP) $(HOT_PATH)
+	$(PY) -m bench.staging all $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo build $(BUILD_MANIFEST)
