@@ -534,6 +534,7 @@ def storefront(name: str, argv: list[str]) -> dict[str, Any]:
     log(f"{name}: MEDUSA_PUBLISHABLE_KEY=... {shown}")
     real = [sys.executable, *argv[1:]]
     real = [str(cert_file()) if a == CA else a for a in real]
+    real = [a.replace("python -m ", f"{sys.executable} -m ") for a in real]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MEDUSA_PUBLISHABLE_KEY": key()}
     proc = sh(*real, cwd=ROOT, env=env, capture_output=True, check=False)
     sys.stderr.write(proc.stdout)
@@ -611,6 +612,12 @@ def _healthy(doc: Any, color: str) -> bool:
 
 
 ROUND_WAIT = 15.0
+# Release runs: 40 shoppers with a 6 s mean think time offer about 6 req/s, 60 % of one Medusa
+# instance on this machine, leaving CPU for the new color's boot beside the live one. (20
+# shoppers at 2 s offered ~10 req/s: three line-item POSTs to the live color timed out at 10 s
+# while the new color booted.) Each shopper keys its canary bucket (X-Shopper-Id): with 20,
+# none fell in the first 10 %, so that step saw no visitor of the new color.
+SHOPPERS, THINK = 40, 6.0
 
 
 def round_events(standby: str, live: str) -> None:
@@ -618,7 +625,7 @@ def round_events(standby: str, live: str) -> None:
     line per action (step_start kinds chosen so bench storefront names the phases)."""
     actions: list[tuple[str, str, list[str]]] = [
         ("reload", "config reload", ["config", "reload"]),
-        ("canary", f"set {standby} --weight 10 (10%)", ["set", standby, "--weight", "10"]),
+        ("canary", f"{standby} at 10% (set --weight 10)", ["set", standby, "--weight", "10"]),
         ("drain_old", f"drain {standby}", ["drain", standby]),
         ("promote", f"set {standby}", ["set", standby]),
         ("rollback", f"rollback (to {live})", ["rollback"]),
@@ -655,14 +662,14 @@ def runs() -> list[dict[str, Any]]:
     url = f"https://127.0.0.1:{HTTPS_PORT}"
     for ref in ("v2", "v3"):
         cmd = deploy_cmd(ref).replace(sys.executable, "python")
-        argv = storefront_argv(f"release-{ref}", url, 20, 2.0, deploy=cmd)
+        argv = storefront_argv(f"release-{ref}", url, SHOPPERS, THINK, deploy=cmd)
         docs.append({"run": f"release {ref}", **storefront(f"release-{ref}", argv)})
     live = active_color()
     standby = "blue" if live == "green" else "green"
     log(f"round: starting {standby} as a copy of {live} (the live release)")
     start_color_like(standby, live)
     cmd = f"python -m bench.staging round --standby {standby} --live {live}"
-    argv = storefront_argv("round", url, 20, 2.0, deploy=cmd)
+    argv = storefront_argv("round", url, SHOPPERS, THINK, deploy=cmd)
     docs.append({"run": "reload + set/drain/rollback round", **storefront("round", argv)})
     (OUT / "staging-runs.json").write_text(json.dumps(docs, default=str))
     return docs
