@@ -621,13 +621,15 @@ SHOPPERS, THINK = 40, 6.0
 
 
 def round_events(standby: str, live: str) -> None:
-    """The --deploy command of the round: reload, set 10, drain, set 100, rollback; one JSON
-    line per action (step_start kinds chosen so bench storefront names the phases)."""
+    """The --deploy command of the round: reload, set 10, set 100, drain the old, rollback; one JSON
+    line per action (step_start kinds chosen so bench storefront names the phases). (`drain`
+    of a candidate at 10 % is refused: "set its weight to 0 first"; a drain is for the old
+    active color.)"""
     actions: list[tuple[str, str, list[str]]] = [
         ("reload", "config reload", ["config", "reload"]),
         ("canary", f"{standby} at 10% (set --weight 10)", ["set", standby, "--weight", "10"]),
-        ("drain_old", f"drain {standby}", ["drain", standby]),
         ("promote", f"set {standby}", ["set", standby]),
+        ("drain_old", f"drain {live}", ["drain", live]),
         ("rollback", f"rollback (to {live})", ["rollback"]),
     ]
     for kind, step, argv in actions:
