@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -53,6 +54,16 @@ def parse_size(value: Any) -> int:
 
 
 Size = Annotated[int, Field(ge=0)]
+
+
+def _check_networks(value: list[str]) -> list[str]:
+    for n in value:
+        ipaddress.ip_network(n, strict=False)
+    return value
+
+
+Networks = Annotated[list[str], AfterValidator(_check_networks)]
+"""CIDRs or single addresses (`10.0.0.0/8`, `::1`), each checked."""
 
 _DURATION_RE = re.compile(
     r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\s*$"
@@ -285,7 +296,7 @@ class Limits(Model):
         description="Open connections at most from one client address (nginx `limit_conn` "
         "per `$binary_remote_addr`); more are answered 503 and closed at once. 0: no cap.",
     )
-    max_connections_per_client_exempt: list[str] = Field(
+    max_connections_per_client_exempt: Networks = Field(
         default=["127.0.0.0/8", "::1/128"],
         description="Client networks the per-client cap does not apply to (a local tunnel "
         "or proxy carries many visitors on one address); forwarding.trusted_proxies are "
@@ -299,13 +310,6 @@ class Limits(Model):
         "closed, a slow head gets 408 (nginx `client_header_timeout`, 60 s there).",
     )
     _sz = _sizes("max_request_line", "max_header_bytes", "max_body")
-
-    @field_validator("max_connections_per_client_exempt")
-    @classmethod
-    def _nets(cls, v: list[str]) -> list[str]:
-        for n in v:
-            ipaddress.ip_network(n, strict=False)
-        return v
 
 
 SECRET_MIN_LENGTH = 16
@@ -374,16 +378,9 @@ class RateLimit(Model):
     rate: float = Field(gt=0)
     burst: int = Field(default=0, ge=0)
     max_clients: int = Field(default=100_000, ge=1)
-    exempt: list[str] = []
+    exempt: Networks = []
     """Client networks (CIDRs) that are never limited: a storefront server, a monitor."""
     exempt_header: ExemptHeader | None = None
-
-    @field_validator("exempt")
-    @classmethod
-    def _nets(cls, v: list[str]) -> list[str]:
-        for n in v:
-            ipaddress.ip_network(n, strict=False)
-        return v
 
 
 class Cors(Model):
@@ -548,15 +545,8 @@ class Override(Model):
 
     header: str | None = "X-Edgeproxy-Color"
     cookie: str | None = "edgeproxy_color"
-    allow_from: list[str] = ["127.0.0.0/8", "::1/128"]
+    allow_from: Networks = ["127.0.0.0/8", "::1/128"]
     """Client networks whose override is honoured (empty: anyone)."""
-
-    @field_validator("allow_from")
-    @classmethod
-    def _nets(cls, v: list[str]) -> list[str]:
-        for n in v:
-            ipaddress.ip_network(n, strict=False)
-        return v
 
 
 class App(Model):
@@ -641,20 +631,13 @@ _NOT_AN_ADDRESS_HEADER = frozenset(
 
 
 class Forwarding(Model):
-    trusted_proxies: list[str] = []
+    trusted_proxies: Networks = []
     """Networks whose forwarded client address (`real_ip_header`) and X-Forwarded-Proto
     are believed; from any other peer they are replaced."""
     real_ip_header: str = "X-Forwarded-For"
     """Where a trusted peer puts the client address: the rightmost entry not in
     `trusted_proxies` is the client (nginx `real_ip_header` + `real_ip_recursive on`)."""
     request_id_header: str = "X-Request-ID"
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _nets(cls, v: list[str]) -> list[str]:
-        for n in v:
-            ipaddress.ip_network(n, strict=False)
-        return v
 
     @field_validator("real_ip_header")
     @classmethod
