@@ -40,12 +40,11 @@ from edgeproxy.config import Config
 from edgeproxy.control.store import StateStore
 from edgeproxy.health.monitor import HealthMonitor
 from edgeproxy.observability.metrics import Metrics
-from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ProxyContext
 from edgeproxy.proxy.picker import Picker
-from edgeproxy.proxy.upstream import UpstreamConnection
 from edgeproxy.switching.board import SwitchBoard
 from edgeproxy.tls.contexts import CertStore
+from tests.in_memory import connect_in_memory
 
 REQUEST = (
     b"GET /products?limit=10 HTTP/1.1\r\nHost: shop.example.test\r\n"
@@ -56,33 +55,6 @@ RESPONSE = (
     b"Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
     b"hello world!\n"
 )
-
-
-class MemoryTransport:
-    """Just enough of asyncio.Transport for the protocols."""
-
-    def __init__(self, peer: tuple[str, int]) -> None:
-        self.peer = peer
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def config(policies: bool) -> Config:
@@ -127,24 +99,6 @@ def wire_server_hooks(cfg: Config, ctx: ProxyContext, state_dir: Path) -> None:
     health.loop = asyncio.get_running_loop()
     metrics = Metrics(cfg, ctx, board=board, health=health, certs=CertStore([]))
     ctx.exchange_observers = [metrics.observe, health.observe]
-
-
-def connect_in_memory(
-    ctx: ProxyContext, app: str = "shop", color: str = "blue"
-) -> tuple[ClientConnection, MemoryTransport, UpstreamConnection, MemoryTransport]:
-    """A client connection, and one idle upstream connection of app/color in its pool.
-
-    Must run inside an event loop. Returns (client, its transport, upstream, its transport).
-    """
-    client = ClientConnection(ctx, tls=False, local_port=80)
-    ct = MemoryTransport(("203.0.113.7", 50000))
-    client.connection_made(ct)  # type: ignore[arg-type]
-    pool = ctx.colors[(app, color)].pools[0]
-    up = UpstreamConnection(pool)
-    ut = MemoryTransport(("127.0.0.1", 9))
-    up.connection_made(ut)  # type: ignore[arg-type]
-    pool.release(up)  # an idle keep-alive connection, reused by every request
-    return client, ct, up, ut
 
 
 async def run(n: int, policies: bool, full: bool = False) -> float:

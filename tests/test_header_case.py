@@ -16,7 +16,6 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.hotpath import connect_in_memory
 from edgeproxy.proxy.context import ProxyContext
 from edgeproxy.proxy.headers import (
     COMMON_REQUEST_HEADERS,
@@ -25,6 +24,7 @@ from edgeproxy.proxy.headers import (
     RESPONSE_CODES,
     canonical,
 )
+from tests.in_memory import connect_in_memory
 from tests.proxy_fixtures import in_memory_config
 
 REQUEST_HEADERS = [

@@ -16,8 +16,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.hotpath import connect_in_memory
 from edgeproxy.proxy.context import ProxyContext
+from tests.in_memory import connect_in_memory
 from tests.proxy_fixtures import in_memory_config
 
 LIMIT = 4096
