@@ -1,16 +1,22 @@
 """Carry out a plan with the docker SDK and the control socket; roll back on failure.
 
-Each step is one method named after the step kind. A failure before the new
-color serves everything (`promote`/`go_live`) takes its weight away, stops it
-and leaves the old color serving; the error says which step failed, why and
-what to do.
+Each step kind is carried out by one `Executor` method, found in the `STEPS`
+table (kind -> method, checked by mypy; a test checks that every `StepKind` has
+one, and `run` refuses a plan with a kind it cannot carry out before it touches
+anything). A failure before the new color serves everything (`promote`/`go_live`)
+takes its weight away, stops it and leaves the old color serving; the error says
+which step failed, why and what to do.
+
+To add a step: name its kind in `plan.StepKind` (and its line in `_DESCRIBE`),
+write `def _kind(self, step: Step) -> str | None` here (the note it returns is
+printed after "ok"), and add `"kind": Executor._kind` to `STEPS`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Mapping
+from typing import Final, NoReturn
 
 import docker
 import docker.errors
@@ -23,7 +29,7 @@ from switchctl.deploy.gates import gate_verdict, step_evidence
 from switchctl.deploy.health import Probe, WaitTimeout, wait_until
 from switchctl.deploy.history import History, Release
 from switchctl.deploy.notify import Event, Report, notify
-from switchctl.deploy.plan import POINT_OF_NO_RETURN, Plan, Step
+from switchctl.deploy.plan import POINT_OF_NO_RETURN, Plan, Step, StepKind
 from switchctl.deploy.progress import Progress
 from switchctl.deploy.proxyctl import Runner, check_config, install_config
 from switchctl.deploy.smoke import Prober, SmokeClient, trust
@@ -51,6 +57,11 @@ class Executor:
         self.started = time.time()
         self.apps = AppContainers(cfg, env, client, release)
         self.switched = False
+        """A step of `POINT_OF_NO_RETURN` has run: failures from here on are not rolled back."""
+        self.plan: Plan | None = None
+        """The plan `run` carries out (None before: a step called alone has no plan)."""
+        self.config_was_valid = False
+        """Observe has just checked edgeproxy's live config (`run`'s argument)."""
         self._smoker: SmokeClient | None = None
 
     # --- the loop ----------------------------------------------------------------------------
@@ -62,6 +73,14 @@ class Executor:
                 "plan",
                 "; ".join(b.problem for b in plan.blockers),
                 "; ".join(b.action for b in plan.blockers),
+            )
+        unknown = sorted({s.kind for s in plan.steps if s.kind not in STEPS})
+        if unknown:
+            raise DeployError(
+                "plan",
+                f"the plan has step kinds this switchctl cannot carry out: {', '.join(unknown)}",
+                "nothing was done; a step kind needs a method in switchctl/deploy/execute.py's "
+                "STEPS table",
             )
         self.plan = plan
         self.config_was_valid = config_was_valid
@@ -81,7 +100,7 @@ class Executor:
         for n, step in enumerate(plan.steps, 1):
             try:
                 self.progress.step(n, step.describe(), step.kind)
-                note = getattr(self, f"_{step.kind}")(step) or ""
+                note = STEPS[step.kind](self, step) or ""
                 if step.kind in POINT_OF_NO_RETURN:
                     self.switched = True
                 self.progress.ok(n, note)
@@ -119,14 +138,9 @@ class Executor:
         raise DeployError(err.step, err.why, todo)
 
     def _roll_back(self) -> str:
-        target, live = self.plan.target, self.plan.live
+        target, live = self._plan().target, self._plan().live
         try:
-            view = self.control.app(self.cfg.app)
-            if view["candidate"] == target and view["weight"] > 0:
-                self.control.set(self.cfg.app, target, 0)
-            if view["active"] != target and target not in view["draining"]:
-                self.control.drain(self.cfg.app, target, self.cfg.drain_timeout)
-                self._wait_drained(target)
+            self._take_out_of_traffic(target)
         except (ControlError, ProxyUnreachable, WaitTimeout) as e:
             self.progress.info(f"rollback: could not take {target} out of edgeproxy: {e}")
         kept = bool(self.apps.of(target))
@@ -166,6 +180,13 @@ class Executor:
 
     # --- helpers -----------------------------------------------------------------------------
 
+    def _plan(self) -> Plan:
+        if self.plan is None:
+            raise DeployError(
+                "plan", "no plan is being carried out", "steps run through Executor.run(plan)"
+            )
+        return self.plan
+
     def _server(self, color: str) -> str:
         return self.cfg.container_for(self.cfg.server_role, color)
 
@@ -182,6 +203,20 @@ class Executor:
         what, deadline = f"{color} to drain", self.cfg.drain_timeout + 5
         beat = self.progress.heartbeat(what, deadline)
         wait_until(probe, what, deadline, first=0.1, maximum=1, beat=beat)
+
+    def _take_out_of_traffic(self, color: str) -> None:
+        """No new requests reach `color` and the ones it serves have finished (or were cut at
+        the drain deadline): a candidate's weight goes to 0, then it drains. The active color
+        is left alone (nothing to take it out to)."""
+        view = self._view()
+        if view["candidate"] == color and view["weight"] > 0:
+            self.control.set(self.cfg.app, color, 0)
+            view = self._view()
+        if view["active"] == color:
+            return
+        if color not in view["draining"]:
+            self.control.drain(self.cfg.app, color, self.cfg.drain_timeout)
+        self._wait_drained(color)
 
     def _wait(self, what: str, probe: Callable[[], Probe], deadline: float) -> Probe:
         h = self.cfg.health
@@ -285,14 +320,7 @@ class Executor:
 
     def _retire(self, step: Step) -> None:
         color = str(step.color)
-        view = self._view()
-        if view["candidate"] == color and view["weight"] > 0:
-            self.control.set(self.cfg.app, color, 0)
-            view = self._view()
-        if view["active"] != color:
-            if color not in view["draining"]:
-                self.control.drain(self.cfg.app, color, self.cfg.drain_timeout)
-            self._wait_drained(color)
+        self._take_out_of_traffic(color)
         self.apps.remove(color)
 
     def _image(self, step: Step) -> str:
@@ -301,7 +329,7 @@ class Executor:
     def _run_hook(self, name: str, hook: Hook | None, then: str, todo: str) -> None:
         assert hook is not None
         beat = self.progress.heartbeat(f"the {name} hook to finish", hook.timeout)
-        rc, out = self.apps.run_hook(hook, name, self.plan.target, beat)
+        rc, out = self.apps.run_hook(hook, name, self._plan().target, beat)
         if rc != 0:
             raise DeployError(
                 f"{name} hook",
@@ -465,11 +493,7 @@ class Executor:
             self.control.set(self.cfg.app, color, 100)
 
     def _drain_old(self, step: Step) -> None:
-        color = str(step.color)
-        view = self._view()
-        if color != view["active"] and color not in view["draining"]:
-            self.control.drain(self.cfg.app, color, self.cfg.drain_timeout)
-        self._wait_drained(color)
+        self._take_out_of_traffic(str(step.color))
 
     def _stop_old(self, step: Step) -> str:
         return ", ".join(self.apps.remove(str(step.color))) or "nothing was running"
@@ -501,3 +525,34 @@ class Executor:
         rel = self.history.get(self.release.id)
         assert rel is not None
         self._send("success", rel, None, None, "")
+
+
+StepMethod = Callable[[Executor, Step], str | None]
+"""One step: carries `step` out (raising `DeployError` when it cannot) and returns a note."""
+
+STEPS: Final[Mapping[StepKind, StepMethod]] = {
+    "remove_orphans": Executor._remove_orphans,
+    "close_interrupted": Executor._close_interrupted,
+    "start_base": Executor._start_base,
+    "install_proxy_config": Executor._install_proxy_config,
+    "check_proxy_config": Executor._check_proxy_config,
+    "start_proxy": Executor._start_proxy,
+    "restart_proxy": Executor._restart_proxy,
+    "wait_proxy": Executor._wait_proxy,
+    "reconcile": Executor._reconcile,
+    "retire": Executor._retire,
+    "image": Executor._image,
+    "pre_deploy": Executor._pre_deploy,
+    "start_target": Executor._start_target,
+    "wait_healthy": Executor._wait_healthy,
+    "smoke": Executor._smoke,
+    "canary": Executor._canary,
+    "go_live": Executor._go_live,
+    "promote": Executor._promote,
+    "drain_old": Executor._drain_old,
+    "stop_old": Executor._stop_old,
+    "record": Executor._record,
+    "post_deploy": Executor._post_deploy,
+    "notify": Executor._notify,
+}
+"""Which method carries out each step kind (tests/test_deploy_steps.py: every kind has one)."""
