@@ -38,9 +38,9 @@ from tests.docker_fixtures import APP_SH, BUSYBOX, DOCKERFILE, _busybox_rootfs
 APP = "edgeproxy-test/shop-hosts"
 """The test app, answering `COLOR RELEASE HOST` (the suite's app answers `COLOR RELEASE`)."""
 HOSTS_APP_SH = APP_SH.replace(
-    'body="$EDGEPROXY_COLOR $RELEASE_ID"', 'body="$EDGEPROXY_COLOR $RELEASE_ID $EDGEPROXY_HOST"'
+    '"$EDGEPROXY_COLOR $RELEASE_ID"', '"$EDGEPROXY_COLOR $RELEASE_ID $EDGEPROXY_HOST"'
 )
-assert HOSTS_APP_SH != APP_SH, "tests/docker_fixtures.py's APP_SH changed: update HOSTS_APP_SH"
+assert HOSTS_APP_SH.count("$EDGEPROXY_HOST") == 2, "tests/docker_fixtures.py's APP_SH changed"
 FLAVOURS = ("good", "sick", "errors")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -66,9 +67,7 @@ class TwoHosts:
         """(color, role) of the app containers running on one host."""
         return {
             (c.labels["edgeproxy.color"], c.labels["edgeproxy.role"])
-            for c in daemon.client().containers.list(
-                filters={"label": f"edgeproxy.app={self.app}"}
-            )
+            for c in daemon.client().containers.list(filters={"label": f"edgeproxy.app={self.app}"})
         }
 
     def view(self) -> Any:
@@ -223,14 +222,16 @@ def test_a_release_with_canary_steps_starts_on_both_hosts_and_both_serve_each_co
         for d in hosts.daemons:
             assert hosts.running(d) == {("blue", "server"), ("blue", "worker")}
             d.tag("good", "v2")
-        run = hosts.deploy("--ref", "v2")
-        out = ok(run)
-        # Every host's containers were waited for by name, each host's upstream in edgeproxy.
+        out = ok(hosts.deploy("--ref", "v2"))
+        # Each step names the host it acted on: start, wait (one host after the other), stop.
         for host in ("app1", "app2"):
-            assert f"app1: shop-server-green" in out or f"{host}: shop-server-green" in out
-            assert f"shop-server-green on {host} to be healthy" in out + run.stderr or (
-                f"{host}: shop-server-green" in out
-            )
+            assert f"{host}: shop-server-green, " in out
+            assert f"{host}: shop-server-blue" in out.split("stop blue's containers")[1]
+        assert re.search(
+            r"green is healthy .* ok .*every role healthy on app1 at [\d.]+s, app2 at [\d.]+s; "
+            r"edgeproxy agrees on every host",
+            out,
+        ), out
         assert "send 10% of traffic to green" in out
         assert "send 50% of traffic to green" in out
         assert "is live on green" in out
@@ -257,6 +258,7 @@ def test_a_color_that_never_gets_healthy_on_one_host_rolls_back_on_both(
         assert "app2" in err
         assert f"GET http://127.0.0.1:{hosts.port(hosts.app2, 'server', 'green')}/healthz" in err
         assert "blue still serves all traffic" in err
+        assert "green's containers are stopped and kept on every host" in err
         for d in hosts.daemons:
             # green is stopped on both hosts (kept for `docker logs`), blue still runs.
             assert hosts.running(d) == {("blue", "server"), ("blue", "worker")}

@@ -57,9 +57,7 @@ def proxy(blue: list[str], green: list[str]) -> Config:
 
 def test_without_hosts_the_app_runs_on_this_machines_dockerd_on_loopback() -> None:
     cfg = parse_deploy_config(DEPLOY)
-    assert [(h.name, h.docker, h.address) for h in cfg.app_hosts] == [
-        ("local", None, "127.0.0.1")
-    ]
+    assert [(h.name, h.docker, h.address) for h in cfg.app_hosts] == [("local", None, "127.0.0.1")]
     assert cfg.upstreams("green") == ["http://127.0.0.1:9002"]
 
 

@@ -125,7 +125,7 @@ def _smoke_listener(cfg: DeployConfig, proxy: Config, proxy_file: str) -> list[s
     return problems
 
 
-def _endpoint(url: str) -> tuple[str, int]:
+def endpoint(url: str) -> tuple[str, int]:
     """(host, port) of an upstream URL, loopback names made one."""
     u = urlsplit(url)
     host = (u.hostname or "").lower()
@@ -137,16 +137,16 @@ def _host_upstreams(
 ) -> list[str]:
     """With `hosts`, the color's pool must list each host's server port, and nothing else."""
     key = f"apps.{cfg.app}.colors.{color}.upstreams"
-    listed = {_endpoint(u): u for u in upstreams}
+    listed = {endpoint(u): u for u in upstreams}
     wanted = dict(zip(cfg.upstreams(color), cfg.app_hosts, strict=True))
     problems = [
         f"hosts: {h.name} runs {color}'s {cfg.server_role} at {url}, but {proxy_file} does not "
         f"list it in {key} ({', '.join(upstreams)}); add it, or edgeproxy never sends it "
         "traffic and the deploy waits for a health check that cannot pass"
         for url, h in wanted.items()
-        if _endpoint(url) not in listed
+        if endpoint(url) not in listed
     ]
-    ours = {_endpoint(u) for u in wanted}
+    ours = {endpoint(u) for u in wanted}
     problems += [
         f"{key}: {u} in {proxy_file} is not {color}'s {cfg.server_role} on any of the deploy "
         f"config's hosts ({', '.join(h.name for h in cfg.app_hosts)}); remove it or list its host"

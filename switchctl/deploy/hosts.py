@@ -20,7 +20,9 @@ import docker.errors
 
 from switchctl.deploy.config import DeployConfig, EnvFile, Hook, Host
 from switchctl.deploy.containers import AppContainers, ReleaseSpec
+from switchctl.deploy.crosscheck import endpoint
 from switchctl.deploy.errors import DeployError
+from switchctl.deploy.health import Probe
 
 CONNECT_TIMEOUT = 10
 """Seconds for one docker API call while connecting (an unreachable ssh host fails fast)."""
@@ -194,3 +196,22 @@ class Fleet:
     ) -> tuple[int, str]:
         """Once, on the first host (a migration runs once for the whole release)."""
         return self.first.run_hook(hook, name, color, beat)
+
+
+def upstreams_fit(cfg: DeployConfig, health: dict[str, Any], color: str) -> Probe:
+    """From edgeproxy's `GET /v1/health`: is `color`'s upstream fit on every host?"""
+    view = health.get("apps", {}).get(cfg.app, {}).get(color, {})
+    listed = view.get("upstreams")
+    if listed is None:  # an edgeproxy that does not show its upstreams: the color's verdict
+        failing = "; ".join(view.get("failing_checks", [])) or "not healthy yet"
+        return Probe(bool(view.get("healthy")), f"edgeproxy: {color} {failing}")
+    fit = {endpoint(u["url"]) for u in listed if u.get("healthy")}
+    waiting = [
+        f"{h.name} ({url})"
+        for url, h in zip(cfg.upstreams(color), cfg.app_hosts, strict=True)
+        if endpoint(url) not in fit
+    ]
+    if not waiting:
+        return Probe(True, f"edgeproxy: {color} healthy on every host")
+    failing = "; ".join(view.get("failing_checks", [])) or "not checked yet"
+    return Probe(False, f"edgeproxy: {color} not yet healthy on {', '.join(waiting)}: {failing}")
