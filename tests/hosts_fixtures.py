@@ -15,14 +15,12 @@ SIGKILL) and its folders are deleted.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import random
 import shutil
 import signal
 import socket
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,7 +31,7 @@ import docker
 import docker.errors
 import pytest
 
-from tests.docker_fixtures import APP_SH, BUSYBOX, DOCKERFILE, _busybox_rootfs
+from tests.docker_fixtures import APP_SH, build_images
 
 APP = "edgeproxy-test/shop-hosts"
 """The test app, answering `COLOR RELEASE HOST` (the suite's app answers `COLOR RELEASE`)."""
@@ -41,7 +39,6 @@ HOSTS_APP_SH = APP_SH.replace(
     '"$EDGEPROXY_COLOR $RELEASE_ID"', '"$EDGEPROXY_COLOR $RELEASE_ID $EDGEPROXY_HOST"'
 )
 assert HOSTS_APP_SH.count("$EDGEPROXY_HOST") == 2, "tests/docker_fixtures.py's APP_SH changed"
-FLAVOURS = ("good", "sick", "errors")
 
 
 @dataclass
@@ -90,26 +87,7 @@ class Dockerd:
 
     def build_app(self) -> None:
         """The busybox base (docker import) and the test app in each flavour."""
-        client = self.client()
-        repo, tag = BUSYBOX.split(":")
-        client.api.import_image_from_data(
-            _busybox_rootfs(), repository=repo, tag=tag, changes=['CMD ["/bin/sh"]']
-        )
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name, text in (("Dockerfile", DOCKERFILE), ("app.sh", HOSTS_APP_SH)):
-                info = tarfile.TarInfo(name)
-                info.size = len(text.encode())
-                tar.addfile(info, io.BytesIO(text.encode()))
-        for mode in FLAVOURS:
-            buf.seek(0)
-            client.images.build(
-                fileobj=buf,
-                custom_context=True,
-                tag=f"{APP}:{mode}",
-                buildargs={"MODE": mode},
-                rm=True,
-            )
+        build_images(self.client(), APP, HOSTS_APP_SH)
 
     def tag(self, flavour: str, ref: str) -> None:
         """`APP:ref` on this daemon is the app in `flavour` (what a deploy of --ref gets)."""

@@ -53,8 +53,11 @@ class TwoHosts:
         return self.ports[role][color] + (self.offset if daemon is self.app2 else 0)
 
     def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.switchctl("deploy", *args)
+
+    def switchctl(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "switchctl", "deploy", "-c", str(self.deploy_config), *args],
+            [sys.executable, "-m", "switchctl", command, "-c", str(self.deploy_config), *args],
             capture_output=True,
             text=True,
             timeout=180,
@@ -262,6 +265,10 @@ def test_a_color_that_never_gets_healthy_on_one_host_rolls_back_on_both(
         for d in hosts.daemons:
             # green is stopped on both hosts (kept for `docker logs`), blue still runs.
             assert hosts.running(d) == {("blue", "server"), ("blue", "worker")}
+        doctor = hosts.switchctl("doctor").stdout
+        for host in ("app1", "app2"):
+            assert f"shop-server-blue on {host}: running" in doctor
+            assert f"shop-server-green on {host}: exited" in doctor
         view = hosts.view()
         assert (view["active"], view["weight"]) == ("blue", 0)
         assert served_by(t, "green") == set()

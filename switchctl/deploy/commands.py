@@ -289,8 +289,10 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
             + (f" ({obs.proxy.active} active)" if obs.proxy.active else "")
         )
         for c in obs.containers:
+            where = f" on {c.host}" if c.host else ""
             click.echo(
-                f"  {c.name}: {c.state}{' ' + c.health if c.health else ''} (release {c.release})"
+                f"  {c.name}{where}: {c.state}{' ' + c.health if c.health else ''} "
+                f"(release {c.release})"
             )
         for h in obs.hooks:
             whose = (
