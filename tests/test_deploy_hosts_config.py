@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from edgeproxy.config import Config, parse_config
 from switchctl.deploy.config import parse_deploy_config
 from switchctl.deploy.crosscheck import cross_check
 from switchctl.deploy.errors import DeployConfigError
+from switchctl.deploy.hosts import upstreams_fit
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "deploying.md"
 
@@ -162,3 +167,52 @@ def test_the_multi_host_example_in_the_deploying_guide_is_a_valid_config_and_agr
     shop["apps"]["shop"]["colors"] = yaml.safe_load(found["edgeproxy"])["apps"]["shop"]["colors"]
     p = parse_config(yaml.safe_dump(shop))
     assert cross_check(cfg, p, "edgeproxy.yml") == []
+
+
+def health(app1: bool | None, app2: bool) -> dict[str, object]:
+    """edgeproxy's GET /v1/health for green, each host's upstream fit or not (None: absent)."""
+    ups = [{"url": "http://10.0.0.12:9002", "healthy": app2}]
+    if app1 is not None:
+        ups.insert(0, {"url": "http://10.0.0.11:9002", "healthy": app1})
+    failing = [] if app2 else ["http://10.0.0.12:9002: GET /health -> 503"]
+    view = {"healthy": bool(app1) or app2, "failing_checks": failing, "upstreams": ups}
+    return {"apps": {"shop": {"green": view}}}
+
+
+def test_edgeproxy_agrees_only_when_every_hosts_upstream_of_the_color_is_fit() -> None:
+    cfg = parse_deploy_config(DEPLOY + HOSTS)
+    assert upstreams_fit(cfg, health(True, True), "green").ok
+    waiting = upstreams_fit(cfg, health(True, False), "green")
+    assert not waiting.ok
+    assert waiting.detail == (
+        "edgeproxy: green not yet healthy on app2 (http://10.0.0.12:9002): "
+        "http://10.0.0.12:9002: GET /health -> 503"
+    )
+    # A pool that lacks a host's upstream never agrees (the cross-check reports why).
+    assert "app1 (http://10.0.0.11:9002)" in upstreams_fit(cfg, health(None, True), "green").detail
+
+
+def test_check_reports_every_unreachable_host_by_name_and_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "app.env").write_text("JWT_SECRET=x\n")
+    (tmp_path / "app.env").chmod(0o600)
+    hosts = (
+        "hosts:\n"
+        "  - {name: app1, docker: 'ssh://deploy@127.0.0.1:1'}\n"
+        f"  - {{name: app2, docker: 'unix://{tmp_path}/none.sock', port_offset: 10}}\n"
+    )
+    (tmp_path / "deploy.yml").write_text(DEPLOY + hosts)
+    run = subprocess.run(
+        [sys.executable, "-m", "switchctl", "deploy", "--check", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SWITCHCTL_DEPLOY_CONFIG": str(tmp_path / "deploy.yml")},
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert [(h["name"], h["ok"]) for h in report["hosts"]] == [("app1", False), ("app2", False)]
+    first, second = report["problems"]
+    assert first.startswith("hosts[0] (app1): cannot reach dockerd at ssh://deploy@127.0.0.1:1: ")
+    assert "key-based ssh" in first
+    assert second.startswith(f"hosts[1] (app2): cannot reach dockerd at unix://{tmp_path}/none")

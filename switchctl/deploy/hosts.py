@@ -54,8 +54,12 @@ def open_client(host: Host, timeout: int = CONNECT_TIMEOUT) -> tuple[docker.Dock
             client = docker.DockerClient(
                 base_url=host.docker, timeout=timeout, use_ssh_client=_is_ssh(host)
             )
+    except (docker.errors.DockerException, OSError) as e:
+        raise HostUnreachable(host, _reason(e)) from e
+    try:
         version = str(client.version().get("Version", "?"))
     except (docker.errors.DockerException, OSError) as e:
+        client.close()
         raise HostUnreachable(host, _reason(e)) from e
     # Later calls (image builds, pulls, docker stop) take their own time: no short timeout.
     client.api.timeout = docker.constants.DEFAULT_TIMEOUT_SECONDS
