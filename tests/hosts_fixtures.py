@@ -9,7 +9,7 @@ it; the app's answer names its color, release and host (EDGEPROXY_HOST).
 
 The daemons live as long as the fixture that started them: at teardown their
 containers are removed, each daemon is stopped by its PID (SIGTERM, then
-SIGKILL) and its folders are deleted.
+SIGKILL), what it left mounted is unmounted and its folders are deleted.
 """
 
 from __future__ import annotations
@@ -112,7 +112,18 @@ class Dockerd:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
+        # dockerd leaves its exec root's netns/default bind mount behind when it exits.
+        for mount in reversed(mounts_under(self.root)):
+            subprocess.run(["umount", mount], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+        assert not self.root.exists(), f"could not remove {self.root}: {mounts_under(self.root)}"
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points below `root`, in mount order (from /proc/self/mountinfo)."""
+    prefix = f"{root}/"
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p.startswith(prefix)]
 
 
 def start_dockerd(name: str) -> Dockerd:
