@@ -112,8 +112,10 @@ def _busybox_rootfs() -> bytes:
     return buf.getvalue()
 
 
-def build_images(client: docker.DockerClient) -> dict[str, str]:
-    """Build busybox + the three app flavours; return {flavour: image id}."""
+def build_images(
+    client: docker.DockerClient, app: str = APP, app_sh: str = APP_SH
+) -> dict[str, str]:
+    """Build busybox + the three app flavours (`app:good`, ...); return {flavour: image id}."""
     client.api.import_image_from_data(
         _busybox_rootfs(),
         repository=BUSYBOX.split(":")[0],
@@ -122,7 +124,7 @@ def build_images(client: docker.DockerClient) -> dict[str, str]:
     )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, text in (("Dockerfile", DOCKERFILE), ("app.sh", APP_SH)):
+        for name, text in (("Dockerfile", DOCKERFILE), ("app.sh", app_sh)):
             info = tarfile.TarInfo(name)
             info.size = len(text.encode())
             tar.addfile(info, io.BytesIO(text.encode()))
@@ -132,7 +134,7 @@ def build_images(client: docker.DockerClient) -> dict[str, str]:
         image, _ = client.images.build(
             fileobj=buf,
             custom_context=True,
-            tag=f"{APP}:{mode}",
+            tag=f"{app}:{mode}",
             buildargs={"MODE": mode},
             rm=True,
         )

@@ -26,6 +26,7 @@ from switchctl.deploy.config import DeployConfig, load_deploy_config, read_env_f
 from switchctl.deploy.crosscheck import cross_check
 from switchctl.deploy.errors import DeployConfigError, DeployError, LockHeld
 from switchctl.deploy.history import History
+from switchctl.deploy.hosts import check_hosts
 from switchctl.deploy.orchestrate import (
     connect,
     deploy,
@@ -169,6 +170,10 @@ def _check(config_path: Path, as_json: bool) -> int:
             ]
         except DeployConfigError as e:
             problems += e.problems
+        if cfg.hosts:
+            hosts, unreachable = check_hosts(cfg)
+            report["hosts"] = [h.as_json() for h in hosts]
+            problems += unreachable
         proxy_file = next(
             (p for p in (cfg.edgeproxy.config, cfg.edgeproxy.config_source) if p and p.exists()),
             None,
@@ -198,6 +203,9 @@ def _check(config_path: Path, as_json: bool) -> int:
                 f"{config_path}: ok (app {cfg.app}, roles {', '.join(cfg.roles)}, "
                 f"{report['variables']} variables in {cfg.env_file}{compared})"
             )
+        for h in report.get("hosts", []):
+            state = f"dockerd {h['version']}" if h["ok"] else f"UNREACHABLE: {h['error']}"
+            click.echo(f"host {h['name']}: {h['docker']}, upstreams at {h['address']}: {state}")
     return 2 if problems else 0
 
 
@@ -281,8 +289,10 @@ def doctor_cmd(config_path: Path, as_json: bool) -> None:
             + (f" ({obs.proxy.active} active)" if obs.proxy.active else "")
         )
         for c in obs.containers:
+            where = f" on {c.host}" if c.host else ""
             click.echo(
-                f"  {c.name}: {c.state}{' ' + c.health if c.health else ''} (release {c.release})"
+                f"  {c.name}{where}: {c.state}{' ' + c.health if c.health else ''} "
+                f"(release {c.release})"
             )
         for h in obs.hooks:
             whose = (

@@ -293,6 +293,56 @@ class Setup(Model):
     compose_project: str = "shop"
 
 
+DOCKER_URL_RE = re.compile(r"^(unix:///\S+|ssh://[^\s/@]+@[^\s/@:]+(:\d{1,5})?)$")
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^\[?[0-9A-Fa-f:.]+\]?$")
+
+
+class Host(Model):
+    """One app host: a dockerd that runs both colors, and the address edgeproxy reaches it at."""
+
+    name: str
+    """Named in progress lines, errors and `--check` (e.g. app1)."""
+    docker: str | None = None
+    """`unix:///PATH` (a dockerd on this machine) or `ssh://USER@HOST[:PORT]` (the docker
+    SDK's ssh transport: this machine's `ssh` client, and `docker` on the host). None: this
+    machine's dockerd as the docker CLI finds it (DOCKER_HOST, else /var/run/docker.sock)."""
+    address: str = "127.0.0.1"
+    """Where edgeproxy and the health checks reach the host's app ports (a private address)."""
+    port_offset: int = Field(default=0, ge=0, le=60000)
+    """Added to every role port on this host: two hosts that share one address (a rehearsal
+    with two dockerd on one machine) need different ports."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"host name {v!r} must be letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("docker")
+    @classmethod
+    def _docker(cls, v: str | None) -> str | None:
+        if v is not None and not DOCKER_URL_RE.match(v):
+            raise ValueError(
+                f"{v!r}: expected unix:///PATH (a dockerd here) or ssh://USER@HOST[:PORT]"
+            )
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not ADDRESS_RE.match(v):
+            raise ValueError(f"{v!r}: expected a host name or an IP address (no scheme, no port)")
+        return v
+
+    def describe(self) -> str:
+        return f"host {self.name} ({self.docker or 'the local dockerd'})"
+
+
+LOCAL_HOST = Host(name="local")
+"""The app host of a config without `hosts`: this machine's dockerd, ports on 127.0.0.1."""
+
+
 class DeployConfig(Model):
     _root: Path = PrivateAttr(default=Path("/"))
     app: str
@@ -311,6 +361,9 @@ class DeployConfig(Model):
     container_port: int | None = None
     """With a network other than host: the port the app listens on inside its container."""
     port_env: str = "PORT"
+    hosts: list[Host] = []
+    """The app hosts; each runs every role of both colors. Empty: this machine's dockerd only.
+    edgeproxy's color pools must list every host's upstream (`deploy --check` compares)."""
     health: HealthWait = HealthWait()
     smoke: Smoke = Smoke()
     canary: Canary = Canary()
@@ -378,7 +431,30 @@ class DeployConfig(Model):
                 used[port] = f"{name}/{color}"
         if self.network != "host" and self.container_port is None:
             raise ValueError("container_port: required when network is not `host`")
+        self._check_hosts()
         return self
+
+    def _check_hosts(self) -> None:
+        names = [h.name for h in self.hosts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"hosts: the name {twice[0]!r} is given twice; name each host once")
+        taken: dict[tuple[str, int], str] = {}
+        for i, h in enumerate(self.hosts):
+            for name, role in self.roles.items():
+                for color, port in role.ports.items():
+                    where = f"hosts[{i}] ({h.name}): roles.{name}.ports.{color}"
+                    if not 1 <= port + h.port_offset <= 65535:
+                        raise ValueError(
+                            f"{where}: port {port} + port_offset {h.port_offset} is above 65535"
+                        )
+                    key = (h.address, port + h.port_offset)
+                    if key in taken:
+                        raise ValueError(
+                            f"{where}: {h.address}:{key[1]} is also {taken[key]}; hosts that "
+                            "share an address need different port_offset values"
+                        )
+                    taken[key] = f"{h.name} {name}/{color}"
 
     # -- derived names -------------------------------------------------------------------
 
@@ -402,6 +478,21 @@ class DeployConfig(Model):
         return self.colors[1] if color == self.colors[0] else self.colors[0]
 
     @property
+    def app_hosts(self) -> list[Host]:
+        """`hosts`, or this machine's dockerd alone."""
+        return list(self.hosts) or [LOCAL_HOST]
+
+    def port_on(self, host: Host, role: str, color: str) -> int:
+        return self.roles[role].ports[color] + host.port_offset
+
+    def upstreams(self, color: str) -> list[str]:
+        """What edgeproxy's pool for `color` lists: the server role on every host."""
+        role = self.server_role
+        return [
+            f"http://{url_host(h.address)}:{self.port_on(h, role, color)}" for h in self.app_hosts
+        ]
+
+    @property
     def history_file(self) -> Path:
         return self.state_dir / self.app / "releases.json"
 
@@ -419,6 +510,11 @@ class DeployConfig(Model):
     def release_tag(self, release_id: str) -> str:
         """Every deployed image is also tagged with this, so rollback finds it later."""
         return f"switchctl/{self.app}-release:{release_id}"
+
+
+def url_host(address: str) -> str:
+    """An address as the host part of a URL (an IPv6 address in brackets)."""
+    return f"[{address.strip('[]')}]" if ":" in address else address
 
 
 def _format(source: str, err: ValidationError) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from switchctl.deploy.config import DeployConfig, EnvFile, Hook
+from switchctl.deploy.config import LOCAL_HOST, DeployConfig, EnvFile, Hook, Host, url_host
 from switchctl.deploy.errors import DeployError
 from switchctl.deploy.health import Probe, WaitTimeout, wait_until
 from switchctl.deploy.observe import (
@@ -49,14 +49,26 @@ def tail(container: Any, lines: int = 15) -> str:
 
 
 class AppContainers:
+    """The app's containers on one host (`host`: one of the config's `hosts`, or this machine)."""
+
     def __init__(
-        self, cfg: DeployConfig, env: EnvFile, client: docker.DockerClient, release: ReleaseSpec
+        self,
+        cfg: DeployConfig,
+        env: EnvFile,
+        client: docker.DockerClient,
+        release: ReleaseSpec,
+        host: Host = LOCAL_HOST,
     ) -> None:
         self.cfg = cfg
         self.env = env
         self.docker = client
         self.release = release
+        self.host = host
         self.image_id: str | None = None
+
+    def port(self, role: str, color: str) -> int:
+        """The role's port for `color` on this host."""
+        return self.cfg.port_on(self.host, role, color)
 
     def of(self, color: str) -> list[Any]:
         """The color's role containers (hooks excluded), in any state; adopted ones too."""
@@ -118,7 +130,8 @@ class AppContainers:
             return {"network_mode": "host"}
         out: dict[str, Any] = {"network": self.cfg.network}
         if port is not None:
-            out["ports"] = {f"{self.cfg.container_port}/tcp": ("127.0.0.1", port)}
+            # Published where edgeproxy reaches this host: loopback for this machine.
+            out["ports"] = {f"{self.cfg.container_port}/tcp": (self.host.address, port)}
         return out
 
     # --- image -------------------------------------------------------------------------------
@@ -171,11 +184,12 @@ class AppContainers:
         """Start every role of `color` with the new image (restart policy unless-stopped)."""
         names = []
         for role_name, role in self.cfg.roles.items():
-            port = role.ports[color]
+            port = self.port(role_name, color)
             inner = port if self.cfg.network == "host" else self.cfg.container_port
-            env = self.environment(
-                {**role.env, self.cfg.port_env: str(inner), "EDGEPROXY_COLOR": color}
-            )
+            extra = {**role.env, self.cfg.port_env: str(inner), "EDGEPROXY_COLOR": color}
+            if self.cfg.hosts:
+                extra["EDGEPROXY_HOST"] = self.host.name
+            env = self.environment(extra)
             name = self.cfg.container_for(role_name, color)
             self.docker.containers.run(
                 self.image_id or self.release.image,
@@ -208,7 +222,7 @@ class AppContainers:
                 return Probe(False, f"docker health {health}: {log}")
             if path is None:
                 return Probe(True, "running")
-            url = f"http://127.0.0.1:{port}{path}"
+            url = f"http://{url_host(self.host.address)}:{port}{path}"
             try:
                 with urllib.request.urlopen(url, timeout=self.cfg.health.request_timeout) as r:
                     return Probe(True, f"GET {url} -> {r.status}")

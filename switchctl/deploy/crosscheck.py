@@ -38,6 +38,9 @@ def cross_check(cfg: DeployConfig, proxy: Config, proxy_file: str) -> list[str]:
                 f"(colors: {', '.join(app.colors)})"
             )
             continue
+        if cfg.hosts:
+            problems += _host_upstreams(cfg, color, proxy_color.upstreams, proxy_file)
+            continue
         ports = {
             urlsplit(u).port or 80
             for u in proxy_color.upstreams
@@ -119,4 +122,35 @@ def _smoke_listener(cfg: DeployConfig, proxy: Config, proxy_file: str) -> list[s
             "override only from apps.*.override.allow_from (loopback by default), so use "
             f"127.0.0.1:{port}"
         )
+    return problems
+
+
+def endpoint(url: str) -> tuple[str, int]:
+    """(host, port) of an upstream URL, loopback names made one."""
+    u = urlsplit(url)
+    host = (u.hostname or "").lower()
+    return ("127.0.0.1" if host in LOOPBACK else host), u.port or 80
+
+
+def _host_upstreams(
+    cfg: DeployConfig, color: str, upstreams: list[str], proxy_file: str
+) -> list[str]:
+    """With `hosts`, the color's pool must list each host's server port, and nothing else."""
+    key = f"apps.{cfg.app}.colors.{color}.upstreams"
+    listed = {endpoint(u): u for u in upstreams}
+    wanted = dict(zip(cfg.upstreams(color), cfg.app_hosts, strict=True))
+    problems = [
+        f"hosts: {h.name} runs {color}'s {cfg.server_role} at {url}, but {proxy_file} does not "
+        f"list it in {key} ({', '.join(upstreams)}); add it, or edgeproxy never sends it "
+        "traffic and the deploy waits for a health check that cannot pass"
+        for url, h in wanted.items()
+        if endpoint(url) not in listed
+    ]
+    ours = {endpoint(u) for u in wanted}
+    problems += [
+        f"{key}: {u} in {proxy_file} is not {color}'s {cfg.server_role} on any of the deploy "
+        f"config's hosts ({', '.join(h.name for h in cfg.app_hosts)}); remove it or list its host"
+        for end, u in listed.items()
+        if end not in ours
+    ]
     return problems

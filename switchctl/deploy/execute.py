@@ -28,6 +28,7 @@ from switchctl.deploy.errors import DeployError
 from switchctl.deploy.gates import gate_verdict, step_evidence
 from switchctl.deploy.health import Probe, WaitTimeout, wait_until
 from switchctl.deploy.history import History, Release
+from switchctl.deploy.hosts import AppHost, Fleet, connect_hosts, upstreams_fit
 from switchctl.deploy.notify import Event, Report, notify
 from switchctl.deploy.plan import POINT_OF_NO_RETURN, Plan, Step, StepKind
 from switchctl.deploy.progress import Progress
@@ -40,12 +41,15 @@ class Executor:
         self,
         cfg: DeployConfig,
         env: EnvFile,
-        client: docker.DockerClient,
+        client: docker.DockerClient | None,
         control: ControlClient,
         runner: Runner,
         release: ReleaseSpec,
         progress: Progress,
+        hosts: list[AppHost] | None = None,
     ) -> None:
+        """`client`: this machine's dockerd (base services); `hosts`: the app hosts (default:
+        `client` alone, for a config without `hosts`)."""
         self.cfg = cfg
         self.env = env
         self.docker = client
@@ -55,7 +59,7 @@ class Executor:
         self.progress = progress
         self.history = History(cfg.history_file)
         self.started = time.time()
-        self.apps = AppContainers(cfg, env, client, release)
+        self.apps = Fleet(cfg, env, hosts or connect_hosts(cfg, client), release)
         self.switched = False
         """A step of `POINT_OF_NO_RETURN` has run: failures from here on are not rolled back."""
         self.plan: Plan | None = None
@@ -144,7 +148,10 @@ class Executor:
         except (ControlError, ProxyUnreachable, WaitTimeout) as e:
             self.progress.info(f"rollback: could not take {target} out of edgeproxy: {e}")
         kept = bool(self.apps.of(target))
-        self.apps.remove(target, keep=True)
+        try:
+            self.apps.remove(target, keep=True)
+        except DeployError as e:
+            return f"{live or 'nothing'} serves; {target} could not be stopped everywhere: {e.why}"
         if not kept:
             return (
                 f"{live} still serves all traffic; {target} was not started"
@@ -156,8 +163,9 @@ class Executor:
                 f"nothing was switched: no color served before this deploy and none serves now; "
                 f"{target}'s containers are stopped and kept for `docker logs`"
             )
+        where = " on every host" if self.cfg.hosts else ""
         return (
-            f"{live} still serves all traffic; {target}'s containers are stopped and kept "
+            f"{live} still serves all traffic; {target}'s containers are stopped and kept{where} "
             f"for `docker logs {self._server(target)}`"
         )
 
@@ -247,6 +255,7 @@ class Executor:
         return ", ".join(closed) or "none left"
 
     def _start_base(self, step: Step) -> str:
+        assert self.docker is not None, "base services need this machine's dockerd"
         c = self.docker.containers.get(str(step.arg))
         c.start()
 
@@ -351,34 +360,49 @@ class Executor:
         return ", ".join(self.apps.start(color))
 
     def _wait_healthy(self, step: Step) -> str:
+        """Every role on every host (one host after the other, each with the backoff and
+        deadline), then edgeproxy's verdict: with several hosts, on every host's upstream."""
         color = str(step.color)
-        for role_name, role in self.cfg.roles.items():
-            c = self.docker.containers.get(self.cfg.container_for(role_name, color))
-            probe = self.apps.probe(c, role.health_path, role.ports[color])
-            try:
-                wait_until(
-                    probe,
-                    f"{c.name} healthy",
-                    self.cfg.health.deadline,
-                    self.cfg.health.first_delay,
-                    self.cfg.health.max_delay,
-                    beat=self.progress.heartbeat(
-                        f"{c.name} to be healthy", self.cfg.health.deadline
-                    ),
-                )
-            except WaitTimeout as e:
-                raise DeployError(
-                    f"wait for {c.name}",
-                    f"{e}\n{c.name}'s last log lines:\n{tail(c)}",
-                    f"see `docker logs {c.name}`; its health check is "
-                    f"{role.health_path or 'running'} on port {role.ports[color]}",
-                ) from e
+        started, waited = time.monotonic(), []
+        for apps in self.apps.on:
+            for role_name in self.cfg.roles:
+                self._wait_container(apps, role_name, color)
+            waited.append(f"{apps.host.name} at {time.monotonic() - started:.1f}s")
+        if not self.cfg.hosts:
+            self._wait(
+                f"edgeproxy sees {color} healthy",
+                lambda: self._healthy_in_proxy(color),
+                self.cfg.health.deadline,
+            )
+            return "every role healthy, edgeproxy agrees"
         self._wait(
-            f"edgeproxy sees {color} healthy",
-            lambda: self._healthy_in_proxy(color),
+            f"edgeproxy sees {color} healthy on every host",
+            lambda: upstreams_fit(self.cfg, self.control.health(), color),
             self.cfg.health.deadline,
         )
-        return "every role healthy, edgeproxy agrees"
+        return f"every role healthy on {', '.join(waited)}; edgeproxy agrees on every host"
+
+    def _wait_container(self, apps: AppContainers, role_name: str, color: str) -> None:
+        role, port = self.cfg.roles[role_name], apps.port(role_name, color)
+        c = apps.docker.containers.get(self.cfg.container_for(role_name, color))
+        name = f"{c.name} on {apps.host.name}" if self.cfg.hosts else c.name
+        logs = f"docker -H {apps.host.docker} logs" if apps.host.docker else "docker logs"
+        try:
+            wait_until(
+                apps.probe(c, role.health_path, port),
+                f"{name} healthy",
+                self.cfg.health.deadline,
+                self.cfg.health.first_delay,
+                self.cfg.health.max_delay,
+                beat=self.progress.heartbeat(f"{name} to be healthy", self.cfg.health.deadline),
+            )
+        except WaitTimeout as e:
+            raise DeployError(
+                f"wait for {name}",
+                f"{e}\n{name}'s last log lines:\n{tail(c)}",
+                f"see `{logs} {c.name}`; its health check is "
+                f"{role.health_path or 'running'} on port {port}",
+            ) from e
 
     def _smoke_client(self) -> SmokeClient:
         if self._smoker is None:

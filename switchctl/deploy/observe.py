@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -18,6 +18,9 @@ from switchctl.deploy.config import DeployConfig
 from switchctl.deploy.history import History
 from switchctl.deploy.plan import BaseObs, ContainerObs, Observed, ProxyObs
 from switchctl.deploy.proxyctl import Runner, check_config
+
+if TYPE_CHECKING:  # hosts.py builds on containers.py, which builds on this module
+    from switchctl.deploy.hosts import AppHost
 
 LABEL_APP = "edgeproxy.app"
 LABEL_COLOR = "edgeproxy.color"
@@ -62,9 +65,10 @@ def app_containers(
     adopted: dict[str, dict[str, str]] | None = None,
     *,
     hooks: bool = False,
+    host: str = "",
 ) -> list[ContainerObs]:
     """The app's color containers (adopted ones included); with `hooks`, its one-off
-    (hook) containers instead."""
+    (hook) containers instead. `host`: the app host's name that `client` reaches."""
     adopted = adopted or {}
     found = {
         c.id: c for c in client.containers.list(all=True, filters={"label": f"{LABEL_APP}={app}"})
@@ -93,9 +97,22 @@ def app_containers(
                 health=(st.get("Health") or {}).get("Status"),
                 restart_count=int(c.attrs.get("RestartCount", 0)),
                 started_at=st.get("StartedAt", ""),
+                host=host,
             )
         )
     return sorted(out, key=lambda c: c.name)
+
+
+def fleet_containers(
+    clients: list[tuple[str, docker.DockerClient]], cfg: DeployConfig, *, hooks: bool = False
+) -> list[ContainerObs]:
+    """`app_containers` on every app host, given as (name, client); adopted containers
+    (`deploy --adopt`) are this machine's: the first host's."""
+    out: list[ContainerObs] = []
+    for i, (name, client) in enumerate(clients):
+        adopted = load_adopted(cfg) if i == 0 and not hooks else None
+        out += app_containers(client, cfg.app, adopted, hooks=hooks, host=name)
+    return out
 
 
 def base_services(client: docker.DockerClient, names: list[str]) -> list[BaseObs]:
@@ -181,16 +198,24 @@ def proxy_view(
 
 def observe(
     cfg: DeployConfig,
-    client: docker.DockerClient,
+    client: docker.DockerClient | None,
     runner: Runner,
     control: ControlClient,
     stale_lock: str | None = None,
     deploy_running: bool = False,
     current_release: str | None = None,
+    hosts: list[AppHost] | None = None,
 ) -> Observed:
-    """`deploy_running`: another process holds the deploy lock (its one-off containers and
+    """`client`: this machine's dockerd (base services; None when the config needs none);
+    `hosts`: the app hosts (default: `client` alone).
+    `deploy_running`: another process holds the deploy lock (its one-off containers and
     its `running` history entry are its own); `current_release`: the deploy observing."""
-    hooks = tuple(app_containers(client, cfg.app, hooks=True))
+    if hosts is not None and cfg.hosts:
+        clients = [(h.name, h.client) for h in hosts]
+    else:
+        assert client is not None, "no app host to observe"
+        clients = [("", client)]
+    hooks = tuple(fleet_containers(clients, cfg, hooks=True))
     orphans: tuple[ContainerObs, ...] = ()
     stuck: tuple[str, ...] = ()
     if not deploy_running:
@@ -203,8 +228,8 @@ def observe(
         app=cfg.app,
         colors=(cfg.colors[0], cfg.colors[1]),
         server_role=cfg.server_role,
-        containers=tuple(app_containers(client, cfg.app, load_adopted(cfg))),
-        base=tuple(base_services(client, cfg.base_services)),
+        containers=tuple(fleet_containers(clients, cfg)),
+        base=tuple(base_services(client, cfg.base_services) if client is not None else ()),
         proxy=proxy_view(cfg, runner, control),
         state_file_active=state_file_active(cfg),
         stale_lock=stale_lock,

@@ -17,32 +17,50 @@ from switchctl.deploy.containers import ReleaseSpec
 from switchctl.deploy.errors import DeployError, Interrupted
 from switchctl.deploy.execute import Executor
 from switchctl.deploy.history import History, Release, new_release_id
+from switchctl.deploy.hosts import AppHost, connect_hosts
 from switchctl.deploy.lock import DeployLock, read_holder
 from switchctl.deploy.observe import observe
 from switchctl.deploy.plan import Intent, Observed, Plan, plan
 from switchctl.deploy.progress import Progress
-from switchctl.deploy.proxyctl import runner_for
+from switchctl.deploy.proxyctl import Runner, runner_for
 
 
 @dataclass
 class Session:
     cfg: DeployConfig
     env: EnvFile
-    docker: docker.DockerClient
+    docker: docker.DockerClient | None
+    """This machine's dockerd (base services, an edgeproxy container); None when the config
+    lists app `hosts` and needs neither."""
     control: ControlClient
+    hosts: list[AppHost]
+    """The app hosts: `hosts` of the config, or this machine's dockerd alone."""
+
+
+def needs_local_docker(cfg: DeployConfig) -> bool:
+    return not cfg.hosts or bool(cfg.base_services) or cfg.edgeproxy.container is not None
 
 
 def connect(cfg: DeployConfig) -> Session:
     env = read_env_file(cfg.env_file, cfg.required_env)
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise DeployError(
-            "connect to docker", str(e), "is dockerd running? (`systemctl status docker`)"
-        ) from e
+    client: docker.DockerClient | None = None
+    if needs_local_docker(cfg):
+        try:
+            client = docker.from_env()
+            client.ping()
+        except docker.errors.DockerException as e:
+            raise DeployError(
+                "connect to docker", str(e), "is dockerd running? (`systemctl status docker`)"
+            ) from e
+    hosts = connect_hosts(cfg, client)
     control = ControlClient(cfg.edgeproxy.socket, hint=cfg.edgeproxy.hint())
-    return Session(cfg, env, client, control)
+    return Session(cfg, env, client, control, hosts)
+
+
+def proxy_runner(s: Session) -> Runner:
+    # Without a local client the config has no edgeproxy container (needs_local_docker),
+    # so the runner never uses the client it is given.
+    return runner_for(s.cfg.edgeproxy, s.docker or s.hosts[0].client)
 
 
 def intent(cfg: DeployConfig) -> Intent:
@@ -59,10 +77,17 @@ def survey(
     deploy_running: bool = False,
     current_release: str | None = None,
 ) -> tuple[Observed, Plan]:
-    runner = runner_for(s.cfg.edgeproxy, s.docker)
+    runner = proxy_runner(s)
     try:
         obs = observe(
-            s.cfg, s.docker, runner, s.control, stale_lock, deploy_running, current_release
+            s.cfg,
+            s.docker,
+            runner,
+            s.control,
+            stale_lock,
+            deploy_running,
+            current_release,
+            hosts=s.hosts,
         )
     except ControlError as e:
         todo = (
@@ -118,8 +143,8 @@ def deploy(
     with DeployLock(cfg.lock_path) as lock:
         stale = lock.previous.describe() if lock.previous else None
         obs, p = survey(s, stale, current_release=release.id)
-        runner = runner_for(cfg.edgeproxy, s.docker)
-        ex = Executor(cfg, s.env, s.docker, s.control, runner, release, progress)
+        runner = proxy_runner(s)
+        ex = Executor(cfg, s.env, s.docker, s.control, runner, release, progress, s.hosts)
         with rollback_on_signals():
             return p, ex.run(p, config_was_valid=not obs.proxy.config_problems)
 

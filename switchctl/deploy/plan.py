@@ -56,6 +56,8 @@ class ContainerObs:
     """docker's health status when the image has a HEALTHCHECK: starting, healthy, unhealthy."""
     restart_count: int = 0
     started_at: str = ""
+    host: str = ""
+    """The app host it runs on (the deploy config's `hosts[].name`; empty: this machine)."""
 
     @property
     def running(self) -> bool:
@@ -118,9 +120,16 @@ class Observed:
         return next((c for c in self.of(color) if c.role == self.server_role), None)
 
     def serving(self, color: str) -> bool:
-        """The color's server runs, docker does not call it unhealthy, nor does edgeproxy."""
-        s = self.server(color)
-        if s is None or not s.running or s.health in ("unhealthy", "starting"):
+        """A server of the color runs (on some host), docker does not call it unhealthy, nor
+        does edgeproxy."""
+        up = [
+            s
+            for s in self.of(color)
+            if s.role == self.server_role
+            and s.running
+            and s.health not in ("unhealthy", "starting")
+        ]
+        if not up:
             return False
         return self.proxy.status != "up" or self.proxy.healthy.get(color, True)
 
