@@ -58,10 +58,8 @@ def test_status_on_any_node_lists_every_node_and_wait_nodes_names_a_node_left_be
     odd = node_config(redis.url, blue.url, green.url, 3)
     odd["apps"]["shop"]["colors"]["red"] = {"upstreams": [blue.url]}
     nodes.append(edge_process(odd))
-    result = CliRunner().invoke(
-        cli,
-        ["--socket", str(nodes[0].control_socket), "--app", "shop", "set", "green"]
-        + ["--wait-nodes", "--wait-timeout", "1"],
+    result = switchctl(
+        nodes[0], "--app", "shop", "set", "green", "--wait-nodes", "--wait-timeout", "1"
     )
     assert result.exit_code == 6, result.output
     assert "generation 1 of shop was committed, but after 1s node edge-3" in result.output
