@@ -1,27 +1,31 @@
 """Flips through any of several edge nodes sharing one switch state in Redis, under load.
 
-`python -m bench.shared_flips [--flips 100] [--nodes 3] [--workers 6] [--out FILE]`
+`python -m bench.shared_flips [--flips 100] [--nodes 3] [--connections 4] [--out FILE]`
 
 Starts a redis-server, two `bench.backend` colors and N `edgeproxy serve`
-processes with `state_backend` on loopback; keep-alive load goes to every
-node while `set` alternates blue/green through node i mod N. For each flip,
-one poller thread per node reads the node's generation from its control
-socket in a tight loop; a node's lag is the time from the reply to the
-`set` until its poller first saw the new generation (an upper bound: it
-includes up to one poll round trip). Prints and writes the lag percentiles
-and every failed request.
+processes with `state_backend` on loopback; `wrk` keeps keep-alive load on
+every node while `set` alternates blue/green through node i mod N, waiting
+until every node serves each change before the next. A node's lag for a flip
+is the time from the reply to the `set` until that node applied the
+generation, read from the node's own log line for the change (JSON log,
+millisecond timestamps, written right after the pointer swap): what the node
+serves, not when a poller happened to look. The node that took the `set`
+applied it before replying (lag 0). Prints and writes the lag percentiles
+and wrk's counts of failed requests.
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import contextlib
-import http.client
 import json
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,62 +34,24 @@ from typing import Any
 import yaml
 
 from bench.procs import Proc, free_port, log, running, wait_tcp
+from bench.wrk import parse as parse_wrk
 from switchctl.client import ControlClient
 
-
-class Load:
-    """Keep-alive GET loops, spread over the nodes; counts answers and failures."""
-
-    def __init__(self, ports: list[int], workers: int) -> None:
-        self.ports = [ports[i % len(ports)] for i in range(workers)]
-        self.stop = threading.Event()
-        self.ok = 0
-        self.failed: list[str] = []
-        self.threads = [threading.Thread(target=self._run, args=(p,)) for p in self.ports]
-
-    def _run(self, port: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        while not self.stop.is_set():
-            try:
-                conn.request("GET", "/", headers={"Host": "a.test"})
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status == 200:
-                    self.ok += 1
-                else:
-                    self.failed.append(f"{port}: HTTP {resp.status}")
-            except (OSError, http.client.HTTPException) as e:
-                self.failed.append(f"{port}: {type(e).__name__}: {e}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.close()
+CHANGE = re.compile(r"^shop: .* → .*gen=(\d+)$")
 
 
-class Poller:
-    """Reads one node's generation in a loop; `seen(g)` is when it first showed `g` or more."""
-
-    def __init__(self, socket: Path) -> None:
-        self.client = ControlClient(socket)
-        self.first: dict[int, float] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        top = -1
-        while not self.stop.is_set():
-            generation = self.client.app("shop")["generation"]
-            now = time.monotonic()
-            for g in range(top + 1, generation + 1):
-                self.first.setdefault(g, now)
-            top = max(top, generation)
-
-    def seen(self, generation: int, timeout: float = 10.0) -> float:
-        deadline = time.monotonic() + timeout
-        while generation not in self.first:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"generation {generation} never showed on {self.client}")
-            time.sleep(0.001)
-        return self.first[generation]
+def applied_times(log_path: Path) -> dict[int, float]:
+    """Generation → Unix time the node logged applying it (its `edgeproxy.state` line)."""
+    out: dict[int, float] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            m = CHANGE.match(str(record.get("msg", "")))
+            if record.get("logger") == "edgeproxy.state" and m:
+                stamp, ms = str(record["time"]).rstrip("Z").split(".")
+                t = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) + int(ms) / 1000
+                out.setdefault(int(m[1]), t)
+    return out
 
 
 def node_config(tmp: Path, i: int, redis_port: int, blue: int, green: int) -> Path:
@@ -148,7 +114,7 @@ def cluster(tmp: Path, nodes: int) -> Iterator[list[tuple[Proc, int, Path]]]:
             proc = stack.enter_context(
                 running(
                     f"edge{i}",
-                    [*argv, "--log-format", "text"],
+                    [*argv, "--log-format", "json"],
                     log_dir=tmp,
                     cpus=None,
                     timeout=30,
@@ -168,51 +134,83 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-def run(flips: int, nodes: int, workers: int) -> dict[str, Any]:
+def wait_all(sockets: list[Path], generation: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    for sock in sockets:
+        client = ControlClient(sock)
+        while client.app("shop")["generation"] < generation:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{sock}: generation {generation} not applied in {timeout}s")
+            time.sleep(0.002)
+
+
+def run(flips: int, nodes: int, connections: int) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="edgeproxy-bench-shared-") as tmp,
         cluster(Path(tmp), nodes) as started,
     ):
         sockets = [s for _, _, s in started]
-        pollers = [Poller(s) for s in sockets]
-        load = Load([p for _, p, _ in started], workers)
-        for t in [*load.threads, *(p.thread for p in pollers)]:
-            t.start()
+        wrk = ["wrk", "-t1", f"-c{connections}", "-d600s", "--latency", "--timeout=5s"]
+        loads = [
+            subprocess.Popen(
+                [*wrk, "-H", "Host: a.test", f"http://127.0.0.1:{port}/"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _, port, _ in started
+        ]
         time.sleep(1.0)
-        lags: list[float] = []
-        remote: list[float] = []
+        replies: list[tuple[int, int, float, float]] = []  # (generation, via, sent, replied)
         try:
             for i in range(flips):
                 color = "green" if i % 2 == 0 else "blue"
                 via = i % nodes
+                sent = time.time()
                 view = ControlClient(sockets[via]).set("shop", color, 100)
-                replied = time.monotonic()
-                for j, poller in enumerate(pollers):
-                    lag = max(0.0, poller.seen(view["generation"]) - replied) * 1000
-                    lags.append(lag)
-                    if j != via:
-                        remote.append(lag)
-                time.sleep(0.05)
+                replies.append((view["generation"], via, sent, time.time()))
+                wait_all(sockets, view["generation"])
             time.sleep(0.5)
         finally:
-            load.stop.set()
-            for p in pollers:
-                p.stop.set()
-            for t in [*load.threads, *(p.thread for p in pollers)]:
-                t.join(10)
+            outputs = []
+            for w in loads:
+                w.send_signal(signal.SIGINT)  # wrk prints its summary and exits
+                outputs.append(w.communicate(timeout=30)[0])
+        applied = [applied_times(proc.log_path) for proc, _, _ in started]
+    lags: list[float] = []
+    remote: list[float] = []
+    from_send: list[float] = []
+    round_trips: list[float] = []
+    for generation, via, sent, replied in replies:
+        round_trips.append((replied - sent) * 1000)
+        for j, times in enumerate(applied):
+            lag = max(0.0, times[generation] - replied) * 1000
+            lags.append(lag)
+            if j != via:
+                remote.append(lag)
+                from_send.append((times[generation] - sent) * 1000)
+    results = [parse_wrk(out) for out in outputs]
     return {
         "flips": flips,
         "nodes": nodes,
-        "workers": workers,
-        "requests_ok": load.ok,
-        "requests_failed": len(load.failed),
-        "failures": load.failed[:20],
+        "connections_per_node": connections,
+        "requests": sum(r.requests for r in results),
+        "requests_failed": sum(sum(r.errors.values()) for r in results),
+        "wrk_errors": [r.errors for r in results],
         "lag_ms_other_nodes": {
             "p50": round(statistics.median(remote), 2),
             "p99": round(pct(remote, 0.99), 2),
             "max": round(max(remote), 2),
         },
         "lag_ms_all_nodes_p99": round(pct(lags, 0.99), 2),
+        "other_nodes_applied_ms_after_the_set_was_sent": {
+            "p50": round(statistics.median(from_send), 2),
+            "p99": round(pct(from_send, 0.99), 2),
+        },
+        "set_round_trip_ms": {
+            "p50": round(statistics.median(round_trips), 2),
+            "p99": round(pct(round_trips, 0.99), 2),
+        },
     }
 
 
@@ -220,11 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flips", type=int, default=100)
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=6, help="keep-alive load threads")
+    parser.add_argument("--connections", type=int, default=4, help="wrk connections per node")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
-    log(f"{args.flips} flips through {args.nodes} nodes under {args.workers} load threads")
-    result = run(args.flips, args.nodes, args.workers)
+    log(f"{args.flips} flips through {args.nodes} nodes, {args.connections} connections each")
+    result = run(args.flips, args.nodes, args.connections)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

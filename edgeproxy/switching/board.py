@@ -455,19 +455,24 @@ class SwitchBoard:
     async def adopt(self, app: str, new: AppState) -> bool:
         """Apply a state another node committed to the shared store; False if not newer.
 
-        The same locked path as a change made here (persist → swap → notify),
-        without the health check: the change was checked where it was made, and
-        every node must serve the same committed state.
+        Under the same lock as a change made here, without the health check (it
+        was checked where it was made; every node must serve the same committed
+        state), and swap → notify → persist: the store already holds it, so the
+        state file (this node's copy for a restart without the store) must not
+        delay serving it. A failed write is logged; the next change rewrites it.
         """
         async with self._lock:
             old = self.states.get(app)
             if old is None or new.generation <= old.generation:
                 return False
             states = {**self.states, app: new}
-            await asyncio.to_thread(self.store.save, states)
             self.states = states
             self._replaced[app] = old
-        self._notify(app, old, new)
+            self._notify(app, old, new)
+            try:
+                await asyncio.to_thread(self.store.save, states)
+            except StateFileError as e:
+                log.error("%s; this node serves %s meanwhile", e, new.summary())
         if old.paused and not new.paused:
             self._release_waiters(app)
         self._wake.set()  # a drain may have started or ended
