@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
 from switchctl.client import ControlClient, ControlError
 from tests.process_fixtures import EdgeProcess
@@ -264,3 +265,39 @@ def test_two_concurrent_sets_on_different_nodes_one_wins_and_the_other_gets_a_co
         watcher.join(10)
     assert conflicts >= 1, "two sets from the same generation should have collided at least once"
     assert seen <= committed, sorted(seen - committed)
+
+
+def test_a_config_reload_on_every_node_refits_the_shared_state_once_and_the_new_color_serves(
+    redis_server, edge_process, backend, tmp_path
+):
+    redis = redis_server()
+    blue, green, red = backend("blue"), backend("green"), backend("red")
+    nodes = start_nodes(edge_process, redis, blue, green)
+    ControlClient(nodes[0].control_socket).set("shop", "green", 100)
+    wait_for(lambda: generations(nodes) == [1, 1, 1], what="generation 1 everywhere")
+    for i in range(3):  # the new config, with a third color, on every node
+        path = tmp_path / f"edgeproxy{i}.yml"
+        conf = yaml.safe_load(path.read_text())
+        conf["apps"]["shop"]["colors"]["red"] = {"upstreams": [red.url]}
+        path.write_text(yaml.safe_dump(conf))
+    ControlClient(nodes[0].control_socket).reload_config()
+    # The others still run the old config: they keep serving generation 1 and say why.
+    wait_for(
+        lambda: (
+            "names the colors"
+            in ControlClient(nodes[1].control_socket).cluster()["diverged"].get("shop", "")
+        ),
+        what="edge-1 to report the config mismatch",
+    )
+    assert generations(nodes) == [2, 1, 1]
+    for n in nodes[1:]:
+        result = ControlClient(n.control_socket).reload_config()
+        assert result["switch"]["shop"]["new"].endswith("gen=2"), result
+    assert generations(nodes) == [2, 2, 2]
+    wait_for(  # a re-read that began before the reload may note the mismatch once more
+        lambda: all(ControlClient(n.control_socket).cluster()["diverged"] == {} for n in nodes),
+        what="no node to report a mismatch",
+    )
+    view = ControlClient(nodes[2].control_socket).set("shop", "red", 100)
+    wait_for(lambda: min(generations(nodes)) >= view["generation"], what="red everywhere")
+    assert [served_by(n.http_port) for n in nodes] == ["red"] * 3

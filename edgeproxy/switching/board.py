@@ -50,8 +50,15 @@ class StateBackend(Protocol):
     committed come back through `SwitchBoard.adopt`.
     """
 
-    async def commit(self, changes: Mapping[str, tuple[AppState, AppState]]) -> None:
-        """Make (old → new) of every app the shared state at once, or raise (nothing changed)."""
+    async def commit(
+        self, changes: Mapping[str, tuple[AppState, AppState]], *, reload: bool = False
+    ) -> Mapping[str, AppState]:
+        """Make (old → new) of every app the shared state at once, or raise (nothing changed).
+
+        Returns the state to serve per app: `new`, or, for a config reload
+        (`reload`), the state another node's reload of the same colors
+        already committed.
+        """
         ...
 
 
@@ -418,9 +425,13 @@ class SwitchBoard:
                         doing = f"reload the config for {name}"
                         raise ConfigError([_unhealthy(doing, color, failing, todo)])
             if changes and self.backend is not None:
-                await self.backend.commit(
-                    {n: (o, s) for n, (o, s) in changes.items() if o is not None and s is not None}
+                held = await self.backend.commit(
+                    {n: (o, s) for n, (o, s) in changes.items() if o is not None and s is not None},
+                    reload=True,
                 )
+                for name, state in held.items():
+                    states[name] = state
+                    changes[name] = (changes[name][0], state)
             if changes:
                 await asyncio.to_thread(self.store.save, states)
             self.config = config

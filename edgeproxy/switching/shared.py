@@ -150,10 +150,22 @@ class SharedState:
 
     # --- the board's seam ----------------------------------------------------------------------
 
-    async def commit(self, changes: Mapping[str, tuple[AppState, AppState]]) -> None:
-        """Compare-and-set every app's generation and write them, in one script."""
+    async def commit(
+        self, changes: Mapping[str, tuple[AppState, AppState]], *, reload: bool = False
+    ) -> Mapping[str, AppState]:
+        """Compare-and-set every app's generation and write them, in one script.
+
+        A config reload first takes what another node's reload of the same
+        colors committed (its nodes run the same config): the refit is done once.
+        """
+        held: dict[str, AppState] = {}
+        if reload and changes:
+            held = await self._refitted_elsewhere(changes)
+            for app in held:
+                self.diverged.pop(app, None)
+        changes = {a: c for a, c in changes.items() if a not in held}
         if not changes:
-            return
+            return held
         apps = sorted(changes)
         keys: list[str] = []
         args: list[str] = [CHANNEL, self.node_id, repr(time.time())]
@@ -170,7 +182,8 @@ class SharedState:
         if int(reply[0]) == 1:
             for app in apps:
                 self.latest[app] = changes[app][1].generation
-            return
+                self.diverged.pop(app, None)
+            return {**held, **{app: changes[app][1] for app in apps}}
         index, current, by, at = int(reply[1]) - 1, int(reply[2]), str(reply[3]), str(reply[4])
         app = apps[index]
         self._resync_now.set()  # catch up with what won at once
@@ -185,6 +198,30 @@ class SharedState:
             f"check `switchctl --app {app} status`, then run the command again if it still "
             "applies"
         )
+
+    async def _refitted_elsewhere(
+        self, changes: Mapping[str, tuple[AppState, AppState]]
+    ) -> dict[str, AppState]:
+        """Apps whose stored state is newer than this node's and has the reload's colors."""
+        apps = sorted(changes)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for app in apps:
+                    pipe.hmget(app_key(app), "generation", "state")
+                rows = await pipe.execute()
+        except StoreErrors as e:
+            self._lost(e)
+            raise StoreUnavailable(self.refusal()) from e
+        out: dict[str, AppState] = {}
+        for app, (generation, text) in zip(apps, rows, strict=True):
+            old, new = changes[app]
+            if generation is None or int(generation) <= old.generation:
+                continue
+            with contextlib.suppress(StateFormatError):
+                stored = decode(app, str(text))
+                if stored.colors == new.colors:
+                    out[app] = stored
+        return out
 
     def refusal(self) -> str:
         since = _clock_time(self.stale_since or time.time())
@@ -245,6 +282,8 @@ class SharedState:
         self.latest[app] = max(generation, self.latest.get(app, -1))
         current = self.board.states.get(app)
         if current is None or generation <= current.generation:
+            if current is not None:
+                self.diverged.pop(app, None)  # e.g. a reload took the store's state since
             return
         spec = self.board.config.apps.get(app)
         try:
