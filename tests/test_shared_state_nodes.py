@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -34,6 +36,16 @@ def get(port: int, *, color: str | None = None) -> int:
         resp = conn.getresponse()
         resp.read()
         return resp.status
+    finally:
+        conn.close()
+
+
+def fetch(port: int, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": "a.test"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode().strip()
     finally:
         conn.close()
 
@@ -142,3 +154,48 @@ def test_the_canary_guard_judges_the_requests_of_every_node_and_backs_the_canary
         assert m is not None
         trips += int(m[1])
     assert trips == 1
+
+
+def test_a_drain_ends_only_when_no_node_serves_the_color_any_more(
+    redis_server, edge_process, backend
+):
+    redis = redis_server()
+    blue, green = backend("blue"), backend("green")
+    nodes = start_nodes(edge_process, redis, blue, green)
+    pool = ThreadPoolExecutor(1)
+    slow = pool.submit(fetch, nodes[1].http_port, "/slow")  # in flight on edge-1 only
+    wait_for(lambda: len(blue.seen) == 1, what="the slow request to reach blue")
+    ControlClient(nodes[0].control_socket).set("shop", "green", 100)
+    ControlClient(nodes[0].control_socket).drain("shop", "blue", 60)
+    wait_for(lambda: min(generations(nodes)) >= 2, what="the drain everywhere")
+    wait_for(
+        lambda: (
+            ControlClient(nodes[0].control_socket).app("shop")["colors"]["blue"]["in_flight"] == 1
+        ),
+        what="edge-0 to count edge-1's request",
+    )
+    time.sleep(1.0)  # edge-0 and edge-2 have nothing of blue in flight: not enough
+    assert all("blue" in ControlClient(n.control_socket).app("shop")["draining"] for n in nodes)
+    blue.release_slow()
+    assert slow.result(10) == (200, "blue slow done")
+    wait_for(
+        lambda: all(not ControlClient(n.control_socket).app("shop")["draining"] for n in nodes),
+        what="the drain to end on every node",
+    )
+    pool.shutdown()
+
+
+def test_requests_held_by_a_pause_on_one_node_go_on_when_another_node_resumes(
+    redis_server, edge_process, backend
+):
+    redis = redis_server()
+    nodes = start_nodes(edge_process, redis, backend("blue"), backend("green"))
+    ControlClient(nodes[0].control_socket).pause("shop")
+    wait_for(lambda: generations(nodes) == [1, 1, 1], what="the pause everywhere")
+    pool = ThreadPoolExecutor(1)
+    held = pool.submit(fetch, nodes[1].http_port, "/")
+    time.sleep(0.5)
+    assert not held.done()
+    ControlClient(nodes[2].control_socket).resume("shop")
+    assert held.result(10) == (200, "blue")
+    pool.shutdown()
