@@ -129,7 +129,7 @@ class NodeRegistry:
             try:
                 await self.beat()
             except StoreErrors as e:
-                self.shared._lost(e)
+                self.shared.lost(e)
             except Exception:
                 log.exception("heartbeat failed")
             with contextlib.suppress(TimeoutError):
@@ -201,7 +201,7 @@ class NodeRegistry:
                 gens = await pipe.execute()
             latest = {a: int(g) for a, g in zip(apps, gens, strict=True) if g is not None}
         except StoreErrors as e:
-            shared._lost(e)
+            shared.lost(e)
             out["error"] = shared.last_error
             nodes, latest = [self.record()], dict(shared.latest)
             out["stale_since"] = shared.stale_since

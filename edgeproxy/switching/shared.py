@@ -127,7 +127,7 @@ class SharedState:
             await self.resync()
             log.info("shared switch state %s: node %s in step", self.url, self.node_id)
         except StoreErrors as e:
-            self._lost(e)
+            self.lost(e)
         self._spawn(self._follow(), "edgeproxy.shared.follow")
         self._spawn(self._resync_loop(), "edgeproxy.shared.resync")
 
@@ -177,7 +177,7 @@ class SharedState:
         try:
             reply = await self._commit(keys=keys, args=args)
         except StoreErrors as e:
-            self._lost(e)
+            self.lost(e)
             raise StoreUnavailable(self.refusal()) from e
         if int(reply[0]) == 1:
             for app in apps:
@@ -210,7 +210,7 @@ class SharedState:
                     pipe.hmget(app_key(app), "generation", "state")
                 rows = await pipe.execute()
         except StoreErrors as e:
-            self._lost(e)
+            self.lost(e)
             raise StoreUnavailable(self.refusal()) from e
         out: dict[str, AppState] = {}
         for app, (generation, text) in zip(apps, rows, strict=True):
@@ -323,7 +323,7 @@ class SharedState:
                         await self._on_message(msg.get("data"))
             except StoreErrors as e:
                 self._subscribed = False
-                self._lost(e)
+                self.lost(e)
             finally:
                 with contextlib.suppress(*StoreErrors):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks the hint
@@ -348,7 +348,7 @@ class SharedState:
             try:
                 await self.resync()
             except StoreErrors as e:
-                self._lost(e)
+                self.lost(e)
                 continue
             except Exception:
                 log.exception("re-reading the shared switch state failed")
@@ -356,7 +356,7 @@ class SharedState:
             if self._subscribed:
                 self._caught_up()
 
-    def _lost(self, error: BaseException) -> None:
+    def lost(self, error: BaseException) -> None:
         self.last_error = str(error) or type(error).__name__
         if self.stale_since is None:
             self.stale_since = time.time()
