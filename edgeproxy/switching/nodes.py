@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -219,6 +219,12 @@ class NodeRegistry:
 
     # --- figures summed over nodes ------------------------------------------------------------------
 
+    def _peer_figures(self, app: str, color: str) -> Iterator[Figures]:
+        for peer in self.peers.values():
+            theirs = Figures.parse((peer.get("counters") or {}).get(app, {}).get(color))
+            if theirs is not None:
+                yield theirs
+
     def summed(self, app: str, color: str) -> Figures | None:
         """This node's counters plus the others' last published ones (None: nobody counts)."""
         mine = self.figures(app, color)
@@ -226,11 +232,9 @@ class NodeRegistry:
         found = mine is not None
         if mine is not None:
             total.add(mine)
-        for peer in self.peers.values():
-            theirs = Figures.parse((peer.get("counters") or {}).get(app, {}).get(color))
-            if theirs is not None:
-                total.add(theirs)
-                found = True
+        for theirs in self._peer_figures(app, color):
+            total.add(theirs)
+            found = True
         return total if found else None
 
     def summed_stats(self, local: StatsFn) -> StatsFn:
@@ -264,11 +268,9 @@ class NodeRegistry:
 
         def inflight(app: str, color: str) -> tuple[int, int]:
             requests, tunnels = local(app, color)
-            for peer in self.peers.values():
-                theirs = Figures.parse((peer.get("counters") or {}).get(app, {}).get(color))
-                if theirs is not None:
-                    requests += theirs.in_flight
-                    tunnels += theirs.tunnels
+            for theirs in self._peer_figures(app, color):
+                requests += theirs.in_flight
+                tunnels += theirs.tunnels
             return requests, tunnels
 
         return inflight
