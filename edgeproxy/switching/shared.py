@@ -237,7 +237,7 @@ class SharedState:
         """A drain another node ended at its deadline: cut what this node still serves of it."""
         now = time.time()
         for color, deadline in old.draining.items():
-            if color not in new.draining and now >= deadline and weights(new)[color] == 0:
+            if color not in new.draining and now >= deadline and not weights(new).get(color):
                 self.board.cut(app, color)
 
     # --- following the store -------------------------------------------------------------------
