@@ -301,3 +301,24 @@ def test_a_config_reload_on_every_node_refits_the_shared_state_once_and_the_new_
     view = ControlClient(nodes[2].control_socket).set("shop", "red", 100)
     wait_for(lambda: min(generations(nodes)) >= view["generation"], what="red everywhere")
     assert [served_by(n.http_port) for n in nodes] == ["red"] * 3
+
+
+def test_a_node_started_while_redis_is_down_serves_its_state_file_and_catches_up_later(
+    redis_server, edge_process, backend
+):
+    redis = redis_server()
+    blue, green = backend("blue"), backend("green")
+    first = edge_process(node_config(redis.url, blue.url, green.url, 0))
+    ControlClient(first.control_socket).set("shop", "green", 100)
+    redis.stop()
+    late = edge_process(node_config(redis.url, blue.url, green.url, 1))
+    cluster = ControlClient(late.control_socket).cluster()
+    assert cluster["stale_since"] is not None and cluster["nodes"][0]["id"] == "edge-1"
+    assert served_by(late.http_port) == "blue"  # its own (new) state file: generation 0
+    redis.start()  # empty: both nodes offer their state, the higher generation wins
+    wait_for(
+        lambda: ControlClient(late.control_socket).cluster()["stale_since"] is None,
+        what="the late node to reach the store",
+    )
+    wait_for(lambda: generations([first, late]) == [1, 1], what="the late node to catch up")
+    assert served_by(late.http_port) == "green"
