@@ -33,6 +33,8 @@ from edgeproxy.proxy.context import ProxyContext
 from edgeproxy.proxy.picker import Picker
 from edgeproxy.server import Server
 from edgeproxy.switching.board import ReloadHealthFn, SwitchBoard
+from edgeproxy.switching.nodes import NodeRegistry, metrics_figures
+from edgeproxy.switching.shared import SharedState
 from edgeproxy.switching.state import AppState, weights
 
 if TYPE_CHECKING:
@@ -50,7 +52,13 @@ class ServerHooks:
         self.obs = obs
 
     def metrics_text(self) -> str:
-        return switch_metrics(self.board) + self.obs.metrics.render()
+        shared = self.obs.switching.shared
+        extra = "" if shared is None else shared.metrics_text()
+        return switch_metrics(self.board) + extra + self.obs.metrics.render()
+
+    async def cluster_view(self) -> dict[str, Any]:
+        nodes = self.obs.switching.nodes
+        return {"backend": None} if nodes is None else await nodes.view()
 
     async def reload_certs(self) -> dict[str, Any]:
         return await self.server.reload_certs()
@@ -73,6 +81,9 @@ class Switching:
 
     def __init__(self) -> None:
         self.board: SwitchBoard | None = None
+        self.shared: SharedState | None = None
+        self.nodes: NodeRegistry | None = None
+        """With `state_backend`: the shared store and the node registry (docs/scaling.md)."""
 
     async def start(self, server: Server) -> None:
         config = server.config
@@ -86,6 +97,12 @@ class Switching:
         self.board = board
         ctx.picker = Picker(config, board, ctx.override_nets)
         board.add_listener(self._on_change(server))
+        if config.state_backend is not None:
+            self.shared = SharedState(config, board)
+            await self.shared.start()  # catch up with the store before any listener accepts
+            self.nodes = NodeRegistry(self.shared, config)
+            board.inflight = self.nodes.summed_inflight(ctx.tracker.counts)
+            self.nodes.start()
         board.start()
         for app, state in board.states.items():
             log.info("app %s: %s", app, state.summary())
@@ -153,6 +170,10 @@ class Switching:
         return changed
 
     async def stop(self) -> None:
+        if self.nodes is not None:
+            await self.nodes.stop()
+        if self.shared is not None:
+            await self.shared.stop()
         if self.board is not None:
             await self.board.stop()
 
@@ -220,6 +241,11 @@ class Observability:
             return {**metrics.color_stats(app, color), **health.color_view(app, color)}
 
         board.color_stats = color_stats
+        nodes = self.switching.nodes
+        if nodes is not None:  # gates and guard read the figures of every node
+            nodes.figures = metrics_figures(metrics, ctx.tracker.counts)
+            board.color_stats = nodes.summed_stats(color_stats)
+            self.guard.window = nodes.summed_window
         ctx.exchange_observers = self._observers(config)
 
     def _observers(self, config: Config) -> list[Callable[[Exchange], None]]:

@@ -650,10 +650,60 @@ class Forwarding(Model):
         return v
 
 
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+
+
+def _check_state_backend(url: str) -> str:
+    """`redis://HOST:PORT/DB`: the only shared store edgeproxy speaks."""
+    parts = urlsplit(url)
+    fix = "write it as redis://HOST:PORT/DB, e.g. redis://10.0.0.2:6379/0"
+    if parts.scheme != "redis":
+        raise ValueError(f"{url!r}: only redis:// is supported; {fix}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: the port is not a number; {fix}") from None
+    if not parts.hostname or port is None:
+        raise ValueError(f"{url!r}: needs a host and a port; {fix}")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{url!r}: the database {db!r} is not a number; {fix}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: no query or fragment is read; {fix}")
+    return url
+
+
+class Node(Model):
+    """This edge node, as the other nodes see it (used only with `state_backend`)."""
+
+    id: str | None = None
+    """Unique per node and stable across restarts (default: the host name)."""
+    address: str | None = None
+    """Where operators reach this node; shown by `switchctl status` (default: the host name)."""
+    heartbeat_seconds: Seconds = Field(default=1.0, gt=0, le=60)
+    """How often the node writes its heartbeat and counters; it counts as gone after 3 misses."""
+    resync_seconds: Seconds = Field(default=1.0, gt=0, le=300)
+    """How often the node re-reads every app's state (catches a missed message)."""
+    store_timeout_seconds: Seconds = Field(default=0.5, gt=0, le=30)
+    """How long one store operation may take before the store counts as unreachable."""
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str | None) -> str | None:
+        if v is not None and not _NODE_ID_RE.match(v):
+            raise ValueError(
+                f"{v!r} is not a node id (letters, digits, '.', '_', ':' or '-', up to 63)"
+            )
+        return v
+
+
 class Config(Model):
     listen: Listen = Listen()
     control: Control = Control()
     state_file: Path = Path("/var/lib/edgeproxy/state.json")
+    state_backend: Annotated[str, AfterValidator(_check_state_backend)] | None = None
+    """`redis://HOST:PORT/DB`: share the switch state with other edge nodes (docs/scaling.md)."""
+    node: Node = Node()
     tls: TLS = TLS()
     acme: Acme = Acme()
     timeouts: Timeouts = Timeouts()

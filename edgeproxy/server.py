@@ -228,12 +228,12 @@ class Server:
             problems = policy_problems(new)
             fixed = [
                 k
-                for k in ("listen", "control", "state_file")
+                for k in ("listen", "control", "state_file", "state_backend", "node")
                 if getattr(new, k) != getattr(self.config, k)
             ]
             problems += [
                 f"{self.config_path}: {k}: changed; restart edgeproxy to apply it "
-                "(a reload keeps the listeners, the control socket and the state file)"
+                "(a reload keeps the listeners, the control socket, the state file and the shared store)"
                 for k in fixed
             ]
             if problems:

@@ -22,6 +22,7 @@ import click
 
 from edgeproxy import __version__
 from edgeproxy.config import COLOR_RE
+from switchctl import nodes
 from switchctl.client import (
     DEFAULT_SOCKET,
     AppView,
@@ -31,9 +32,12 @@ from switchctl.client import (
 )
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOTHING_SERVES = 0, 1, 2, 3, 4
+EXIT_STORE_DOWN, EXIT_NODES_BEHIND = 5, 6
 EXIT_CODES = (
     "Exit codes: 0 ok; 1 refused by the proxy (the message says why); "
-    "2 usage error; 3 proxy unreachable (is edgeproxy running? is --socket right?)."
+    "2 usage error; 3 proxy unreachable (is edgeproxy running? is --socket right?); "
+    "5 the shared state store (Redis) is unreachable, nothing was changed; "
+    "6 (--wait-nodes) committed, but a node had not applied it in time."
 )
 EXIT_CODES_HEALTH = EXIT_CODES.removesuffix(".") + (
     "; 4 an app has no healthy color, so nothing can serve it."
@@ -60,7 +64,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ControlError as e:
-            _fail(ctx, e.message, e.status, EXIT_REFUSED)
+            _fail(ctx, e.message, e.status, EXIT_STORE_DOWN if e.status == 503 else EXIT_REFUSED)
         except ProxyUnreachable as e:
             _fail(ctx, e.describe(_deploy_config_hint(e.socket_path)), None, EXIT_UNREACHABLE)
 
@@ -277,6 +281,9 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
         click.echo(json.dumps(views, indent=2))
     else:
         click.echo(format_status(views))
+        cluster = nodes.cluster_or_none(client)
+        if cluster is not None:
+            click.echo("\n" + nodes.format_nodes(cluster))
         certs = client.certs().get("certificates", [])
         if certs:
             click.echo("\ncertificates:")
@@ -297,13 +304,65 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
     help="COLOR's share of new requests in percent; 100 makes it the active color.",
 )
 @click.option("--force", is_flag=True, help="Switch even if COLOR fails its health checks.")
+@click.option(
+    "--wait-nodes",
+    is_flag=True,
+    help="With a shared state: return once every live edge node serves the change.",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(0),
+    default=10.0,
+    help="Seconds --wait-nodes waits before naming the nodes behind (exit 6).",
+)
 @common
 @click.pass_context
 def set_(
-    ctx: click.Context, color: str, weight: int, force: bool, app: str | None, as_json: bool
+    ctx: click.Context,
+    color: str,
+    weight: int,
+    force: bool,
+    wait_nodes: bool,
+    wait_timeout: float,
+    app: str | None,
+    as_json: bool,
 ) -> None:
     """Give COLOR a share of new requests (a canary below 100, the active color at 100)."""
-    _app_verb(ctx, app, as_json, lambda client, name: client.set(name, color, weight, force))
+    views: list[AppView] = []
+
+    def call(client: ControlClient, name: str) -> AppView:
+        views.append(client.set(name, color, weight, force))
+        return views[-1]
+
+    _app_verb(ctx, app, as_json, call)
+    if wait_nodes:
+        view = views[-1]
+        client = _opts(ctx, app, as_json).client()
+        behind = nodes.wait_nodes(client, view["app"], view["generation"], wait_timeout)
+        if behind:
+            click.echo(
+                f"switchctl: generation {view['generation']} of {view['app']} was committed, "
+                f"but after {wait_timeout:g}s " + "; ".join(behind) + " (`switchctl nodes` "
+                "shows every node; a node that stays behind is unreachable from the store "
+                "or runs another config)",
+                err=True,
+            )
+            ctx.exit(EXIT_NODES_BEHIND)
+
+
+@cli.command("nodes", epilog=EXIT_CODES)
+@common
+@click.pass_context
+def nodes_(ctx: click.Context, app: str | None, as_json: bool) -> None:
+    """List the edge nodes sharing the switch state (and flag any not on the latest one)."""
+    opts = _opts(ctx, app, as_json)
+    cluster = nodes.cluster_or_none(opts.client())
+    if opts.as_json:
+        click.echo(json.dumps(cluster or {"backend": None}, indent=2))
+    elif cluster is None:
+        click.echo("this edgeproxy runs alone: no state_backend in its config")
+    else:
+        click.echo(nodes.format_nodes(cluster))
 
 
 @cli.command(epilog=EXIT_CODES)

@@ -134,6 +134,10 @@ class ControlClient:
     def metrics(self) -> str:
         return self._request("GET", "/metrics", None).decode()
 
+    def cluster(self) -> dict[str, Any]:
+        """Every edge node sharing the switch state (`{"backend": None}` for a lone node)."""
+        return self._json("GET", "/v1/cluster")
+
     # --- changes ---------------------------------------------------------------------------
 
     def set(self, app: str, color: str, weight: int, force: bool = False) -> AppView:

@@ -21,6 +21,7 @@ from edgeproxy.control.store import StateStore
 from edgeproxy.switching.board import SwitchBoard
 from tests.process_fixtures import *  # noqa: F403 - edgeproxy as a subprocess (edge_process)
 from tests.proxy_fixtures import *  # noqa: F403 - real-socket fixtures (edge, backend, tls_files)
+from tests.redis_fixtures import *  # noqa: F403 - a real redis-server (redis_server)
 
 _R = TypeVar("_R")
 

@@ -60,6 +60,10 @@ class ControlHooks(Protocol):
         """{"apps": {APP: {COLOR: HealthView}}}"""
         ...
 
+    async def cluster_view(self) -> dict[str, Any]:
+        """{"backend": None} alone; with a shared store, every node (`switching/nodes.py`)."""
+        ...
+
 
 def switch_metrics(board: SwitchBoard) -> str:
     """Prometheus lines for the switch state (the data plane appends them to its own)."""
@@ -105,6 +109,9 @@ class BoardHooks:
 
     async def reload_config(self, *, force: bool = False) -> dict[str, Any]:
         raise ConfigError(["this control server has no config file to reload"])
+
+    async def cluster_view(self) -> dict[str, Any]:
+        return {"backend": None}
 
     def health_view(self) -> dict[str, Any]:
         apps: dict[str, Any] = {}
@@ -241,6 +248,10 @@ async def health(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[HOOKS].health_view())
 
 
+async def cluster(request: web.Request) -> web.StreamResponse:
+    return web.json_response(await request.app[HOOKS].cluster_view())
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     text = request.app[HOOKS].metrics_text()
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
@@ -338,6 +349,7 @@ ROUTES = [
         EmptyBody,
     ),
     Route("GET", "/v1/health", health, "Health of every color"),
+    Route("GET", "/v1/cluster", cluster, "Every edge node sharing the switch state"),
     Route("POST", "/v1/certs/reload", reload_certs, "Reload TLS certificates", EmptyBody),
     Route("GET", "/v1/certs", certs, "Loaded certificates"),
     Route("POST", "/v1/config/reload", reload_config, "Re-read the config file", ReloadBody),

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from edgeproxy.config import CanaryGuard as GuardConfig
 from edgeproxy.config import Config
@@ -59,6 +60,8 @@ class CanaryGuard:
         self.config = config
         self.board = board
         self.metrics = metrics
+        self.window: Callable[[str, str], Summary] = metrics.window
+        """(app, color) → the color's window; over every node with a shared state (`nodes.py`)."""
         self.trips: Counter[str] = Counter()
         windows = [a.canary_guard.window_seconds for a in config.apps.values()]
         self.period = min([1.0, *(w / 20 for w in windows)])
@@ -98,9 +101,9 @@ class CanaryGuard:
             reason = verdict(
                 cfg,
                 candidate,
-                self.metrics.window(app, candidate),
+                self.window(app, candidate),
                 state.active,
-                self.metrics.window(app, state.active),
+                self.window(app, state.active),
             )
             if reason is None:
                 continue

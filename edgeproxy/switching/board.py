@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgeproxy.config import Config
 from edgeproxy.control.store import CorruptStateFile, StateFileError, StateStore
@@ -39,6 +39,27 @@ StatsFn = Callable[[str, str], dict[str, Any]]
 """(app, color) → extra per-color figures for the view (requests, error_rate, p99_ms, …)."""
 Listener = Callable[[str, AppState, AppState], None]
 """(app, old, new), called after every change."""
+
+
+class StateBackend(Protocol):
+    """A store shared with other edge nodes (`switching/shared.py`); None: this node alone.
+
+    The board calls `commit` inside its one locked change path, after the new
+    states are computed and checked and before anything is persisted or
+    swapped: if it raises, nothing changed here. States that other nodes
+    committed come back through `SwitchBoard.adopt`.
+    """
+
+    async def commit(
+        self, changes: Mapping[str, tuple[AppState, AppState]], *, reload: bool = False
+    ) -> Mapping[str, AppState]:
+        """Make (old → new) of every app the shared state at once, or raise (nothing changed).
+
+        Returns the state to serve per app: `new`, or, for a config reload
+        (`reload`), the state another node's reload of the same colors
+        already committed.
+        """
+        ...
 
 
 def no_health_checks(app: str, color: str) -> tuple[bool, list[str]]:
@@ -165,6 +186,8 @@ class SwitchBoard:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._replaced: dict[str, AppState] = {}
+        self.backend: StateBackend | None = None
+        """The shared store every change must pass first (None: the state file alone)."""
         self.set_aside: dict[str, list[str]] = {}
         """App → what of its saved state could not be used at boot (see `load`)."""
         self.set_aside_copy: Path | None = None
@@ -347,12 +370,15 @@ class SwitchBoard:
 
     async def resume(self, app: str) -> AppState:
         new = await self._apply(app, "resume", sw.resume, False)
+        self._release_waiters(app)
+        return new
+
+    def _release_waiters(self, app: str) -> None:
         queue = self._waiters.get(app, collections.deque())
         while queue:
             fut = queue.popleft()
             if not fut.done():
                 fut.set_result(None)
-        return new
 
     async def guard_trip(self, app: str, reason: str) -> AppState:
         return await self._apply(
@@ -398,6 +424,14 @@ class SwitchBoard:
                         )
                         doing = f"reload the config for {name}"
                         raise ConfigError([_unhealthy(doing, color, failing, todo)])
+            if changes and self.backend is not None:
+                held = await self.backend.commit(
+                    {n: (o, s) for n, (o, s) in changes.items() if o is not None and s is not None},
+                    reload=True,
+                )
+                for name, state in held.items():
+                    states[name] = state
+                    changes[name] = (changes[name][0], state)
             if changes:
                 await asyncio.to_thread(self.store.save, states)
             self.config = config
@@ -421,11 +455,39 @@ class SwitchBoard:
             if not force:
                 self._check_health(verb, old, new)
             states = {**self.states, app: new}
+            if self.backend is not None:
+                await self.backend.commit({app: (old, new)})
             await asyncio.to_thread(self.store.save, states)
             self.states = states
             self._replaced[app] = old
         self._notify(app, old, new)
         return new
+
+    async def adopt(self, app: str, new: AppState) -> bool:
+        """Apply a state another node committed to the shared store; False if not newer.
+
+        Under the same lock as a change made here, without the health check (it
+        was checked where it was made; every node must serve the same committed
+        state), and swap → notify → persist: the store already holds it, so the
+        state file (this node's copy for a restart without the store) must not
+        delay serving it. A failed write is logged; the next change rewrites it.
+        """
+        async with self._lock:
+            old = self.states.get(app)
+            if old is None or new.generation <= old.generation:
+                return False
+            states = {**self.states, app: new}
+            self.states = states
+            self._replaced[app] = old
+            self._notify(app, old, new)
+            try:
+                await asyncio.to_thread(self.store.save, states)
+            except StateFileError as e:
+                log.error("%s; this node serves %s meanwhile", e, new.summary())
+        if old.paused and not new.paused:
+            self._release_waiters(app)
+        self._wake.set()  # a drain may have started or ended
+        return True
 
     def _notify(self, app: str, old: AppState, new: AppState) -> None:
         log.info("%s: %s → %s", app, old.summary(), new.summary())
