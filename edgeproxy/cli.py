@@ -94,18 +94,30 @@ def check_config(file: Path) -> None:
 @click.option(
     "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
 )
-def serve(config_path: Path, log_level: str, log_format: str) -> None:
+@click.option(
+    "--takeover",
+    is_flag=True,
+    help="Take the listening sockets and switch state of the edgeproxy running with this "
+    "config's control socket, then serve in its place (an upgrade or restart without a "
+    "refused connection). If this process cannot start, the running one keeps serving.",
+)
+def serve(config_path: Path, log_level: str, log_format: str, takeover: bool) -> None:
     """Run the proxy until SIGTERM/SIGINT (graceful); SIGHUP reloads the config and certificates."""
     setup_logging(log_level, log_format)
     config = load_or_exit(config_path)
     from edgeproxy.app import build_server
+    from edgeproxy.handover import HandoverError
 
+    still = " (the running edgeproxy keeps serving)" if takeover else ""
     try:
         import uvloop
 
-        uvloop.run(build_server(config, config_path).run())
+        uvloop.run(build_server(config, config_path).run(takeover=takeover))
+    except HandoverError as e:
+        click.echo(f"edgeproxy: cannot take over: {e}{still}", err=True)
+        sys.exit(1)
     except StartupError as e:
-        click.echo(f"edgeproxy: cannot start: {e}", err=True)
+        click.echo(f"edgeproxy: cannot start: {e}{still}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         pass
