@@ -101,7 +101,15 @@ def check_config(file: Path) -> None:
     "config's control socket, then serve in its place (an upgrade or restart without a "
     "refused connection). If this process cannot start, the running one keeps serving.",
 )
-def serve(config_path: Path, log_level: str, log_format: str, takeover: bool) -> None:
+@click.option(
+    "--start-if-alone",
+    is_flag=True,
+    help="With --takeover: when nothing answers on the control socket, start normally "
+    "(for a container or unit whose restart after a crash runs the takeover command).",
+)
+def serve(
+    config_path: Path, log_level: str, log_format: str, takeover: bool, start_if_alone: bool
+) -> None:
     """Run the proxy until SIGTERM/SIGINT (graceful); SIGHUP reloads the config and certificates."""
     setup_logging(log_level, log_format)
     config = load_or_exit(config_path)
@@ -112,7 +120,9 @@ def serve(config_path: Path, log_level: str, log_format: str, takeover: bool) ->
     try:
         import uvloop
 
-        uvloop.run(build_server(config, config_path).run(takeover=takeover))
+        uvloop.run(
+            build_server(config, config_path).run(takeover=takeover, start_if_alone=start_if_alone)
+        )
     except HandoverError as e:
         click.echo(f"edgeproxy: cannot take over: {e}{still}", err=True)
         sys.exit(1)

@@ -69,6 +69,11 @@ class HandoverError(EdgeproxyError):
 
     status = 409
 
+    def __init__(self, message: str, *, nobody: bool = False) -> None:
+        super().__init__(message)
+        self.nobody = nobody
+        """Nothing listens on the control socket: there is no process to take over from."""
+
 
 class HandingOver(StateFileError):
     """A switch change while the state moves to a new process: nothing changed, retry."""
@@ -237,7 +242,8 @@ class Taker:
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise HandoverError(
                 f"no edgeproxy answers on the control socket {control_socket} ({e}): "
-                "nothing to take over; start without --takeover"
+                "nothing to take over; start without --takeover",
+                nobody=isinstance(e, aiohttp.ClientConnectorError),
             ) from e
         except ValueError as e:
             raise HandoverError(f"the running edgeproxy answered something unreadable: {e}") from e

@@ -340,15 +340,23 @@ class Server:
         except TLSConfigError:
             pass  # logged by CertStore.reload; the previous certificates stay
 
-    async def run(self, *, takeover: bool = False) -> None:
+    async def run(self, *, takeover: bool = False, start_if_alone: bool = False) -> None:
         """Serve until SIGTERM/SIGINT or until another process takes over.
 
         `takeover`: take the listening sockets and switch state of the edgeproxy
         running with this config's control socket (edgeproxy/handover.py).
         Raises HandoverError when it cannot; the running one keeps serving.
+        `start_if_alone`: when nothing listens on the control socket, start
+        normally (a container restarted with its takeover command after a crash).
         """
         if takeover:
-            await self._take_over()
+            try:
+                await self._take_over()
+            except HandoverError as e:
+                if not (start_if_alone and e.nobody and self.taker is None):
+                    raise
+                log.info("nothing to take over (%s); starting on our own", e)
+                await self.start()
         else:
             await self.start()
         self.install_signal_handlers()
