@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -173,6 +174,8 @@ class ProcessInfo:
     pid: int = field(default_factory=os.getpid)
     version: str = __version__
     started_at: float = field(default_factory=time.time)
+    config_sha256: str | None = None
+    """Of the config file as last loaded (start or reload): a deploy compares it with the disk."""
     handover: dict[str, Any] | None = None
     """{"id", "from_pid", "from_version", "at"} when this process took over from another."""
     stepping_back: dict[str, Any] | None = None
@@ -183,10 +186,20 @@ class ProcessInfo:
             "pid": self.pid,
             "version": self.version,
             "started_at": self.started_at,
+            "config_sha256": self.config_sha256,
             "serving": self.stepping_back is None,
             "took_over": self.handover,
             "stepping_back": self.stepping_back,
         }
+
+
+def file_sha256(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def channel_path(control_socket: Path, handover_id: str) -> Path:

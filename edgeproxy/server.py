@@ -20,7 +20,7 @@ from edgeproxy import compiled
 from edgeproxy.config import Config, load_config, parse_address
 from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
 from edgeproxy.fds import raise_nofile_limit
-from edgeproxy.handover import Counts, HandoverError, ProcessInfo, Taker
+from edgeproxy.handover import Counts, HandoverError, ProcessInfo, Taker, file_sha256
 from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.client import ClientConnection
@@ -70,7 +70,7 @@ class Server:
         self.bound: list[tuple[str, str, list[socket.socket]]] = []
         """(name, configured address, listening sockets): bound before anything can wait."""
         self.addresses: dict[str, tuple[str, int]] = {}
-        self.info = ProcessInfo()
+        self.info = ProcessInfo(config_sha256=file_sha256(config_path))
         self.taker: Taker | None = None
         """Set while this process takes over from a running one (`serve --takeover`)."""
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -271,6 +271,7 @@ class Server:
         if self.config_path is None:
             raise ConfigError(["no config file to reload: edgeproxy was started without one"])
         async with self._reload_lock:
+            loaded = file_sha256(self.config_path)
             new = load_config(self.config_path)
             problems = policy_problems(new)
             fixed = [
@@ -301,6 +302,7 @@ class Server:
             self.certs.install(certs, new.tls.certificates)
             self.certs.log_serving()
             self.config, self.ctx = new, ctx
+            self.info.config_sha256 = loaded
             old.replaced_by = ctx  # for connections accepted before, handshaking now
             for conn in list(ctx.connections):
                 conn.ctx = ctx  # their next request routes with the new config

@@ -25,6 +25,7 @@ import yaml
 
 from edgeproxy import __version__
 from switchctl.client import ControlClient
+from switchctl.deploy.proxyupgrade import outdated
 from tests import docker_fixtures
 from tests.docker_fixtures import BUSYBOX, ROOT, TEST_LABEL, free_ports, python_mounts
 from tests.test_handover import HOST, Traffic
@@ -202,3 +203,20 @@ def test_an_image_that_cannot_start_leaves_the_old_container_serving(
     t.stop.set()
     t.join(10)
     assert t.failures == [] and t.ok > 0
+
+
+def test_the_deploy_sees_when_edgeproxy_runs_another_image_or_an_older_config(
+    docker_client: docker.DockerClient, images: dict[str, str], proxy: dict[str, Any]
+) -> None:
+    config = Path(proxy["socket"]).parent / "edgeproxy.yml"
+    process = proxy["control"].process()
+    assert outdated(docker_client, proxy["name"], images["a"], config, process) is None
+    assert outdated(docker_client, proxy["name"], None, config, process) is None
+    why = outdated(docker_client, proxy["name"], images["b"], config, process)
+    assert why == f"runs image {images['a']}, the deploy config names {images['b']}"
+    config.write_text(config.read_text() + "# edited\n")
+    why = outdated(docker_client, proxy["name"], images["a"], config, process)
+    assert why == f"runs an older version of {config}"
+    proxy["control"].reload_config()  # a reload brings it up to date
+    fresh = proxy["control"].process()
+    assert outdated(docker_client, proxy["name"], images["a"], config, fresh) is None

@@ -26,6 +26,7 @@ from switchctl.deploy.notify import Event, Report, notify
 from switchctl.deploy.plan import POINT_OF_NO_RETURN, Plan, Step
 from switchctl.deploy.progress import Progress
 from switchctl.deploy.proxyctl import Runner, check_config, install_config
+from switchctl.deploy.proxyupgrade import upgrade_container
 from switchctl.deploy.smoke import Prober, SmokeClient, trust
 
 
@@ -248,6 +249,16 @@ class Executor:
 
     def _restart_proxy(self, step: Step) -> None:
         self.runner.restart()
+
+    def _upgrade_proxy(self, step: Step) -> str:
+        """A new container takes edgeproxy's sockets over (switchctl/deploy/proxyupgrade.py)."""
+        px = self.cfg.edgeproxy
+        assert px.container is not None, "planned only for a container"
+        image = px.image or self.docker.containers.get(px.container).attrs["Config"]["Image"]
+        done = upgrade_container(
+            self.docker, px.container, image, px.socket, say=self.progress.info
+        )
+        return f"edgeproxy {done.new_version} from {image} (hand-over {done.handover_id})"
 
     def _wait_proxy(self, step: Step) -> None:
         def probe() -> Probe:

@@ -17,6 +17,7 @@ last log lines.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,36 @@ class Upgraded:
     new_version: str
     old_exited_after: float
     """Seconds between the new process accepting and the old container exiting."""
+
+
+def outdated(
+    client: docker.DockerClient,
+    container: str,
+    image: str | None,
+    config: Path,
+    process: dict[str, Any] | None,
+) -> str | None:
+    """Why edgeproxy's container should hand over to a new one, or None: the deploy config
+    names another image than it runs, or it runs an older version of its config file."""
+    try:
+        running = client.containers.get(container)
+    except docker.errors.NotFound:
+        return None
+    if image is not None:
+        try:
+            wanted = client.images.get(image).id
+        except docker.errors.ImageNotFound:
+            wanted = None  # the upgrade step says so, with what to do
+        if wanted != running.attrs["Image"]:
+            return f"runs image {running.attrs['Config'].get('Image')}, the deploy config names {image}"
+    loaded = (process or {}).get("config_sha256")
+    try:
+        on_disk = hashlib.sha256(config.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    if loaded and loaded != on_disk:
+        return f"runs an older version of {config}"
+    return None
 
 
 def _own(values: list[str] | None, image_values: list[str] | None) -> list[str]:
