@@ -34,13 +34,14 @@ from edgeproxy.control.store import StateStore
 from edgeproxy.handover import Counts, FrozenStore, Giver, temporary_control_path
 from edgeproxy.health.monitor import HealthMonitor
 from edgeproxy.health.probe import probe_now
+from edgeproxy.listeners import Bound, bind_tcp
 from edgeproxy.observability.access_log import AccessLogWriter
 from edgeproxy.observability.guard import CanaryGuard
 from edgeproxy.observability.listener import metrics_address, start_metrics_listener
 from edgeproxy.observability.metrics import Metrics
 from edgeproxy.proxy.context import ProxyContext
 from edgeproxy.proxy.picker import Picker
-from edgeproxy.server import Server, bind_tcp
+from edgeproxy.server import Server
 from edgeproxy.switching.board import ReloadHealthFn, SwitchBoard, reconcile
 from edgeproxy.switching.state import AppState, weights
 
@@ -362,8 +363,10 @@ class ControlPlane:
                 await runner.cleanup()
 
 
-def build_server(config: Config, config_path: Path | None = None) -> Server:
-    server = Server(config, config_path=config_path)
+def build_server(
+    config: Config, config_path: Path | None = None, bound: Bound | None = None
+) -> Server:
+    server = Server(config, config_path=config_path, bound=bound)
     switching = Switching()
     obs = Observability(switching)
     server.plugins += [switching, obs, ControlPlane(switching, obs)]

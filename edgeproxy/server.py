@@ -7,7 +7,6 @@ finish its current response → wait up to `shutdown_grace` → close the rest.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import signal
 import socket
@@ -21,53 +20,31 @@ from edgeproxy.config import Config, load_config, parse_address
 from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
 from edgeproxy.fds import raise_nofile_limit
 from edgeproxy.handover import Counts, HandoverError, ProcessInfo, Taker, file_sha256
+from edgeproxy.listeners import Bound, bind_listeners
 from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ConnectionCaps, ProxyContext
 from edgeproxy.proxy.tunnel import CLOSE_LINGER
 from edgeproxy.proxy.upstream import as_protocol
+from edgeproxy.supervisor import serving
 from edgeproxy.tls.contexts import CertStore
 
 log = logging.getLogger("edgeproxy.server")
 
 
-def bind_tcp(what: str, address: str, host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for `host:port` (one per address it resolves to), or StartupError
-    naming `what` (the config key), the address and what to do."""
-    socks: list[socket.socket] = []
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, kind, proto, _canon, sockaddr in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(2048)
-            sock.setblocking(False)
-    except OSError as e:
-        for sock in socks:
-            sock.close()
-        if e.errno == errno.EADDRINUSE:
-            hint = ": address in use by another process (is nginx still running?)"
-        elif e.errno == errno.EACCES:
-            hint = ": permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-        else:
-            hint = f": {e.strerror or e}"
-        raise StartupError(f"{what}: could not bind {address}{hint}") from e
-    return socks
-
-
 class Server:
-    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self, config: Config, *, config_path: Path | None = None, bound: Bound | None = None
+    ) -> None:
+        """`bound`: listeners the caller bound already (`edgeproxy serve` binds them before
+        importing the rest: connections queue from then on instead of being refused)."""
         self.config = config
         self.config_path = config_path
         self.certs = CertStore(config.tls.certificates, session_tickets=config.tls.session_tickets)
         self.ctx = ProxyContext(config)
         self.listeners: list[asyncio.Server] = []
-        self.bound: list[tuple[str, str, list[socket.socket]]] = []
+        self.bound: Bound = list(bound or [])
         """(name, configured address, listening sockets): bound before anything can wait."""
         self.addresses: dict[str, tuple[str, int]] = {}
         self.info = ProcessInfo(config_sha256=file_sha256(config_path))
@@ -189,17 +166,10 @@ class Server:
         if listen.https:
             _host, port = parse_address(listen.https)
             self.ctx.https_port_suffix = b"" if port == 443 else b":%d" % port
-        for name, address in (("http", listen.http), ("https", listen.https)):
-            if not address:
-                continue
-            socks = None if self.taker is None else self.taker.take_sockets(name, address)
-            self.bound.append(
-                (
-                    name,
-                    address,
-                    socks or bind_tcp(f"listen.{name}", address, *parse_address(address)),
-                )
-            )
+        if self.bound:
+            return  # bound by `edgeproxy serve` before the heavy imports
+        taker = self.taker
+        self.bound = bind_listeners(self.config, None if taker is None else taker.take_sockets)
 
     async def _serve(self, name: str, sock: socket.socket, *, tls: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -361,6 +331,8 @@ class Server:
                 await self.start()
         else:
             await self.start()
+        handover = self.info.handover
+        serving(self.info.pid, None if handover is None else str(handover["id"]))
         self.install_signal_handlers()
         await self.stopping.wait()
         await self.shutdown()
@@ -429,9 +401,15 @@ class Server:
     def step_back(self, handover_id: str, to_pid: int) -> None:
         """Another process accepts on our sockets now: stop accepting, finish, exit."""
         self.info.stepping_back = {"id": handover_id, "to_pid": to_pid, "at": time.time()}
+        # HTTP/1.1 reads the flag per request (its next response says Connection: close);
+        # a connection kind that must act now (HTTP/2: GOAWAY) has a `step_back()` of its own.
         self.ctx.stepping_back = True
         for srv in self.listeners:
             srv.close()
+        for conn in list(self.ctx.connections):
+            step_back = getattr(conn, "step_back", None)
+            if step_back is not None:
+                step_back()
         self.stopping.set()
 
     async def shutdown(self) -> None:

@@ -425,3 +425,45 @@ def test_a_new_process_killed_during_the_hand_over_leaves_the_old_one_serving(
     # And a real hand-over still works afterwards.
     new = site.start(REPO, takeover=True)
     assert site.wait_serving(new)["took_over"]["from_pid"] == old.pid
+
+
+def test_systemd_reload_with_detach_moves_the_units_main_pid_to_the_new_process(
+    site: Site, tmp_path: Path
+) -> None:
+    # systemd's side of Type=notify + NotifyAccess=all: a datagram socket named by NOTIFY_SOCKET.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(30)
+    os.environ["NOTIFY_SOCKET"] = str(tmp_path / "notify.sock")
+    try:
+        old = site.start(REPO, takeover=False)
+        assert notify.recv(4096) == b"READY=1"
+        site.wait_serving(old)
+        argv = [sys.executable, "-m", "edgeproxy", "serve", "--config", str(site.path)]
+        # ExecReload=edgeproxy serve --config FILE --takeover --detach
+        reload = subprocess.run(
+            [*argv, "--takeover", "--detach", "--log-format", "text"],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert reload.returncode == 0, reload.stderr
+        view = site.control._json("GET", "/v1/process")
+        assert view["pid"] != old.pid and view["took_over"]["from_pid"] == old.pid
+        assert f"pid {view['pid']} serves (hand-over {view['took_over']['id']})" in reload.stdout
+        assert notify.recv(4096) == f"MAINPID={view['pid']}\nREADY=1".encode()
+        assert old.popen.wait(15) == 0
+        # A reload that cannot happen says why and exits 1; the new process keeps serving.
+        broken = dict(site.conf, tls={"certificates": [{"cert": "/nonexistent.pem", "key": "/x"}]})
+        broken_path = tmp_path / "broken.yml"
+        broken_path.write_text(yaml.safe_dump(broken))
+        argv[-1] = str(broken_path)
+        failed = subprocess.run(
+            [*argv, "--takeover", "--detach", "--log-format", "text"],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert failed.returncode == 1
+        assert "/nonexistent.pem" in failed.stderr and "keeps serving" in failed.stderr
+        assert site.control._json("GET", "/v1/process")["pid"] == view["pid"]
+        os.kill(view["pid"], signal.SIGTERM)
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+        notify.close()

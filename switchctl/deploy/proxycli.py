@@ -19,8 +19,9 @@ from switchctl.deploy.errors import DeployError
 from switchctl.deploy.proxyupgrade import upgrade_container
 
 EXIT_CODES = (
-    "Exit codes: 0 done; 1 the upgrade did not happen (the message says why; the running "
-    "edgeproxy keeps serving); 3 edgeproxy's control socket does not answer."
+    "Exit codes: 0 done; 1 the upgrade did not happen or the proxy refused (the message says "
+    "why; the running edgeproxy keeps serving); 2 usage error; 3 edgeproxy's control socket "
+    "does not answer (proxy status)."
 )
 
 
