@@ -427,6 +427,15 @@ def test_a_new_process_killed_during_the_hand_over_leaves_the_old_one_serving(
     assert site.wait_serving(new)["took_over"]["from_pid"] == old.pid
 
 
+def detached(argv: list[str], tmp_path: Path) -> tuple[int, str, str]:
+    out, err = tmp_path / "reload.out", tmp_path / "reload.err"
+    with out.open("w") as o, err.open("w") as e:
+        code = subprocess.run(
+            argv, cwd=REPO, stdout=o, stderr=e, timeout=60, check=False
+        ).returncode
+    return code, out.read_text(), err.read_text()
+
+
 def test_systemd_reload_with_detach_moves_the_units_main_pid_to_the_new_process(
     site: Site, tmp_path: Path
 ) -> None:
@@ -435,20 +444,22 @@ def test_systemd_reload_with_detach_moves_the_units_main_pid_to_the_new_process(
     notify.bind(str(tmp_path / "notify.sock"))
     notify.settimeout(30)
     os.environ["NOTIFY_SOCKET"] = str(tmp_path / "notify.sock")
+    detached_pid: int | None = None  # started by --detach: not one of site.procs
     try:
         old = site.start(REPO, takeover=False)
         assert notify.recv(4096) == b"READY=1"
         site.wait_serving(old)
         argv = [sys.executable, "-m", "edgeproxy", "serve", "--config", str(site.path)]
-        # ExecReload=edgeproxy serve --config FILE --takeover --detach
-        reload = subprocess.run(
-            [*argv, "--takeover", "--detach", "--log-format", "text"],
-            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert reload.returncode == 0, reload.stderr
+        # ExecReload=edgeproxy serve --config FILE --takeover --detach (its output goes to
+        # files, as to the journal: the detached server keeps writing to them)
+        code, out, err = detached(
+            [*argv, "--takeover", "--detach", "--log-format", "text"], tmp_path
+        )
+        assert code == 0, err
         view = site.control._json("GET", "/v1/process")
+        detached_pid = int(view["pid"])
         assert view["pid"] != old.pid and view["took_over"]["from_pid"] == old.pid
-        assert f"pid {view['pid']} serves (hand-over {view['took_over']['id']})" in reload.stdout
+        assert f"pid {view['pid']} serves (hand-over {view['took_over']['id']})" in out
         assert notify.recv(4096) == f"MAINPID={view['pid']}\nREADY=1".encode()
         assert old.popen.wait(15) == 0
         # A reload that cannot happen says why and exits 1; the new process keeps serving.
@@ -456,14 +467,14 @@ def test_systemd_reload_with_detach_moves_the_units_main_pid_to_the_new_process(
         broken_path = tmp_path / "broken.yml"
         broken_path.write_text(yaml.safe_dump(broken))
         argv[-1] = str(broken_path)
-        failed = subprocess.run(
-            [*argv, "--takeover", "--detach", "--log-format", "text"],
-            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert failed.returncode == 1
-        assert "/nonexistent.pem" in failed.stderr and "keeps serving" in failed.stderr
+        code, out, err = detached(
+            [*argv, "--takeover", "--detach", "--log-format", "text"], tmp_path
+        )
+        assert code == 1
+        assert "/nonexistent.pem" in err and "keeps serving" in err
         assert site.control._json("GET", "/v1/process")["pid"] == view["pid"]
-        os.kill(view["pid"], signal.SIGTERM)
     finally:
         del os.environ["NOTIFY_SOCKET"]
         notify.close()
+        if detached_pid is not None:
+            os.kill(detached_pid, signal.SIGTERM)
