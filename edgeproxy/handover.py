@@ -260,6 +260,11 @@ class Taker:
             ) from e
         except ValueError as e:
             raise HandoverError(f"the running edgeproxy answered something unreadable: {e}") from e
+        if resp.status == 404:
+            raise HandoverError(
+                "the running edgeproxy is older than the hand-over (no POST /v1/handover): "
+                "restart it this once the usual way"
+            )
         if resp.status != 200 or not isinstance(body, dict):
             why = body.get("error") if isinstance(body, dict) else body
             raise HandoverError(
