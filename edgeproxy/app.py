@@ -14,25 +14,35 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from edgeproxy.config import Config, Upstream
-from edgeproxy.control.api import start_control_server, stop_control_server, switch_metrics
+from edgeproxy.control.api import (
+    rebind_control_socket,
+    start_control_server,
+    stop_control_server,
+    switch_metrics,
+)
 from edgeproxy.control.store import StateStore
+from edgeproxy.handover import Counts, FrozenStore, Giver, temporary_control_path
 from edgeproxy.health.monitor import HealthMonitor
 from edgeproxy.health.probe import probe_now
+from edgeproxy.listeners import Bound, bind_tcp
 from edgeproxy.observability.access_log import AccessLogWriter
 from edgeproxy.observability.guard import CanaryGuard
-from edgeproxy.observability.listener import start_metrics_listener
+from edgeproxy.observability.listener import metrics_address, start_metrics_listener
 from edgeproxy.observability.metrics import Metrics
 from edgeproxy.proxy.context import ProxyContext
 from edgeproxy.proxy.picker import Picker
 from edgeproxy.server import Server
-from edgeproxy.switching.board import ReloadHealthFn, SwitchBoard
+from edgeproxy.switching.board import ReloadHealthFn, SwitchBoard, reconcile
 from edgeproxy.switching.nodes import NodeRegistry, metrics_figures
 from edgeproxy.switching.shared import SharedState
 from edgeproxy.switching.state import AppState, weights
@@ -44,12 +54,51 @@ log = logging.getLogger("edgeproxy.switch")
 
 
 class ServerHooks:
-    """What the control API asks of the data plane."""
+    """What the control API asks of the data plane (and of the process, for a hand-over)."""
 
-    def __init__(self, server: Server, board: SwitchBoard, obs: Observability) -> None:
+    def __init__(
+        self, server: Server, board: SwitchBoard, obs: Observability, control: ControlPlane
+    ) -> None:
         self.server = server
         self.board = board
         self.obs = obs
+        self.control = control
+        self.giver = Giver(server.config.control.socket, self, server.spawn)
+        self._store = board.store
+
+    # -- hand-over (edgeproxy/handover.py): the giving side --------------------------------
+    def process_view(self) -> dict[str, Any]:
+        return self.server.info.view()
+
+    def handover(self, pid: int, version: str) -> dict[str, Any]:
+        return self.giver.begin(pid, version)
+
+    def listeners(self) -> list[tuple[str, str, list[socket.socket]]]:
+        return [*self.server.bound, *self.control.listening]
+
+    def states(self) -> Mapping[str, AppState]:
+        return self.board.states
+
+    async def freeze(self, handover_id: str) -> None:
+        self.board.store = FrozenStore(self._store, handover_id)
+        await self.board.stop()  # no drain ends here while the state moves
+        if self.obs.guard is not None:
+            await self.obs.guard.stop()
+
+    async def thaw(self) -> None:
+        self.board.store = self._store
+        self.board.start()
+        if self.obs.guard is not None:
+            self.obs.guard.start()
+
+    async def reclaim_control_socket(self) -> None:
+        await self.control.reclaim()
+
+    def step_back(self, handover_id: str, to_pid: int) -> None:
+        self.server.step_back(handover_id, to_pid)
+
+    def inflight(self) -> Counts:
+        return self.server.inflight_all()
 
     def metrics_text(self) -> str:
         shared = self.obs.switching.shared
@@ -91,10 +140,12 @@ class Switching:
         board = SwitchBoard.load(
             config,
             StateStore(config.state_file),
-            inflight=ctx.tracker.counts,
+            inflight=server.inflight,
             cut=ctx.tracker.cut,
         )
         self.board = board
+        if server.taker is not None:
+            self._adopt(board, config, server.taker.states)
         ctx.picker = Picker(config, board, ctx.override_nets)
         board.add_listener(self._on_change(server))
         if config.state_backend is not None:
@@ -106,6 +157,16 @@ class Switching:
         board.start()
         for app, state in board.states.items():
             log.info("app %s: %s", app, state.summary())
+
+    @staticmethod
+    def _adopt(board: SwitchBoard, config: Config, handed: dict[str, AppState]) -> None:
+        """Taking over: the running process's switch state exactly (fitted to our config)."""
+        states, warnings = reconcile(config, handed, time.time())
+        for w in warnings:
+            log.warning("hand-over: %s", w)
+        if states != board.states:
+            board.store.save(states)
+        board.states = states
 
     async def reconfigure(
         self, server: Server, config: Config, ctx: ProxyContext, *, force: bool = False
@@ -272,23 +333,54 @@ class Observability:
 
 
 class ControlPlane:
-    """Plugin: the control socket and the optional metrics listener, started last."""
+    """Plugin: the control socket and the optional metrics listener, started last.
+
+    A process taking over binds its control socket at a temporary path and moves
+    it into place (`commit_takeover`) only once the old process says go.
+    """
 
     def __init__(self, switching: Switching, obs: Observability) -> None:
         self.switching = switching
         self.obs = obs
         self.runners: list[web.AppRunner] = []
+        self.hooks: ServerHooks | None = None
+        self.listening: list[tuple[str, str, list[socket.socket]]] = []
+        """The metrics listener's sockets (handed over with the proxy's)."""
+        self.pending: Path | None = None
+        """The temporary control socket of a process taking over, until it goes live."""
 
     async def start(self, server: Server) -> None:
         board = self.switching.board
         assert board is not None
-        hooks = ServerHooks(server, board, self.obs)
-        self.runners.append(await start_control_server(server.config.control, board, hooks))
-        listen = server.config.control.metrics_listen
+        self.hooks = hooks = ServerHooks(server, board, self.obs, self)
+        control = server.config.control
+        if server.taker is not None:
+            self.pending = temporary_control_path(control.socket, server.taker.id)
+        self.runners.append(await start_control_server(control, board, hooks, bind_at=self.pending))
+        listen = control.metrics_listen
         if listen:
-            self.runners.append(await start_metrics_listener(listen, hooks.metrics_text))
+            taker = server.taker
+            socks = None if taker is None else taker.take_sockets("metrics", listen)
+            if socks is None:
+                socks = bind_tcp("control.metrics_listen", listen, *metrics_address(listen))
+            self.listening = [("metrics", listen, socks)]
+            self.runners.append(await start_metrics_listener(listen, hooks.metrics_text, socks))
+
+    async def commit_takeover(self, server: Server) -> None:
+        """Move the control socket bound at the temporary path over the configured one."""
+        if self.pending is not None:
+            os.replace(self.pending, server.config.control.socket)
+            self.pending = None
+
+    async def reclaim(self) -> None:
+        if self.runners:
+            await rebind_control_socket(self.runners[0])
 
     async def stop(self) -> None:
+        if self.hooks is not None:
+            self.hooks.giver.close()
+        if self.pending is not None:
+            self.pending.unlink(missing_ok=True)
         runners, self.runners = self.runners, []
         for runner in reversed(runners):
             if runner is runners[0]:
@@ -297,8 +389,10 @@ class ControlPlane:
                 await runner.cleanup()
 
 
-def build_server(config: Config, config_path: Path | None = None) -> Server:
-    server = Server(config, config_path=config_path)
+def build_server(
+    config: Config, config_path: Path | None = None, bound: Bound | None = None
+) -> Server:
+    server = Server(config, config_path=config_path, bound=bound)
     switching = Switching()
     obs = Observability(switching)
     server.plugins += [switching, obs, ControlPlane(switching, obs)]

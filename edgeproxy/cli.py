@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -94,21 +95,101 @@ def check_config(file: Path) -> None:
 @click.option(
     "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
 )
-def serve(config_path: Path, log_level: str, log_format: str) -> None:
+@click.option(
+    "--takeover",
+    is_flag=True,
+    help="Take the listening sockets and switch state of the edgeproxy running with this "
+    "config's control socket, then serve in its place (an upgrade or restart without a "
+    "refused connection). If this process cannot start, the running one keeps serving.",
+)
+@click.option(
+    "--start-if-alone",
+    is_flag=True,
+    help="With --takeover: when nothing answers on the control socket, start normally "
+    "(for a container or unit whose restart after a crash runs the takeover command).",
+)
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Start the server in the background and exit once it serves (0) or could not "
+    "start (1, with why): for systemd's ExecReload with --takeover.",
+)
+def serve(
+    config_path: Path,
+    log_level: str,
+    log_format: str,
+    takeover: bool,
+    start_if_alone: bool,
+    detach: bool,
+) -> None:
     """Run the proxy until SIGTERM/SIGINT (graceful); SIGHUP reloads the config and certificates."""
+    if detach:
+        sys.exit(run_detached([a for a in sys.argv[1:] if a != "--detach"]))
     setup_logging(log_level, log_format)
     config = load_or_exit(config_path)
+    still = " (the running edgeproxy keeps serving)" if takeover else ""
+    bound = None
+    if not takeover:
+        # listen() before the heavy imports (aiohttp, the data plane): a connection
+        # arriving meanwhile (a crash restart) waits in the queue instead of being refused.
+        from edgeproxy.listeners import bind_listeners
+
+        try:
+            bound = bind_listeners(config)
+        except StartupError as e:
+            fail(f"edgeproxy: cannot start: {e}")
     from edgeproxy.app import build_server
+    from edgeproxy.handover import HandoverError
 
     try:
         import uvloop
 
-        uvloop.run(build_server(config, config_path).run())
+        server = build_server(config, config_path, bound)
+        uvloop.run(server.run(takeover=takeover, start_if_alone=start_if_alone))
+    except HandoverError as e:
+        fail(f"edgeproxy: cannot take over: {e}{still}")
     except StartupError as e:
-        click.echo(f"edgeproxy: cannot start: {e}", err=True)
-        sys.exit(1)
+        fail(f"edgeproxy: cannot start: {e}{still}")
     except KeyboardInterrupt:
         pass
+
+
+def fail(message: str) -> NoReturn:
+    from edgeproxy.supervisor import tell_parent
+
+    click.echo(message, err=True)
+    tell_parent(message)
+    sys.exit(1)
+
+
+def run_detached(args: list[str]) -> int:
+    """`serve ... --detach`: run `edgeproxy ARGS` in its own session, wait for its first line."""
+    import os
+    import subprocess
+
+    from edgeproxy.supervisor import READY_FD_ENV
+
+    read, write = os.pipe()
+    env = {**os.environ, READY_FD_ENV: str(write)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "edgeproxy", *args],
+        pass_fds=(write,),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        line = pipe.readline().decode(errors="replace").strip()
+    if line.startswith("ok"):
+        click.echo(f"edgeproxy: {line.removeprefix('ok').strip()}")
+        return 0
+    try:
+        code: int | None = child.wait(10)
+    except subprocess.TimeoutExpired:
+        code = None
+    click.echo(line or f"edgeproxy: exited with {code} before it served", err=True)
+    return 1
 
 
 def main() -> None:

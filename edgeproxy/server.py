@@ -7,9 +7,10 @@ finish its current response → wait up to `shutdown_grace` → close the rest.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import signal
+import socket
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -18,24 +19,37 @@ from edgeproxy import compiled
 from edgeproxy.config import Config, load_config, parse_address
 from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
 from edgeproxy.fds import raise_nofile_limit
+from edgeproxy.handover import Counts, HandoverError, ProcessInfo, Taker, file_sha256
+from edgeproxy.listeners import Bound, bind_listeners
 from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ConnectionCaps, ProxyContext
+from edgeproxy.proxy.tunnel import CLOSE_LINGER
 from edgeproxy.proxy.upstream import as_protocol
+from edgeproxy.supervisor import serving
 from edgeproxy.tls.contexts import CertStore
 
 log = logging.getLogger("edgeproxy.server")
 
 
 class Server:
-    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self, config: Config, *, config_path: Path | None = None, bound: Bound | None = None
+    ) -> None:
+        """`bound`: listeners the caller bound already (`edgeproxy serve` binds them before
+        importing the rest: connections queue from then on instead of being refused)."""
         self.config = config
         self.config_path = config_path
         self.certs = CertStore(config.tls.certificates, session_tickets=config.tls.session_tickets)
         self.ctx = ProxyContext(config)
         self.listeners: list[asyncio.Server] = []
+        self.bound: Bound = list(bound or [])
+        """(name, configured address, listening sockets): bound before anything can wait."""
         self.addresses: dict[str, tuple[str, int]] = {}
+        self.info = ProcessInfo(config_sha256=file_sha256(config_path))
+        self.taker: Taker | None = None
+        """Set while this process takes over from a running one (`serve --takeover`)."""
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -67,18 +81,24 @@ class Server:
             self.certs.load()
         except TLSConfigError as e:
             raise StartupError(f"tls.certificates: {e}") from e
-        # Plugins first: the restored switch state must be in force before the
-        # first request is accepted.
+        # Bound first (the kernel queues connections from here on); plugins next:
+        # the restored switch state must be in force before the first request is
+        # accepted. A process taking over accepts only once the old one says go.
+        self._bind_listeners()
         started = []
         try:
             for plugin in self.plugins:
                 await plugin.start(self)
                 started.append(plugin)
-            await self._start_listeners()
+            if self.taker is None:
+                await self._start_listeners()
         except BaseException:
             # Leave nothing behind (control socket, drain supervisor) when we can't start.
             for srv in self.listeners:
                 srv.close()
+            for _name, _address, socks in self.bound:
+                for sock in socks:
+                    sock.close()
             for plugin in reversed(started):
                 await plugin.stop()
             raise
@@ -129,50 +149,47 @@ class Server:
             trim()
 
     async def _start_listeners(self) -> None:
+        """Serve every bound listener (a process taking over: once the old one says go)."""
+        for name, _address, socks in self.bound:
+            for sock in socks:
+                await self._serve(name, sock, tls=name == "https")
+        if self.ctx.https_port_suffix and "https" in self.addresses:
+            self.ctx.https_port_suffix = b":%d" % self.addresses["https"][1]
+
+    def _bind_listeners(self) -> None:
+        """Bind and listen() each configured address (or take the old process's sockets).
+
+        Nothing that can wait comes before this: from here on the kernel queues
+        new connections, and they are answered as soon as serving starts.
+        """
         listen = self.config.listen
         if listen.https:
             _host, port = parse_address(listen.https)
             self.ctx.https_port_suffix = b"" if port == 443 else b":%d" % port
-        if listen.http:
-            await self._listen("http", listen.http, tls=False)
-        if listen.https:
-            await self._listen("https", listen.https, tls=True)
-            if self.ctx.https_port_suffix:
-                self.ctx.https_port_suffix = b":%d" % self.addresses["https"][1]
+        if self.bound:
+            return  # bound by `edgeproxy serve` before the heavy imports
+        taker = self.taker
+        self.bound = bind_listeners(self.config, None if taker is None else taker.take_sockets)
 
-    async def _listen(self, name: str, address: str, *, tls: bool) -> None:
-        host, port = parse_address(address)
+    async def _serve(self, name: str, sock: socket.socket, *, tls: bool) -> None:
         loop = asyncio.get_running_loop()
-        local_port = port
+        address = sock.getsockname()
+        local_port = address[1]
 
         def factory() -> asyncio.Protocol:
             # self.ctx, read per connection: a config reload swaps it.
             return as_protocol(ClientConnection(self.ctx, tls=tls, local_port=local_port))
 
-        try:
-            srv = await loop.create_server(
-                factory,
-                host,
-                port,
-                ssl=self.certs.dispatch if tls else None,
-                reuse_address=True,
-                backlog=2048,
-                ssl_handshake_timeout=10.0 if tls else None,
-            )
-        except OSError as e:
-            hint = ""
-            if e.errno == errno.EADDRINUSE:
-                hint = ": address in use by another process (is nginx still running?)"
-            elif e.errno == errno.EACCES:
-                hint = ": permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-            else:
-                hint = f": {e.strerror or e}"
-            raise StartupError(f"listen.{name}: could not bind {address}{hint}") from e
-        sock = srv.sockets[0].getsockname()
-        local_port = sock[1]
-        self.addresses[name] = (sock[0], sock[1])
+        srv = await loop.create_server(
+            factory,
+            sock=sock,
+            ssl=self.certs.dispatch if tls else None,
+            backlog=2048,
+            ssl_handshake_timeout=10.0 if tls else None,
+        )
+        self.addresses[name] = (address[0], address[1])
         self.listeners.append(srv)
-        log.info("listening on %s://%s:%d", name, sock[0], sock[1])
+        log.info("listening on %s://%s:%d", name, address[0], address[1])
 
     # -- certificates -----------------------------------------------------------
     async def reload_certs(self) -> dict[str, Any]:
@@ -224,6 +241,7 @@ class Server:
         if self.config_path is None:
             raise ConfigError(["no config file to reload: edgeproxy was started without one"])
         async with self._reload_lock:
+            loaded = file_sha256(self.config_path)
             new = load_config(self.config_path)
             problems = policy_problems(new)
             fixed = [
@@ -254,6 +272,7 @@ class Server:
             self.certs.install(certs, new.tls.certificates)
             self.certs.log_serving()
             self.config, self.ctx = new, ctx
+            self.info.config_sha256 = loaded
             old.replaced_by = ctx  # for connections accepted before, handshaking now
             for conn in list(ctx.connections):
                 conn.ctx = ctx  # their next request routes with the new config
@@ -293,21 +312,139 @@ class Server:
         except TLSConfigError:
             pass  # logged by CertStore.reload; the previous certificates stay
 
-    async def run(self) -> None:
-        await self.start()
+    async def run(self, *, takeover: bool = False, start_if_alone: bool = False) -> None:
+        """Serve until SIGTERM/SIGINT or until another process takes over.
+
+        `takeover`: take the listening sockets and switch state of the edgeproxy
+        running with this config's control socket (edgeproxy/handover.py).
+        Raises HandoverError when it cannot; the running one keeps serving.
+        `start_if_alone`: when nothing listens on the control socket, start
+        normally (a container restarted with its takeover command after a crash).
+        """
+        if takeover:
+            try:
+                await self._take_over()
+            except HandoverError as e:
+                if not (start_if_alone and e.nobody and self.taker is None):
+                    raise
+                log.info("nothing to take over (%s); starting on our own", e)
+                await self.start()
+        else:
+            await self.start()
+        handover = self.info.handover
+        serving(self.info.pid, None if handover is None else str(handover["id"]))
         self.install_signal_handlers()
         await self.stopping.wait()
         await self.shutdown()
 
-    async def shutdown(self) -> None:
-        log.info("shutting down: no new connections; finishing in-flight requests")
+    async def _take_over(self) -> None:
+        taker = self.taker = await Taker.connect(self.config.control.socket)
+        try:
+            await self.start()
+        except BaseException as e:
+            reason = "; ".join(e.problems) if isinstance(e, ConfigError) else str(e)
+            taker.refuse(reason or type(e).__name__)
+            raise
+        self.info.handover = {
+            "id": taker.id,
+            "from_pid": taker.from_pid,
+            "from_version": taker.from_version,
+            "at": time.time(),
+        }
+
+        async def go_live() -> None:
+            for plugin in self.plugins:
+                commit = getattr(plugin, "commit_takeover", None)
+                if commit is not None:
+                    await commit(self)
+            await self._start_listeners()
+
+        try:
+            await taker.commit(go_live)
+        except HandoverError:
+            await self._abandon_takeover()
+            raise
+        log.info(
+            "hand-over %s: this process (pid %d, version %s) accepts now; pid %d (version %s) "
+            "steps back",
+            taker.id,
+            self.info.pid,
+            self.info.version,
+            taker.from_pid,
+            taker.from_version,
+        )
+
+    async def _abandon_takeover(self) -> None:
+        for srv in self.listeners:
+            srv.close()
+        for plugin in reversed(self.plugins):
+            await plugin.stop()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def inflight(self, app: str, color: str) -> tuple[int, int]:
+        """Requests and tunnels in flight for a color: ours, and our predecessor's while it
+        steps back (a drain it still serves must not end here)."""
+        requests, tunnels = self.ctx.tracker.counts(app, color)
+        if self.taker is not None:
+            r, t = self.taker.predecessor.get((app, color), (0, 0))
+            requests, tunnels = requests + r, tunnels + t
+        return requests, tunnels
+
+    def inflight_all(self) -> Counts:
+        keys = set(self.ctx.tracker.live)
+        if self.taker is not None:
+            keys |= set(self.taker.predecessor)
+        return {key: self.inflight(*key) for key in keys}
+
+    def step_back(self, handover_id: str, to_pid: int) -> None:
+        """Another process accepts on our sockets now: stop accepting, finish, exit."""
+        self.info.stepping_back = {"id": handover_id, "to_pid": to_pid, "at": time.time()}
+        # HTTP/1.1 reads the flag per request (its next response says Connection: close);
+        # a connection kind that must act now (HTTP/2: GOAWAY) has a `step_back()` of its own.
+        self.ctx.stepping_back = True
         for srv in self.listeners:
             srv.close()
         for conn in list(self.ctx.connections):
-            conn.shutdown()
-        deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace
-        while self.ctx.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - polling a set the protocols mutate
+            step_back = getattr(conn, "step_back", None)
+            if step_back is not None:
+                step_back()
+        self.stopping.set()
+
+    async def shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        handed = self.info.stepping_back
+        if handed is None:
+            log.info("shutting down: no new connections; finishing in-flight requests")
+        else:
+            log.info(
+                "hand-over %s: stepping back: finishing in-flight requests; keep-alive "
+                "connections close after their next response; tunnels run until the grace "
+                "(%.0f s)",
+                handed["id"],
+                self.config.shutdown_grace,
+            )
+        for srv in self.listeners:
+            srv.close()
+        if handed is None:
+            for conn in list(self.ctx.connections):
+                conn.shutdown()
+        deadline = loop.time() + self.config.shutdown_grace
+        while self._busy(handed is not None) and loop.time() < deadline:  # noqa: ASYNC110 - polling a set the protocols mutate
             await asyncio.sleep(0.05)
+        if handed is not None and self.ctx.connections:
+            # The grace is over: tunnels get their close frame, idle connections close.
+            log.info(
+                "hand-over %s: grace over: closing %d connections (tunnels with a close frame)",
+                handed["id"],
+                len(self.ctx.connections),
+            )
+            for conn in list(self.ctx.connections):
+                conn.shutdown()
+            linger = loop.time() + CLOSE_LINGER
+            while self.ctx.connections and loop.time() < linger:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         if self.ctx.connections:
             log.warning(
                 "closing %d connections still open at the deadline", len(self.ctx.connections)
@@ -320,8 +457,19 @@ class Server:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.taker is not None:
+            await self.taker.stop()
         for pool in self.ctx.pools.values():
             pool.close_idle()
         for srv in self.listeners:
             await srv.wait_closed()
+        if handed is not None:
+            log.info("hand-over %s: done; pid %d serves", handed["id"], handed["to_pid"])
         log.info("stopped")
+
+    def _busy(self, handed: bool) -> bool:
+        """Something to wait for: connections; after a hand-over also a predecessor that
+        still reports in-flight requests (our successor counts them through us)."""
+        if self.ctx.connections:
+            return True
+        return handed and self.taker is not None and not self.taker.predecessor_gone.is_set()

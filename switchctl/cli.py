@@ -207,6 +207,25 @@ def format_status(views: dict[str, AppView], now: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def format_process(proc: dict[str, Any]) -> str:
+    """`edgeproxy 0.2.0, pid 4321, serving since ... (took over from pid 4300, version 0.1.0)`."""
+    line = (
+        f"edgeproxy {proc.get('version')}, pid {proc.get('pid')}, serving since "
+        f"{_utc(float(proc.get('started_at') or 0))}"
+    )
+    took = proc.get("took_over")
+    if took:
+        line += (
+            f" (took over from pid {took.get('from_pid')}, version {took.get('from_version')}, "
+            f"hand-over {took.get('id')})"
+        )
+    return line
+
+
 def format_upstreams(colors: dict[str, Any], now: float) -> list[list[str]]:
     """One row per upstream of each color (empty when the proxy reports none)."""
     rows = [["COLOR", "UPSTREAM", "FIT", "CHECK", "EJECTIONS", "DETAILS"]]
@@ -292,6 +311,9 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
                 click.echo(
                     f"  {names}: expires {c.get('not_after')} ({c.get('days_left')} days left)"
                 )
+        proc = client.process()
+        if proc is not None:
+            click.echo("\n" + format_process(proc))
     _exit_if_nothing_serves(ctx, {name: dict(v["colors"]) for name, v in views.items()})
 
 

@@ -131,6 +131,16 @@ class ControlClient:
     def certs(self) -> dict[str, Any]:
         return self._json("GET", "/v1/certs")
 
+    def process(self) -> dict[str, Any] | None:
+        """Which process serves (pid, version, started_at, took_over); None from an
+        edgeproxy older than the hand-over (no such endpoint)."""
+        try:
+            return self._json("GET", "/v1/process")
+        except ControlError as e:
+            if e.status == 404:
+                return None
+            raise
+
     def metrics(self) -> str:
         return self._request("GET", "/metrics", None).decode()
 

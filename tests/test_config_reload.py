@@ -90,7 +90,11 @@ def start(tmp_path: Path, conf: dict[str, Any], ca: Path) -> Proxy:
     deadline = time.monotonic() + 15
     while True:
         try:
+            # The port accepts (into its queue) as soon as it is bound; the control
+            # socket comes once the proxy is ready to serve.
             socket.create_connection(("127.0.0.1", https_port), timeout=0.2).close()
+            if not Path(conf["control"]["socket"]).exists():
+                raise OSError("not ready yet")
             return proxy
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:

@@ -278,10 +278,14 @@ def start_proxy(config: Path, port: int) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
+            # The port queues connections as soon as it is bound; the control socket
+            # comes once the proxy is ready to serve.
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
+            if (config.parent / "ctl.sock").exists():
+                return proc
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     proc.kill()
     raise AssertionError(proc.stderr.read().decode() if proc.stderr else "no output")
 

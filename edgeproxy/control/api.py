@@ -10,6 +10,7 @@ in through a `ControlHooks` object.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgeproxy.config import COLOR_RE, Control
 from edgeproxy.control.peercred import Peer, allowed, peer_of
 from edgeproxy.errors import ConfigError, EdgeproxyError, StartupError, TLSConfigError
+from edgeproxy.handover import HandoverError, ProcessInfo
 from edgeproxy.switching.board import SwitchBoard
 from edgeproxy.switching.state import AppState, weights
 
@@ -62,6 +64,15 @@ class ControlHooks(Protocol):
 
     async def cluster_view(self) -> dict[str, Any]:
         """{"backend": None} alone; with a shared store, every node (`switching/nodes.py`)."""
+        ...
+
+    def process_view(self) -> dict[str, Any]:
+        """{"pid", "version", "started_at", "serving", "took_over", "stepping_back"}"""
+        ...
+
+    def handover(self, pid: int, version: str) -> dict[str, Any]:
+        """Open a hand-over channel for process `pid` → {"id", "socket", "pid", "version"};
+        raise HandoverError (409) when one is under way or this server cannot hand over."""
         ...
 
 
@@ -113,6 +124,12 @@ class BoardHooks:
     async def cluster_view(self) -> dict[str, Any]:
         return {"backend": None}
 
+    def process_view(self) -> dict[str, Any]:
+        return ProcessInfo().view()
+
+    def handover(self, pid: int, version: str) -> dict[str, Any]:
+        raise HandoverError("this control server has no listeners to hand over")
+
     def health_view(self) -> dict[str, Any]:
         apps: dict[str, Any] = {}
         for app, s in self.board.states.items():
@@ -149,6 +166,11 @@ class DrainBody(Body):
 
 class EmptyBody(Body):
     pass
+
+
+class HandoverBody(Body):
+    pid: int = Field(ge=1, description="the process that takes over")
+    version: str = Field(max_length=100, description="its edgeproxy version")
 
 
 class ReloadBody(Body):
@@ -290,6 +312,26 @@ async def reload_config(request: web.Request) -> web.StreamResponse:
     return web.json_response(result)
 
 
+async def process(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[HOOKS].process_view())
+
+
+async def handover(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, HandoverBody)
+    peer: Peer = request[PEER]
+    if peer.uid not in (0, os.getuid()):
+        message = f"uid {peer.uid} may not take over edgeproxy (only root or uid {os.getuid()})"
+        _audit(request, "handover", None, body, result="refused", error=message)
+        return _error(403, message)
+    try:
+        result = request.app[HOOKS].handover(body.pid, body.version)
+    except HandoverError as e:
+        _audit(request, "handover", None, body, result="refused", error=str(e))
+        raise
+    _audit(request, "handover", None, body, result="ok", id=result["id"])
+    return web.json_response(result)
+
+
 async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(openapi_document())
 
@@ -353,6 +395,14 @@ ROUTES = [
     Route("POST", "/v1/certs/reload", reload_certs, "Reload TLS certificates", EmptyBody),
     Route("GET", "/v1/certs", certs, "Loaded certificates"),
     Route("POST", "/v1/config/reload", reload_config, "Re-read the config file", ReloadBody),
+    Route("GET", "/v1/process", process, "Which process serves: pid, version, start time"),
+    Route(
+        "POST",
+        "/v1/handover",
+        handover,
+        "Open a hand-over channel: a new process takes the listeners (edgeproxy serve --takeover)",
+        HandoverBody,
+    ),
     Route("GET", "/v1/openapi.json", openapi, "This document"),
     Route("GET", "/metrics", metrics, "Prometheus metrics"),
 ]
@@ -483,25 +533,52 @@ def _prepare_socket_path(path: Path) -> None:
 
 
 async def start_control_server(
-    control: Control, board: SwitchBoard, hooks: ControlHooks | None = None
+    control: Control,
+    board: SwitchBoard,
+    hooks: ControlHooks | None = None,
+    *,
+    bind_at: Path | None = None,
 ) -> web.AppRunner:
-    """Serve the control API on `control.socket` (mode `control.mode`, group `control.group`)."""
-    path = control.socket
-    gid = -1 if control.group is None else control.group  # a name was resolved by the config
-    _prepare_socket_path(path)
+    """Serve the control API on `control.socket` (mode `control.mode`, group `control.group`).
+
+    `bind_at`: bind there instead; a process taking over moves it to `control.socket`.
+    """
     runner = web.AppRunner(make_app(board, hooks or BoardHooks(board), control), access_log=None)
     await runner.setup()
+    try:
+        await _serve_socket(runner, bind_at or control.socket)
+    except StartupError:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def _serve_socket(runner: web.AppRunner, path: Path) -> None:
+    control = runner.app[CONTROL]
+    gid = -1 if control.group is None else control.group  # a name was resolved by the config
+    _prepare_socket_path(path)
     try:
         await web.UnixSite(runner, str(path)).start()
         os.chmod(path, control.mode)
         os.chown(path, -1, gid)
     except OSError as e:
-        await runner.cleanup()
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         raise StartupError(f"cannot serve the control socket {path}: {e.strerror}") from e
     runner.app[SOCKET_INODE]["ino"] = os.stat(path).st_ino
     log.info("control API listening on %s", path)
-    return runner
+
+
+async def rebind_control_socket(runner: web.AppRunner) -> None:
+    """Serve `control.socket` again if another process replaced it and went away
+    (a hand-over that failed after the new process moved its socket into place)."""
+    path = runner.app[CONTROL].socket
+    try:
+        if os.stat(path).st_ino == runner.app[SOCKET_INODE].get("ino"):
+            return
+    except FileNotFoundError:
+        pass
+    await _serve_socket(runner, path)
 
 
 async def stop_control_server(runner: web.AppRunner) -> None:

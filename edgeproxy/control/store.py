@@ -40,6 +40,10 @@ class StateStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
 
+    def check_open(self) -> None:
+        """Raise when no change may be made now (a hand-over freezes the store);
+        called before a change is committed anywhere, the shared store included."""
+
     def load(self) -> dict[str, AppState] | None:
         """The saved states, or None when there is no state file yet."""
         raw = self._read()

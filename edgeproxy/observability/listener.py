@@ -7,6 +7,7 @@ on its unix socket.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from aiohttp import web
@@ -20,7 +21,11 @@ def metrics_address(value: str) -> tuple[str, int]:
     return ("127.0.0.1" if value.startswith(":") else host), port
 
 
-async def start_metrics_listener(value: str, render: Callable[[], str]) -> web.AppRunner:
+async def start_metrics_listener(
+    value: str, render: Callable[[], str], socks: list[socket.socket]
+) -> web.AppRunner:
+    """Serve /metrics on `socks`, bound to `value` (`bind_tcp`; a hand-over passes them on)."""
+
     async def metrics(request: web.Request) -> web.StreamResponse:
         return web.Response(text=render(), content_type="text/plain", charset="utf-8")
 
@@ -28,12 +33,12 @@ async def start_metrics_listener(value: str, render: Callable[[], str]) -> web.A
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, port = metrics_address(value)
     try:
-        await web.TCPSite(runner, host, port).start()
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
     except OSError as e:
         await runner.cleanup()
         raise StartupError(
-            f"control.metrics_listen: could not bind {value}: {e.strerror or e}"
+            f"control.metrics_listen: could not serve {value}: {e.strerror or e}"
         ) from e
     return runner

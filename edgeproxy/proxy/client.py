@@ -343,7 +343,14 @@ class ClientConnection:
         ex.upgrade = upgrade = parser.should_upgrade()
         # After an upgrade request the parser reads nothing more as HTTP: if the
         # upstream declines it (no 101), the connection ends after the response.
-        ex.keep_alive = parser.should_keep_alive() and not self.closing and not upgrade
+        # stepping_back: another process took over (handover.py): this response says
+        # Connection: close, and the client's next request goes to the new process.
+        ex.keep_alive = (
+            parser.should_keep_alive()
+            and not self.closing
+            and not upgrade
+            and not self.ctx.stepping_back
+        )
         ex.target = b"".join(self.url_parts)
         ex.prepare()
         self.body_limit = self._body_limit(ex)

@@ -323,6 +323,11 @@ class ProxyContext:
         """Connections accepted so far: [plain HTTP, TLS (handshake done)]."""
         self.replaced_by: ProxyContext | None = None
         """The context a config reload put in force after this one."""
+        self.stepping_back = False
+        """A new process took over the listeners (edgeproxy/handover.py): every request
+        parsed from now on is answered with `Connection: close` and ends its connection
+        (`ClientConnection.on_headers_complete`), so keep-alive clients move over
+        without a request racing a close."""
         self.caps: ConnectionCaps = ConnectionCaps(
             config, None if previous is None else previous.caps
         )

@@ -424,6 +424,8 @@ class SwitchBoard:
                         )
                         doing = f"reload the config for {name}"
                         raise ConfigError([_unhealthy(doing, color, failing, todo)])
+            if changes:
+                self.store.check_open()
             if changes and self.backend is not None:
                 held = await self.backend.commit(
                     {n: (o, s) for n, (o, s) in changes.items() if o is not None and s is not None},
@@ -455,6 +457,7 @@ class SwitchBoard:
             if not force:
                 self._check_health(verb, old, new)
             states = {**self.states, app: new}
+            self.store.check_open()
             if self.backend is not None:
                 await self.backend.commit({app: (old, new)})
             await asyncio.to_thread(self.store.save, states)

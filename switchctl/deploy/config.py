@@ -237,6 +237,10 @@ class Proxy(Model):
 
     socket: Path = Path("/run/edgeproxy/control.sock")
     container: str | None = None
+    image: str | None = None
+    """With `container`: the image edgeproxy should run. When the container runs another (or
+    edgeproxy runs an older version of its config file), the deploy hands over to a new
+    container from it (`switchctl proxy upgrade`); the container is never recreated."""
     systemd_unit: str | None = None
     config: Path = Path("/etc/edgeproxy/edgeproxy.yml")
     """Config path; with a container, mount its directory at the same path inside."""
@@ -255,6 +259,10 @@ class Proxy(Model):
             raise ValueError(
                 "edgeproxy: set exactly one of `container`, `systemd_unit` or `unmanaged: true` "
                 "(edgeproxy started another way; switchctl then only uses its control socket)"
+            )
+        if self.image is not None and self.container is None:
+            raise ValueError(
+                "edgeproxy.image: only with edgeproxy.container (the image a container runs)"
             )
         return self
 

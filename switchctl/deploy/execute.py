@@ -33,6 +33,7 @@ from switchctl.deploy.notify import Event, Report, notify
 from switchctl.deploy.plan import POINT_OF_NO_RETURN, Plan, Step, StepKind
 from switchctl.deploy.progress import Progress
 from switchctl.deploy.proxyctl import Runner, check_config, install_config
+from switchctl.deploy.proxyupgrade import upgrade_container
 from switchctl.deploy.smoke import Prober, SmokeClient, trust
 
 
@@ -292,6 +293,17 @@ class Executor:
 
     def _restart_proxy(self, step: Step) -> None:
         self.runner.restart()
+
+    def _upgrade_proxy(self, step: Step) -> str:
+        """A new container takes edgeproxy's sockets over (switchctl/deploy/proxyupgrade.py)."""
+        px = self.cfg.edgeproxy
+        assert px.container is not None, "planned only for a container"
+        assert self.docker is not None, "an edgeproxy container needs this machine's dockerd"
+        image = px.image or self.docker.containers.get(px.container).attrs["Config"]["Image"]
+        done = upgrade_container(
+            self.docker, px.container, image, px.socket, say=self.progress.info
+        )
+        return f"edgeproxy {done.new_version} from {image} (hand-over {done.handover_id})"
 
     def _wait_proxy(self, step: Step) -> None:
         def probe() -> Probe:
@@ -562,6 +574,7 @@ STEPS: Final[Mapping[StepKind, StepMethod]] = {
     "check_proxy_config": Executor._check_proxy_config,
     "start_proxy": Executor._start_proxy,
     "restart_proxy": Executor._restart_proxy,
+    "upgrade_proxy": Executor._upgrade_proxy,
     "wait_proxy": Executor._wait_proxy,
     "reconcile": Executor._reconcile,
     "retire": Executor._retire,

@@ -17,7 +17,8 @@ from switchctl.client import ControlClient, ControlError, ProxyUnreachable
 from switchctl.deploy.config import DeployConfig
 from switchctl.deploy.history import History
 from switchctl.deploy.plan import BaseObs, ContainerObs, Observed, ProxyObs
-from switchctl.deploy.proxyctl import Runner, check_config
+from switchctl.deploy.proxyctl import ContainerRunner, Runner, check_config
+from switchctl.deploy.proxyupgrade import outdated
 
 if TYPE_CHECKING:  # hosts.py builds on containers.py, which builds on this module
     from switchctl.deploy.hosts import AppHost
@@ -181,8 +182,16 @@ def proxy_view(
                 return ProxyObs("crash-looping", detail, problems, source_ok, managed=managed)
             time.sleep(0.2)
     colors = view.get("colors", {})
+    hands_over, why = False, None
+    if isinstance(runner, ContainerRunner):
+        process = control.process()
+        hands_over = process is not None
+        px = cfg.edgeproxy
+        why = outdated(runner.client, runner.name, px.image, px.config, process)
     return ProxyObs(
         status="up",
+        hands_over=hands_over,
+        outdated=why,
         config_problems=problems,
         source_ok=source_ok,
         active=view["active"],

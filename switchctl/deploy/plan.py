@@ -20,6 +20,7 @@ StepKind = Literal[
     "check_proxy_config",
     "start_proxy",
     "restart_proxy",
+    "upgrade_proxy",
     "wait_proxy",
     "reconcile",
     "retire",
@@ -92,6 +93,10 @@ class ProxyObs:
     """False while the app was never released (`first_release: hold`): nothing serves."""
     managed: bool = True
     """switchctl can start and restart it (a container or a unit); False: `edgeproxy.unmanaged`."""
+    hands_over: bool = False
+    """It runs in a container and can hand its sockets over (`switchctl proxy upgrade`)."""
+    outdated: str | None = None
+    """Why it should hand over to a new container: its image or its config file changed."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ _DESCRIBE: dict[StepKind, str] = {
     "check_proxy_config": "check edgeproxy's config",
     "start_proxy": "start edgeproxy",
     "restart_proxy": "restart edgeproxy",
+    "upgrade_proxy": "hand edgeproxy over to a new container ({arg}; no connection refused)",
     "wait_proxy": "wait for edgeproxy's control socket",
     "reconcile": "make edgeproxy serve {color}, the color that is running",
     "retire": "take {color} out of traffic and remove its leftover containers",
@@ -342,6 +348,14 @@ def _proxy(obs: Observed, p: Plan) -> None:
                 "restart it yourself once the file is fixed",
             )
         )
+    elif bad_config and px.hands_over:
+        p.findings.append(
+            Finding(
+                "edgeproxy runs an older config; the file on disk is invalid",
+                "hand it over to a new container with the installed known-good config",
+            )
+        )
+        p.steps.append(Step("upgrade_proxy", arg="the known-good config"))
     elif bad_config:
         p.findings.append(
             Finding(
@@ -350,6 +364,11 @@ def _proxy(obs: Observed, p: Plan) -> None:
             )
         )
         p.steps.append(Step("restart_proxy"))
+    elif px.status == "up" and px.outdated and px.hands_over:
+        p.findings.append(
+            Finding(f"edgeproxy {px.outdated}", "hand it over to a new container (never recreated)")
+        )
+        p.steps.append(Step("upgrade_proxy", arg=px.outdated))
     p.steps.append(Step("wait_proxy"))
     if px.status == "up" and not px.app_known:
         p.blockers.append(
