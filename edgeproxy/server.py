@@ -20,6 +20,7 @@ from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
 from edgeproxy.fds import raise_nofile_limit
 from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
+from edgeproxy.proxy.alpn import AlpnChooser
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ConnectionCaps, ProxyContext
 from edgeproxy.proxy.upstream import as_protocol
@@ -32,7 +33,12 @@ class Server:
     def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.certs = CertStore(config.tls.certificates, session_tickets=config.tls.session_tickets)
+        self.certs = CertStore(
+            config.tls.certificates,
+            session_tickets=config.tls.session_tickets,
+            http2=config.listen.http2,
+        )
+        self.certs.h1_hosts = h1_hosts(config)
         self.ctx = ProxyContext(config)
         self.listeners: list[asyncio.Server] = []
         self.addresses: dict[str, tuple[str, int]] = {}
@@ -145,8 +151,12 @@ class Server:
         loop = asyncio.get_running_loop()
         local_port = port
 
+        h2 = tls and self.config.listen.http2
+
         def factory() -> asyncio.Protocol:
             # self.ctx, read per connection: a config reload swaps it.
+            if h2:  # HTTP/2 or HTTP/1.1, as the handshake's ALPN says (proxy/alpn.py)
+                return as_protocol(AlpnChooser(self.ctx, local_port))
             return as_protocol(ClientConnection(self.ctx, tls=tls, local_port=local_port))
 
         try:
@@ -252,6 +262,7 @@ class Server:
                     if isinstance(extra, dict):
                         result |= extra
             self.certs.install(certs, new.tls.certificates)
+            self.certs.h1_hosts = h1_hosts(new)
             self.certs.log_serving()
             self.config, self.ctx = new, ctx
             old.replaced_by = ctx  # for connections accepted before, handshaking now
@@ -325,3 +336,8 @@ class Server:
         for srv in self.listeners:
             await srv.wait_closed()
         log.info("stopped")
+
+
+def h1_hosts(config: Config) -> frozenset[str]:
+    """The host names of sites with `http2: false` (their TLS clients get HTTP/1.1)."""
+    return frozenset(h for site in config.sites if not site.http2 for h in site.hosts)

@@ -25,6 +25,7 @@ from edgeproxy.routing.router import Router
 if TYPE_CHECKING:
     from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.proxy.exchange import Exchange
+    from edgeproxy.proxy.h2conn import H2Connection
 
 log = logging.getLogger("edgeproxy.proxy")
 limits_log = logging.getLogger("edgeproxy.limits")
@@ -305,7 +306,7 @@ class ProxyContext:
         self.tracker: Tracker = Tracker() if previous is None else previous.tracker
         self.picker = picker
         """Chooses a color per request: `picker.choose(app, ex) -> color` (switching)."""
-        self.connections: set[ClientConnection] = (
+        self.connections: set[ClientConnection | H2Connection] = (
             set() if previous is None else previous.connections
         )
         self.https_port_suffix: bytes = b"" if previous is None else previous.https_port_suffix
@@ -321,6 +322,8 @@ class ProxyContext:
         self.health_ok: Callable[[UpstreamPool], bool] | None = None
         self.accepted: list[int] = [0, 0] if previous is None else previous.accepted
         """Connections accepted so far: [plain HTTP, TLS (handshake done)]."""
+        self.h2_accepted: int = 0 if previous is None else previous.h2_accepted
+        """TLS connections among them that chose HTTP/2 by ALPN."""
         self.replaced_by: ProxyContext | None = None
         """The context a config reload put in force after this one."""
         self.caps: ConnectionCaps = ConnectionCaps(
