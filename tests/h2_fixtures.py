@@ -19,7 +19,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from tests.proxy_fixtures import site
 
@@ -124,35 +124,41 @@ class H2Client:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
-        except (TimeoutError, ssl.SSLError, ConnectionResetError):
+        except TimeoutError:
+            return []
+        except (ssl.SSLError, ConnectionResetError):
             data = b""
         if not data:
             self.closed = True
             return []
-        self._scan(data)
-        if self.broken:
-            return []
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            # Raw frames sent past our own state machine: the server's answers to
-            # them confuse it. From here on only the raw frame scan counts.
-            self.broken = True
-            return []
+        events: list[h2.events.Event] = []
+        for raw in self._frames(data):
+            if not self.broken:
+                try:
+                    events += self.conn.receive_data(raw)
+                    continue
+                except h2.exceptions.ProtocolError:
+                    # The library's client refuses every frame after a GOAWAY (and
+                    # answers to raw frames it never sent): from here on, by hand.
+                    self.broken = True
+            self._by_hand(raw)
         for ev in events:
             self._note(ev)
-        self.flush()
+        if not self.broken:
+            self.flush()
         return events
 
-    def _scan(self, data: bytes) -> None:
-        """Note every GOAWAY and RST_STREAM at the frame level (whatever our state machine says)."""
+    def _frames(self, data: bytes) -> list[bytes]:
+        """Whole frames received so far; GOAWAY and RST_STREAM noted on the way."""
         self.rx += data
         buf = self.rx
+        out = []
         while len(buf) >= 9:
             frame, length = Frame.parse_frame_header(memoryview(buf[:9]))
             if len(buf) < 9 + length:
                 break
             frame.parse_body(memoryview(buf[9 : 9 + length]))
+            out.append(buf[: 9 + length])
             buf = buf[9 + length :]
             if isinstance(frame, GoAwayFrame):
                 self.goaway_code = frame.error_code
@@ -160,6 +166,26 @@ class H2Client:
             elif isinstance(frame, RstStreamFrame):
                 self.resets[frame.stream_id] = frame.error_code
         self.rx = buf
+        return out
+
+    def _by_hand(self, raw: bytes) -> None:
+        """HEADERS and DATA of a response, past a state machine that gave up."""
+        frame, length = Frame.parse_frame_header(memoryview(raw[:9]))
+        frame.parse_body(memoryview(raw[9:]))
+        sid = frame.stream_id
+        if isinstance(frame, HeadersFrame):
+            r = self.responses.setdefault(sid, H2Response())
+            for name, value in self.conn.decoder.decode(frame.data, raw=True):
+                if name == b":status":
+                    r.status = int(value)
+                else:
+                    r.headers[name.decode()] = value.decode()
+        elif isinstance(frame, DataFrame):
+            self.responses.setdefault(sid, H2Response()).body += frame.data
+        elif isinstance(frame, RstStreamFrame):
+            self.ended.add(sid)
+        if "END_STREAM" in frame.flags:
+            self.ended.add(sid)
 
     def _note(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id is not None:
@@ -201,8 +227,11 @@ class H2Client:
 
     def read_until_closed(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while not self.closed and time.monotonic() < deadline:
-            self.read(0.5)
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the server did not close the connection")
+            self.read(min(left, 0.5))
 
     def close(self) -> None:
         try:

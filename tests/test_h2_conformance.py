@@ -8,6 +8,9 @@ ends the connection: the tests accept the GOAWAY code the RFC names.
 
 from __future__ import annotations
 
+import socket
+import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,13 +78,21 @@ def test_3_4_the_server_preface_is_a_settings_frame(h2edge) -> None:
 
 
 def test_3_4_a_bad_connection_preface_ends_the_connection(h2edge) -> None:
-    c = client(h2edge)
-    try:
-        c.sock.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-        c.read_until_closed()
-        assert c.closed
-    finally:
-        c.close()
+    e, back, ca = h2edge
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", e.https_port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="a.test") as s:
+        assert s.selected_alpn_protocol() == "h2"
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Pad: 0123456789\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    # SETTINGS (the server preface), then GOAWAY (type 7) with an error code, then the close.
+    goaway = got.find(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00")
+    assert goaway > 0
+    assert got[goaway + 13 : goaway + 17] != b"\x00\x00\x00\x00"
+    assert back.seen == []
 
 
 def test_6_7_ping_is_answered_with_the_same_payload(h2edge) -> None:
@@ -102,7 +113,8 @@ def test_6_7_ping_is_answered_with_the_same_payload(h2edge) -> None:
 def test_6_7_a_ping_on_a_stream_is_a_connection_error(h2edge) -> None:
     c = client(h2edge)
     try:
-        c.send_frames([PingFrame(1, opaque_data=b"12345678")])
+        # hyperframe refuses to build it: by hand (length 8, type PING, stream 1).
+        c.send_raw(b"\x00\x00\x08\x06\x00\x00\x00\x00\x01" + b"12345678")
         assert connection_error(c) == PROTOCOL_ERROR
     finally:
         c.close()
@@ -116,6 +128,17 @@ def test_4_2_a_frame_over_max_frame_size_is_a_frame_size_error(h2edge) -> None:
     try:
         sid = c.request("/echo", method="POST", end=False)
         c.send_frames([DataFrame(sid, b"x" * 16385)])
+        assert connection_error(c) == int(ErrorCodes.FRAME_SIZE_ERROR)
+    finally:
+        c.close()
+
+
+def test_4_2_a_frame_header_announcing_too_much_is_refused_before_its_payload(h2edge) -> None:
+    c = client(h2edge)
+    try:
+        sid = c.request("/echo", method="POST", end=False)
+        # A DATA frame header announcing 16 MiB, and only 1 KiB of it.
+        c.send_raw(b"\xff\xff\xff\x00\x00" + sid.to_bytes(4, "big") + b"x" * 1024)
         assert connection_error(c) == int(ErrorCodes.FRAME_SIZE_ERROR)
     finally:
         c.close()
@@ -175,11 +198,12 @@ def test_5_1_data_after_end_stream_is_refused(h2edge) -> None:
                 DataFrame(1, b"late"),
             ]
         )
-        c.read_until_closed(timeout=3)
-        # STREAM_CLOSED, as a stream error (RST_STREAM) or a connection error.
-        assert c.resets.get(1) == int(ErrorCodes.STREAM_CLOSED) or c.goaway_code == int(
-            ErrorCodes.STREAM_CLOSED
-        )
+        deadline = time.monotonic() + 5
+        while 1 not in c.resets and not c.closed and time.monotonic() < deadline:
+            c.read(0.5)
+        # STREAM_CLOSED as a stream error: the connection goes on.
+        assert c.resets.get(1) == int(ErrorCodes.STREAM_CLOSED)
+        assert c.goaway_code is None and not c.closed
     finally:
         c.close()
 
@@ -228,17 +252,6 @@ def test_6_9_1_a_window_beyond_2_31_minus_1_is_a_flow_control_error(h2edge) -> N
     c = client(h2edge)
     try:
         c.send_frames([WindowUpdateFrame(0, window_increment=2**31 - 1)])
-        assert connection_error(c) == int(ErrorCodes.FLOW_CONTROL_ERROR)
-    finally:
-        c.close()
-
-
-def test_6_9_data_beyond_the_servers_window_is_a_flow_control_error(h2edge) -> None:
-    c = client(h2edge)
-    try:
-        sid = c.request("/echo", method="POST", end=False)
-        # The stream window is 65,535 bytes: send 5 frames of 16,384.
-        c.send_frames([DataFrame(sid, b"x" * 16384) for _ in range(5)])
         assert connection_error(c) == int(ErrorCodes.FLOW_CONTROL_ERROR)
     finally:
         c.close()
@@ -344,14 +357,24 @@ def test_8_3_pseudo_header_rules_are_enforced(h2edge, fields) -> None:
         c.close()
 
 
-def test_8_3_1_authority_is_the_host_and_a_different_host_field_is_refused(h2edge) -> None:
+def test_8_3_1_authority_is_the_host_upstream(h2edge) -> None:
     e, back, _ = h2edge
     c = client(h2edge)
     try:
         assert c.get("/", authority="a.test").status == 200
         assert back.seen[-1].headers["Host"] == "a.test"
-        r = c.get("/", authority="a.test", headers=[("host", "other.test")])
-        assert r.status == 400
+    finally:
+        c.close()
+
+
+def test_8_3_1_a_host_field_other_than_authority_makes_the_request_malformed(h2edge) -> None:
+    e, back, _ = h2edge
+    c = client(h2edge, validate=False)
+    try:
+        fields = [*BASE, (b"host", b"other.test")]
+        c.send_frames([HeadersFrame(1, block(fields), flags=["END_HEADERS", "END_STREAM"])])
+        assert connection_error(c) == PROTOCOL_ERROR
+        assert back.seen == []
     finally:
         c.close()
 

@@ -39,9 +39,10 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from edgeproxy.proxy.context import ADMITTED, ProxyContext
-from edgeproxy.proxy.h2guard import WHY, FrameGuard
+from edgeproxy.proxy.h2guard import FRAME_TOO_LARGE, WHY, FrameGuard
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.h2stream import H2Stream
@@ -207,7 +208,12 @@ class H2Connection:
             return
         why = self.guard.feed(data, self.loop.time())
         if why:
-            self._calm_down(WHY[why])
+            if why == FRAME_TOO_LARGE:
+                log.info("HTTP/2 connection from %s: %s", self.peer_ip, WHY[why])
+                self._send_goaway(ErrorCodes.FRAME_SIZE_ERROR)
+                self._end_connection()
+            else:
+                self._calm_down(WHY[why])
             return
         try:
             events = self.conn.receive_data(data)
@@ -317,7 +323,7 @@ class H2Connection:
             del self.streams[stream.sid]
         if self.closing and not self.streams:
             if not self.goaway_sent and self.transport is not None:
-                self._send_goaway(ErrorCodes.NO_ERROR)
+                self._send_graceful_goaway()
             self._close_transport()
 
     def reset_stream(self, stream: H2Stream, code: ErrorCodes) -> None:
@@ -359,11 +365,22 @@ class H2Connection:
         self._end_connection()
 
     def _send_goaway(self, code: ErrorCodes) -> None:
+        """GOAWAY that ends the connection now (the library's state goes CLOSED)."""
         self.goaway_sent = True
         try:
             self.conn.close_connection(code, last_stream_id=self.last_stream)
         except h2.exceptions.ProtocolError:
             pass
+
+    def _send_graceful_goaway(self) -> None:
+        """GOAWAY NO_ERROR while streams go on: written past the library, whose state
+        machine would refuse every frame after its own GOAWAY (the streams up to
+        `last_stream` must still be answered, their windows still updated)."""
+        self.goaway_sent = True
+        self.flush()
+        frame = GoAwayFrame(0, last_stream_id=self.last_stream, error_code=0)
+        if self.transport is not None:
+            self.transport.write(frame.serialize())
 
     def _end_connection(self) -> None:
         """An error ends the connection: GOAWAY out (queued by now), streams cut, closed."""
@@ -392,7 +409,7 @@ class H2Connection:
         if self.transport is None:
             return
         if not self.goaway_sent:
-            self._send_goaway(ErrorCodes.NO_ERROR)
+            self._send_graceful_goaway()
         if not self.streams:
             self._close_transport()
         else:

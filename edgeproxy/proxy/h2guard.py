@@ -16,6 +16,11 @@ frame, not per byte), and refuses a connection that:
 
 A refused connection gets GOAWAY ENHANCE_YOUR_CALM (the caller sends it) and
 none of the offending bytes reach the HTTP/2 state machine.
+
+It also refuses a frame longer than `max_frame` (SETTINGS_MAX_FRAME_SIZE) as
+soon as its header arrives: the `h2` library checks the length only once the
+whole frame is in, so a client announcing 16 MiB frames could make it buffer
+16 MiB per connection first (FRAME_SIZE_ERROR, RFC 9113 §4.2).
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ TOO_MANY_RESETS: Final = 1
 TOO_MANY_CONTROL: Final = 2
 TOO_MANY_EMPTY_DATA: Final = 3
 HEADER_BLOCK_TOO_LARGE: Final = 4
+FRAME_TOO_LARGE: Final = 5
 
 WHY: Final = {
     TOO_MANY_RESETS: "too many RST_STREAM frames per second (rapid reset)",
     TOO_MANY_CONTROL: "too many SETTINGS/PING/PRIORITY frames per second",
     TOO_MANY_EMPTY_DATA: "too many empty DATA frames per second",
     HEADER_BLOCK_TOO_LARGE: "header block (HEADERS + CONTINUATION) over the size limit",
+    FRAME_TOO_LARGE: "frame longer than SETTINGS_MAX_FRAME_SIZE",
 }
 
 
@@ -61,6 +68,7 @@ class FrameGuard:
         "head",
         "in_block",
         "max_control",
+        "max_frame",
         "max_empty_data",
         "max_header_block",
         "max_resets",
@@ -71,8 +79,15 @@ class FrameGuard:
     )
 
     def __init__(
-        self, *, max_resets: int, max_control: int, max_empty_data: int, max_header_block: int
+        self,
+        *,
+        max_resets: int,
+        max_control: int,
+        max_empty_data: int,
+        max_header_block: int,
+        max_frame: int = 16384,
     ) -> None:
+        self.max_frame = max_frame
         self.max_resets = max_resets
         self.max_control = max_control
         self.max_empty_data = max_empty_data
@@ -129,6 +144,8 @@ class FrameGuard:
         return OK
 
     def _frame(self, kind: int, flags: int, length: int) -> int:
+        if length > self.max_frame:
+            return FRAME_TOO_LARGE
         if kind == DATA:
             if length == 0 and not flags & END_STREAM:
                 self.empty_data += 1

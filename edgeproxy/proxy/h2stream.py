@@ -358,8 +358,9 @@ class H2Stream(ClientConnection):
             if ex is not None and not ex.reported:
                 ex.error = "client window closed (send timeout)"
                 ex.abandon()
-                self.abort(ex)
-            self._reset(ErrorCodes.CANCEL)
+                self.abort(ex, ErrorCodes.CANCEL)
+            else:
+                self._reset(ErrorCodes.CANCEL)
 
     # -- end of the exchange ------------------------------------------------------------
     def exchange_finished(self, ex: Exchange, *, keep_alive: bool) -> None:
@@ -374,14 +375,14 @@ class H2Stream(ClientConnection):
             self.stop_request = True
         self._maybe_done()
 
-    def abort(self, ex: Exchange) -> None:
+    def abort(self, ex: Exchange, code: ErrorCodes = ErrorCodes.INTERNAL_ERROR) -> None:
         """The response can't be completed (truncated upstream, drain cut): reset the stream."""
         ex.reported = True
         self.ctx.tracker.discard(ex)
         self._record(ex)
         self.queue.clear()
         self.finished = True
-        self._reset(ErrorCodes.INTERNAL_ERROR)
+        self._reset(code)
 
     def _reset(self, code: ErrorCodes) -> None:
         if self.gone:
