@@ -48,10 +48,15 @@ class H2Client:
         validate: bool = True,
         settings: dict[int, int] | None = None,
         timeout: float = 5.0,
+        source: str | None = None,
     ) -> None:
         ctx = ssl.create_default_context(cafile=str(ca))
         ctx.set_alpn_protocols(list(alpn))
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        raw = socket.create_connection(
+            ("127.0.0.1", port),
+            timeout=timeout,
+            source_address=(source, 0) if source is not None else None,
+        )
         self.sock = ctx.wrap_socket(raw, server_hostname=sni)
         self.alpn = self.sock.selected_alpn_protocol()
         config = h2.config.H2Configuration(

@@ -295,3 +295,55 @@ def test_streams_opened_after_goaway_are_refused_not_processed(edge, backend, tl
         assert all(r.path != "/late" for r in back.seen)
     finally:
         c.close()
+
+
+# -- bounded memory: 100 streams that are never read ----------------------------------------
+
+
+def _rss_growth_with_unread_streams(
+    edge_process, backend, tls_files, *, window: int, read_socket: bool
+) -> tuple[int, int]:
+    """(RSS growth in KiB, bytes the client got) after 100 unread 20 MB responses for 3 s."""
+    back = backend("blue")
+    proc = edge_process(h2_edge_config(tls_files, **shop(back)))
+    warm = H2Client(proc.https_port, tls_files["ca"])
+    assert warm.get("/big?n=200000").status == 200
+    warm.close()
+    time.sleep(0.5)
+    before = proc.rss_kib()
+    c = H2Client(proc.https_port, tls_files["ca"], settings={0x4: window})
+    try:
+        if window:
+            c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        c.auto_ack = False
+        sids = [c.request("/big?n=20000000") for _ in range(100)]
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if read_socket:
+                c.read(0.2)
+            else:
+                time.sleep(0.2)
+        growth = proc.rss_kib() - before
+        got = sum(len(c.responses[s].body) for s in sids)
+        return growth, got
+    finally:
+        c.close()
+
+
+def test_100_streams_with_shut_windows_do_not_grow_memory(edge_process, backend, tls_files):
+    growth, got = _rss_growth_with_unread_streams(
+        edge_process, backend, tls_files, window=0, read_socket=True
+    )
+    assert got == 0
+    # 100 x 20 MB were on offer; each stream holds at most STREAM_BUFFER (64 KiB) plus
+    # what one upstream read brings before its upstream is paused.
+    assert growth < 48 * 1024, f"RSS grew {growth} KiB"
+
+
+def test_a_client_that_never_reads_its_socket_does_not_grow_memory(
+    edge_process, backend, tls_files
+):
+    growth, _ = _rss_growth_with_unread_streams(
+        edge_process, backend, tls_files, window=2**31 - 1, read_socket=False
+    )
+    assert growth < 48 * 1024, f"RSS grew {growth} KiB"

@@ -301,7 +301,9 @@ class H2Stream(ClientConnection):
         self.send_buf.append(body)
         self.send_bytes += len(body)
         self.pump()
-        if self.send_bytes > STREAM_BUFFER:
+        # Checked per upstream read: an upstream attached after the connection's
+        # socket filled up was not there to be paused then.
+        if self.send_bytes > STREAM_BUFFER or self.h2.writing_paused:
             self.pause_upstream()
 
     def on_message_complete(self) -> None:
@@ -317,21 +319,27 @@ class H2Stream(ClientConnection):
         """Send what the client's windows allow; END_STREAM once all is out."""
         if self.gone:
             return
-        conn = self.h2.conn
+        h2 = self.h2
+        conn = h2.conn
         buf = self.send_buf
         sent = False
         while buf:
             window = conn.local_flow_control_window(self.sid)
             if window <= 0:
                 break
+            room = h2.room()
+            if room <= 0:
+                h2.send_blocked = True
+                break
             chunk = buf[0]
-            n = min(window, conn.max_outbound_frame_size, len(chunk))
+            n = min(window, room, conn.max_outbound_frame_size, len(chunk))
             if n == len(chunk):
                 del buf[0]
             else:
                 buf[0] = chunk[n:]
                 chunk = chunk[:n]
             conn.send_data(self.sid, chunk)
+            h2.unflushed += n
             self.send_bytes -= n
             sent = True
         if sent:
@@ -384,9 +392,17 @@ class H2Stream(ClientConnection):
         self.finished = True
         self._reset(code)
 
+    def _give_back_window(self) -> None:
+        """The stream is over: request DATA whose acknowledgement was held still counts
+        against the connection's window, so acknowledge it now."""
+        if self.held:
+            held, self.held = self.held, 0
+            self.h2.conn.acknowledge_received_data(held, self.sid)
+
     def _reset(self, code: ErrorCodes) -> None:
         if self.gone:
             return
+        self._give_back_window()
         self.gone = True
         self.send_buf.clear()
         self.send_bytes = 0
@@ -398,6 +414,7 @@ class H2Stream(ClientConnection):
         if self.finished and self.resp_ended and not self.gone:
             if self.stop_request:
                 self.h2.reset_stream(self, ErrorCodes.NO_ERROR)
+            self._give_back_window()
             self.gone = True
             self.h2.stream_done(self)
             self._drop_tasks()
