@@ -307,10 +307,15 @@ class H2Connection:
             if stream is not None and event.stream_ended is not None:
                 stream.on_end()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client said GOAWAY: no new streams; finish these, then close.
+            # The client said GOAWAY. The library sends nothing after that (its
+            # state machine is closed), so streams still in flight cannot be
+            # answered: they end as the client's (499), and the connection closes.
             self.closing = True
-            if not self.streams:
-                self._close_transport()
+            self.goaway_sent = True
+            for stream in list(self.streams.values()):
+                stream.client_gone()
+            self.streams.clear()
+            self._close_transport()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         from edgeproxy.proxy.h2stream import H2Stream

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Final
 
+import h2.exceptions
 import httptools
 from h2.errors import ErrorCodes
 
@@ -289,7 +290,13 @@ class H2Stream(ClientConnection):
             if name not in HOP_BY_HOP:
                 fields.append((name, value))
         self.resp_head_sent = True
-        self.h2.conn.send_headers(self.sid, fields, end_stream=self.head_only)
+        try:
+            self.h2.conn.send_headers(self.sid, fields, end_stream=self.head_only)
+        except h2.exceptions.ProtocolError:
+            # The client reset the stream or ended the connection meanwhile: not
+            # the upstream's fault (an exception here would blame its response).
+            self._client_went_away()
+            return
         if self.head_only:
             self.resp_ended = True
             self._maybe_done()
@@ -319,17 +326,21 @@ class H2Stream(ClientConnection):
         """Send what the client's windows allow; END_STREAM once all is out."""
         if self.gone:
             return
-        h2 = self.h2
-        conn = h2.conn
+        owner = self.h2
+        conn = owner.conn
         buf = self.send_buf
         sent = False
         while buf:
-            window = conn.local_flow_control_window(self.sid)
+            try:
+                window = conn.local_flow_control_window(self.sid)
+            except h2.exceptions.ProtocolError:
+                self._client_went_away()
+                return
             if window <= 0:
                 break
-            room = h2.room()
+            room = owner.room()
             if room <= 0:
-                h2.send_blocked = True
+                owner.send_blocked = True
                 break
             chunk = buf[0]
             n = min(window, room, conn.max_outbound_frame_size, len(chunk))
@@ -338,8 +349,12 @@ class H2Stream(ClientConnection):
             else:
                 buf[0] = chunk[n:]
                 chunk = chunk[:n]
-            conn.send_data(self.sid, chunk)
-            h2.unflushed += n
+            try:
+                conn.send_data(self.sid, chunk)
+            except h2.exceptions.ProtocolError:
+                self._client_went_away()
+                return
+            owner.unflushed += n
             self.send_bytes -= n
             sent = True
         if sent:
@@ -349,7 +364,11 @@ class H2Stream(ClientConnection):
         if not buf and self.end_pending:
             self.end_pending = False
             self.resp_ended = True
-            conn.end_stream(self.sid)
+            try:
+                conn.end_stream(self.sid)
+            except h2.exceptions.ProtocolError:
+                self._client_went_away()
+                return
             self.h2._schedule_flush()
             self._maybe_done()
 
@@ -418,6 +437,11 @@ class H2Stream(ClientConnection):
             self.gone = True
             self.h2.stream_done(self)
             self._drop_tasks()
+
+    def _client_went_away(self) -> None:
+        """The library refuses to send on this stream any more: the client is gone."""
+        self.client_gone()
+        self.h2.stream_done(self)
 
     def client_reset(self) -> None:
         """RST_STREAM from the client (or its connection ended): abandon the exchange."""
