@@ -140,7 +140,7 @@ class Metrics:
             s = self._add((ex.app, ex.color))
         status = ex.status
         s.codes[status // 100 if status < 600 else 0] += 1
-        if ex.tunnel:
+        if ex.in_tunnel():
             return  # a WebSocket's lifetime is not a latency
         t = ex.finished_at
         d = t - ex.started_at if ex.started_at else 0.0

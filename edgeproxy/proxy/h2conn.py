@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 import h2.config
 import h2.connection
@@ -43,9 +43,7 @@ from hyperframe.frame import GoAwayFrame
 
 from edgeproxy.proxy.context import ADMITTED, ProxyContext
 from edgeproxy.proxy.h2guard import FRAME_TOO_LARGE, WHY, FrameGuard
-
-if TYPE_CHECKING:
-    from edgeproxy.proxy.h2stream import H2Stream
+from edgeproxy.proxy.h2stream import H2Stream, StreamOwner
 
 log = logging.getLogger("edgeproxy.h2")
 
@@ -54,8 +52,6 @@ STREAM_WINDOW: Final = 65535
 """Request body bytes a stream may send ahead of its upstream (the RFC's default window)."""
 CONNECTION_WINDOW: Final = 1 << 20
 """Request body bytes all streams of a connection may send ahead of their upstreams."""
-STREAM_BUFFER: Final = 65536
-"""Response bytes held per stream beyond the client's window before its upstream pauses."""
 WRITE_HIGH: Final = 256 * 1024
 """The socket's write buffer above which every upstream of the connection pauses."""
 MAX_RESETS_PER_SECOND: Final = 200
@@ -76,54 +72,33 @@ def _h2_config() -> h2.config.H2Configuration:
     )
 
 
-class H2Connection:
+class H2Connection(StreamOwner):
     """An asyncio protocol for one HTTP/2 client connection (duck-typed like ClientConnection)."""
 
     __slots__ = (
         "admitted",
         "closing",
-        "conn",
         "ctx",
         "flush_scheduled",
-        "send_blocked",
         "goaway_sent",
         "guard",
         "last_stream",
         "last_write",
-        "local_port_b",
         "loop",
-        "peer_ip",
-        "peer_ip_b",
-        "peer_trusted",
         "reading_paused",
-        "scheme",
-        "sni",
-        "sni_router",
-        "sni_site",
         "started",
         "streams",
         "timer",
         "tls",
-        "tls_version",
         "transport",
-        "unflushed",
-        "writing_paused",
     )
 
     def __init__(self, ctx: ProxyContext, *, local_port: int) -> None:
+        super().__init__(h2.connection.H2Connection(config=_h2_config()), local_port)
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.tls = True
-        self.scheme = b"https"
-        self.local_port_b = str(local_port).encode()
         self.transport: asyncio.Transport | None = None
-        self.peer_ip = ""
-        self.peer_ip_b = b""
-        self.peer_trusted = False
-        self.sni: str | None = None
-        self.sni_site: Any = None
-        self.sni_router: Any = None
-        self.tls_version: str | None = None
         self.admitted = False
         self.closing = False
         self.goaway_sent = False
@@ -131,11 +106,6 @@ class H2Connection:
         """The highest stream id processed (the last_stream_id of our GOAWAY)."""
         self.streams: dict[int, H2Stream] = {}
         self.flush_scheduled = False
-        self.unflushed = 0
-        """DATA bytes handed to the library since the last flush."""
-        self.send_blocked = False
-        """A stream held its DATA back for want of room (pumped again after a flush)."""
-        self.writing_paused = False
         self.reading_paused = False
         self.last_write = 0.0
         """When the socket last took bytes (or had none to take)."""
@@ -148,7 +118,7 @@ class H2Connection:
             max_empty_data=MAX_EMPTY_DATA_PER_SECOND,
             max_header_block=limits.max_header_bytes,
         )
-        conn = h2.connection.H2Connection(config=_h2_config())
+        conn = self.conn
         header_list = limits.max_header_bytes + HEADER_LIST_OVERHEAD * limits.max_headers
         conn.local_settings = h2.settings.Settings(
             client=False,
@@ -161,7 +131,6 @@ class H2Connection:
         )
         # In force from the first frame, not only once the client acknowledges our SETTINGS.
         conn.decoder.max_header_list_size = header_list
-        self.conn = conn
 
     # -- asyncio.Protocol -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -201,6 +170,12 @@ class H2Connection:
         self.flush()
         self._arm_timer()
 
+    def owner_ctx(self) -> ProxyContext:
+        return self.ctx
+
+    def owner_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
+
     def sni_site_now(self) -> Any:
         """The site of the SNI name under the config in force (as ClientConnection's)."""
         router = self.ctx.router
@@ -231,7 +206,7 @@ class H2Connection:
             return
         for event in events:
             self._event(event)
-        self._schedule_flush()
+        self.schedule_flush()
 
     def eof_received(self) -> bool | None:
         return None  # a half-closed HTTP/2 connection is over: close it
@@ -296,7 +271,7 @@ class H2Connection:
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.pop(event.stream_id or 0, None)
             if stream is not None:
-                stream.client_reset()
+                stream.client_gone()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 for stream in list(self.streams.values()):
@@ -318,8 +293,6 @@ class H2Connection:
             self._close_transport()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
-        from edgeproxy.proxy.h2stream import H2Stream
-
         sid = event.stream_id or 0
         if self.goaway_sent or self.closing:
             # After our GOAWAY: refused, never processed (the client may retry it).
@@ -344,9 +317,9 @@ class H2Connection:
             self.conn.reset_stream(stream.sid, code)
         except h2.exceptions.StreamClosedError:
             pass
-        self._schedule_flush()
+        self.schedule_flush()
 
-    def _schedule_flush(self) -> None:
+    def schedule_flush(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             # Coalesced per loop iteration, as on HTTP/1.1: one send(), one TLS record.
@@ -467,6 +440,6 @@ class H2Connection:
             limit = t.client_idle if self.last_stream else self.ctx.limits.client_header_timeout
             if idle >= limit and not self.closing:
                 self.shutdown()
-        self._schedule_flush()
+        self.schedule_flush()
         if self.transport is not None:
             self._arm_timer()
