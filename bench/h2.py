@@ -29,8 +29,16 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.peers import Listen, Target, answers, nginx_argv, nginx_proxy_conf, start_backend
-from bench.peers import edgeproxy_argv, edgeproxy_conf
+from bench.peers import (
+    Listen,
+    Target,
+    answers,
+    edgeproxy_argv,
+    edgeproxy_conf,
+    nginx_argv,
+    nginx_proxy_conf,
+    start_backend,
+)
 from bench.procs import BenchError, ProcSample, cpu_seconds, free_port, log, running
 from bench.stats import median
 from bench.tlscert import make_selfsigned
@@ -67,7 +75,9 @@ def h2load_argv(url: str, proto: str, requests: int, log_file: Path) -> list[str
 def parse_h2load(out: str) -> tuple[int, int, float, float]:
     """(succeeded, failed, seconds, req/s) from h2load's summary."""
     m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
-    done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    done = re.search(
+        r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out
+    )
     if m is None or done is None:
         raise BenchError(f"cannot read h2load's output:\n{out[-2000:]}")
     seconds = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)

@@ -175,7 +175,7 @@ class H2Client:
 
     def _by_hand(self, raw: bytes) -> None:
         """HEADERS and DATA of a response, past a state machine that gave up."""
-        frame, length = Frame.parse_frame_header(memoryview(raw[:9]))
+        frame, _length = Frame.parse_frame_header(memoryview(raw[:9]))
         frame.parse_body(memoryview(raw[9:]))
         sid = frame.stream_id
         if isinstance(frame, HeadersFrame):

@@ -238,4 +238,3 @@ def test_headless_chromium_loads_a_page_and_its_scripts_over_h2(
         and ("next_proto" in ev["params"] or "alpn" in ev["params"])
     ]
     assert "h2" in negotiated
-

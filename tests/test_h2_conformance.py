@@ -18,7 +18,7 @@ from typing import Any
 import hpack
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, WindowUpdateFrame
+from hyperframe.frame import DataFrame, HeadersFrame, WindowUpdateFrame
 
 from tests.h2_fixtures import H2Client, h2_edge_config, site
 from tests.proxy_fixtures import Backend, Edge
@@ -70,7 +70,7 @@ def test_3_4_the_server_preface_is_a_settings_frame(h2edge) -> None:
     c = client(h2edge)
     try:
         c.read(2.0)
-        assert c.rx == b"" or True  # parsed: the first frame the scan saw
+        assert True  # parsed: the first frame the scan saw
         assert c.conn.remote_settings.max_concurrent_streams == 128
         assert c.conn.remote_settings.enable_push == 0
     finally:
@@ -258,7 +258,7 @@ def test_6_9_1_a_window_beyond_2_31_minus_1_is_a_flow_control_error(h2edge) -> N
 
 
 def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None:
-    e, back, _ = h2edge
+    _e, back, _ = h2edge
     c = client(h2edge)
     try:
         body = bytes(range(256)) * 4096  # 1 MiB: many window updates
@@ -299,7 +299,7 @@ def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None
     ],
 )
 def test_8_2_a_malformed_field_makes_the_request_malformed(h2edge, field) -> None:
-    e, back, _ = h2edge
+    _e, back, _ = h2edge
     c = client(h2edge, validate=False)
     try:
         c.send_frames([HeadersFrame(1, block([*BASE, field]), flags=["END_HEADERS", "END_STREAM"])])
@@ -319,7 +319,7 @@ def test_8_2_2_te_trailers_is_allowed(h2edge) -> None:
 
 
 def test_8_2_3_cookie_crumbs_are_joined_for_the_http11_upstream(h2edge) -> None:
-    e, back, _ = h2edge
+    _e, back, _ = h2edge
     c = client(h2edge)
     try:
         r = c.get("/headers", headers=[("cookie", "a=1"), ("cookie", "b=2")])
@@ -346,7 +346,7 @@ def test_8_2_3_cookie_crumbs_are_joined_for_the_http11_upstream(h2edge) -> None:
     ids=["no-path", "no-method", "duplicate", "unknown", "after-regular", "status", "empty-path"],
 )
 def test_8_3_pseudo_header_rules_are_enforced(h2edge, fields) -> None:
-    e, back, _ = h2edge
+    _e, back, _ = h2edge
     c = client(h2edge, validate=False)
     try:
         c.send_frames([HeadersFrame(1, block(fields), flags=["END_HEADERS", "END_STREAM"])])
@@ -358,7 +358,7 @@ def test_8_3_pseudo_header_rules_are_enforced(h2edge, fields) -> None:
 
 
 def test_8_3_1_authority_is_the_host_upstream(h2edge) -> None:
-    e, back, _ = h2edge
+    _e, back, _ = h2edge
     c = client(h2edge)
     try:
         assert c.get("/", authority="a.test").status == 200
@@ -368,7 +368,7 @@ def test_8_3_1_authority_is_the_host_upstream(h2edge) -> None:
 
 
 def test_8_3_1_a_host_field_other_than_authority_makes_the_request_malformed(h2edge) -> None:
-    e, back, _ = h2edge
+    _e, back, _ = h2edge
     c = client(h2edge, validate=False)
     try:
         fields = [*BASE, (b"host", b"other.test")]
@@ -380,7 +380,7 @@ def test_8_3_1_a_host_field_other_than_authority_makes_the_request_malformed(h2e
 
 
 def test_8_1_1_content_length_that_disagrees_with_the_body_is_malformed(h2edge) -> None:
-    e, back, _ = h2edge
+    _e, _back, _ = h2edge
     c = client(h2edge, validate=False)
     try:
         fields = [*BASE[:3], (b":path", b"/echo"), (b"content-length", b"10")]

@@ -274,7 +274,7 @@ def test_streams_opened_after_goaway_are_refused_not_processed(edge, backend, tl
     e, back = start(edge, backend, tls_files)
     c = H2Client(e.https_port, tls_files["ca"])
     try:
-        slow = c.request("/slow")
+        c.request("/slow")
         deadline = time.monotonic() + 5
         while not back.seen and time.monotonic() < deadline:
             time.sleep(0.02)

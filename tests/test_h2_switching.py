@@ -47,8 +47,18 @@ def test_100_flips_while_h2load_runs_many_streams_per_connection_fail_no_stream(
     e, blue, green, ctl = two_colors(edge, backend, tls_files)
     url = f"https://a.test:{e.https_port}/"
     load = subprocess.Popen(
-        ["h2load", "-D", "8", "-c", "4", "-m", "20", "--connect-to", f"127.0.0.1:{e.https_port}"]
-        + [url],
+        [
+            "h2load",
+            "-D",
+            "8",
+            "-c",
+            "4",
+            "-m",
+            "20",
+            "--connect-to",
+            f"127.0.0.1:{e.https_port}",
+            url,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -40,7 +40,6 @@ CONTINUATION: Final = 9
 
 END_STREAM: Final = 0x1
 ACK: Final = 0x1
-END_HEADERS: Final = 0x4
 
 OK: Final = 0
 TOO_MANY_RESETS: Final = 1
@@ -66,10 +65,9 @@ class FrameGuard:
         "control",
         "empty_data",
         "head",
-        "in_block",
         "max_control",
-        "max_frame",
         "max_empty_data",
+        "max_frame",
         "max_header_block",
         "max_resets",
         "preface_left",
@@ -97,7 +95,6 @@ class FrameGuard:
         """A frame header split across reads (fewer than 9 bytes)."""
         self.skip = 0
         """Payload bytes of the current frame still to come."""
-        self.in_block = False
         self.block = 0
         self.window_start = 0.0
         self.resets = 0
@@ -151,16 +148,15 @@ class FrameGuard:
                 self.empty_data += 1
                 if self.empty_data > self.max_empty_data:
                     return TOO_MANY_EMPTY_DATA
-        elif kind == HEADERS or kind == CONTINUATION:
+        elif kind in (HEADERS, CONTINUATION):
             self.block = length if kind == HEADERS else self.block + length
-            self.in_block = not flags & END_HEADERS
             if self.block > self.max_header_block:
                 return HEADER_BLOCK_TOO_LARGE
         elif kind == RST_STREAM:
             self.resets += 1
             if self.resets > self.max_resets:
                 return TOO_MANY_RESETS
-        elif kind == PRIORITY or ((kind == SETTINGS or kind == PING) and not flags & ACK):
+        elif kind == PRIORITY or ((kind in (SETTINGS, PING)) and not flags & ACK):
             self.control += 1
             if self.control > self.max_control:
                 return TOO_MANY_CONTROL
