@@ -244,6 +244,12 @@ class H2Client:
         except OSError:
             pass
 
+    def __enter__(self) -> H2Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def h2_edge_config(tls_files: dict[str, Path], **conf: Any) -> dict[str, Any]:
     """An HTTPS listener with the test certificate (a.test, *.example.test), plus `conf`."""

@@ -8,9 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
+
+from switchctl.cli import cli
 from switchctl.client import ControlClient
 from tests.h2_fixtures import H2Client, h2_edge_config, site
 from tests.proxy_fixtures import Backend, Edge
+from tests.test_access_log import lines
 
 
 def shop(back: Backend, **extra: Any) -> dict[str, Any]:
@@ -25,8 +29,7 @@ def test_a_client_offering_h2_gets_h2_and_the_app_answers_on_the_stream(
 ) -> None:
     back = backend("blue")
     e = edge(h2_edge_config(tls_files, **shop(back)))
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         assert c.alpn == "h2"
         r = c.get("/hello")
         assert (r.status, r.body, r.headers["x-backend"]) == (200, b"blue\n", "blue")
@@ -37,8 +40,6 @@ def test_a_client_offering_h2_gets_h2_and_the_app_answers_on_the_stream(
         assert seen.headers["Host"] == "a.test"
         assert seen.headers["X-Forwarded-Proto"] == "https"
         assert seen.headers["X-Forwarded-For"] == "127.0.0.1"
-    finally:
-        c.close()
 
 
 def test_a_client_offering_only_http11_gets_todays_path(
@@ -82,11 +83,8 @@ def test_http2_false_on_the_listener_offers_http11_only(
     conf = h2_edge_config(tls_files, **shop(back))
     conf["listen"]["http2"] = False
     e = edge(conf)
-    c = H2Client(e.https_port, tls_files["ca"], alpn=("h2", "http/1.1"))
-    try:
+    with H2Client(e.https_port, tls_files["ca"], alpn=("h2", "http/1.1")) as c:
         assert c.alpn == "http/1.1"
-    finally:
-        c.close()
 
 
 def test_http2_false_on_a_site_offers_http11_to_its_names_only(
@@ -118,12 +116,67 @@ def test_metrics_count_http2_connections_apart_from_http11(
 ) -> None:
     back = backend("blue")
     e = edge(h2_edge_config(tls_files, **shop(back)))
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         assert c.get("/").status == 200
-        text = ControlClient(e.socket_path).metrics()
-        assert 'edgeproxy_connections_open_by_protocol{protocol="h2"} 1' in text
-        assert 'edgeproxy_connections_open_by_protocol{protocol="http/1.1"} 0' in text
-        assert 'edgeproxy_connections_by_protocol_total{protocol="h2"} 1' in text
-    finally:
-        c.close()
+        samples = dict(
+            line.rsplit(" ", 1)
+            for line in ControlClient(e.socket_path).metrics().splitlines()
+            if "_by_protocol" in line and not line.startswith("#")
+        )
+        by = 'edgeproxy_connections_{}{{protocol="{}"}}'
+        assert float(samples[by.format("open_by_protocol", "h2")]) == 1
+        assert float(samples[by.format("open_by_protocol", "http/1.1")]) == 0
+        assert float(samples[by.format("by_protocol_total", "h2")]) == 1
+
+
+def test_an_h2_stream_writes_the_same_access_log_line_with_proto_h2(
+    edge: Callable[..., Edge],
+    backend: Callable[[str], Backend],
+    tls_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    back = backend("blue")
+    log = tmp_path / "access.log"
+    e = edge(h2_edge_config(tls_files, access_log={"path": str(log)}, **shop(back)))
+    with H2Client(e.https_port, tls_files["ca"]) as c:
+        r = c.get(
+            "/echo",
+            method="POST",
+            body=b"x" * 100,
+            headers=[("x-request-id", "rq-h2"), ("content-length", "100")],
+        )
+        assert r.status == 200
+    (line,) = lines(e, log)
+    line.pop("time")
+    line.pop("duration_ms")
+    assert line == {
+        "request_id": "rq-h2",
+        "client": "127.0.0.1",
+        "host": "a.test",
+        "method": "POST",
+        "path": "/echo",
+        "status": 200,
+        "bytes_in": 100,
+        "bytes_out": 100,
+        "app": "shop",
+        "color": "blue",
+        "upstream": back.url,
+        "tls": line["tls"],
+        "proto": "h2",
+        "error": None,
+    }
+    assert line["tls"] in ("TLSv1.2", "TLSv1.3")
+
+
+def test_switchctl_status_shows_connections_per_protocol(
+    edge: Callable[..., Edge], backend: Callable[[str], Backend], tls_files: dict[str, Path]
+) -> None:
+    back = backend("blue")
+    e = edge(h2_edge_config(tls_files, **shop(back)))
+    with H2Client(e.https_port, tls_files["ca"]) as c:
+        assert c.get("/").status == 200
+        result = CliRunner().invoke(cli, ["--socket", str(e.socket_path), "status"])
+    assert result.exit_code == 0, result.output
+    assert "client connections (open / since start):" in result.output
+    assert "  h2: 1 / 1" in result.output
+    assert "  http/1.1: 0 / 0" in result.output

@@ -136,16 +136,13 @@ def test_the_rate_limit_answers_429_over_h2_after_the_burst(
     ca: Path,
 ) -> None:
     e, _, _ = medusa
-    c = H2Client(e.https_port, ca, sni=API)
-    try:
+    with H2Client(e.https_port, ca, sni=API) as c:
         sids = [c.request(f"/store/p{i}", authority=API) for i in range(23)]
         statuses = sorted(r.status for r in c.wait(*sids))
         assert statuses == [200] * 21 + [429] * 2  # burst 20 (+ the first token)
         limited = [r for r in c.responses.values() if r.status == 429]
         assert all(1 <= int(r.headers["retry-after"]) <= 100 for r in limited)
         assert all(r.headers["x-frame-options"] == "DENY" for r in limited)
-    finally:
-        c.close()
 
 
 def test_an_authority_of_another_site_than_the_sni_name_gets_421(
@@ -153,14 +150,11 @@ def test_an_authority_of_another_site_than_the_sni_name_gets_421(
     ca: Path,
 ) -> None:
     e, _, _ = medusa
-    c = H2Client(e.https_port, ca, sni=API)
-    try:
+    with H2Client(e.https_port, ca, sni=API) as c:
         r = c.get("/", authority=PORTAINER)
         assert r.status == 421
         # The connection goes on for its own name (clients retry the 421 elsewhere).
         assert c.get("/health", authority=API).status == 200
-    finally:
-        c.close()
 
 
 def test_nghttp_shows_the_h2_frames_and_the_answer(
@@ -185,8 +179,7 @@ def test_a_python_h2_client_multiplexes_app_and_static_routes_on_one_connection(
     ca: Path,
 ) -> None:
     e, _, _ = medusa
-    c = H2Client(e.https_port, ca, sni=API)
-    try:
+    with H2Client(e.https_port, ca, sni=API) as c:
         sids = [
             c.request("/health", authority=API),
             c.request("/search/indexes/a/search", authority=API),
@@ -198,8 +191,6 @@ def test_a_python_h2_client_multiplexes_app_and_static_routes_on_one_connection(
         assert json.loads(search.body)["path"] == "/indexes/a/search"
         assert "immutable" in asset.headers["cache-control"]
         assert gzip.decompress(big.body) == BIG_JSON
-    finally:
-        c.close()
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian chromium")

@@ -67,14 +67,11 @@ def connection_error(c: H2Client) -> int | None:
 
 
 def test_3_4_the_server_preface_is_a_settings_frame(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         c.read(2.0)
         assert True  # parsed: the first frame the scan saw
         assert c.conn.remote_settings.max_concurrent_streams == 128
         assert c.conn.remote_settings.enable_push == 0
-    finally:
-        c.close()
 
 
 def test_3_4_a_bad_connection_preface_ends_the_connection(h2edge) -> None:
@@ -96,8 +93,7 @@ def test_3_4_a_bad_connection_preface_ends_the_connection(h2edge) -> None:
 
 
 def test_6_7_ping_is_answered_with_the_same_payload(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         c.conn.ping(b"8 bytes!")
         c.flush()
         got = []
@@ -106,77 +102,56 @@ def test_6_7_ping_is_answered_with_the_same_payload(h2edge) -> None:
             if got:
                 break
         assert got and got[0].ping_data == b"8 bytes!"
-    finally:
-        c.close()
 
 
 def test_6_7_a_ping_on_a_stream_is_a_connection_error(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         # hyperframe refuses to build it: by hand (length 8, type PING, stream 1).
         c.send_raw(b"\x00\x00\x08\x06\x00\x00\x00\x00\x01" + b"12345678")
         assert connection_error(c) == PROTOCOL_ERROR
-    finally:
-        c.close()
 
 
 # -- §4.2 frame size --------------------------------------------------------------------
 
 
 def test_4_2_a_frame_over_max_frame_size_is_a_frame_size_error(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         sid = c.request("/echo", method="POST", end=False)
         c.send_frames([DataFrame(sid, b"x" * 16385)])
         assert connection_error(c) == int(ErrorCodes.FRAME_SIZE_ERROR)
-    finally:
-        c.close()
 
 
 def test_4_2_a_frame_header_announcing_too_much_is_refused_before_its_payload(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         sid = c.request("/echo", method="POST", end=False)
         # A DATA frame header announcing 16 MiB, and only 1 KiB of it.
         c.send_raw(b"\xff\xff\xff\x00\x00" + sid.to_bytes(4, "big") + b"x" * 1024)
         assert connection_error(c) == int(ErrorCodes.FRAME_SIZE_ERROR)
-    finally:
-        c.close()
 
 
 def test_4_2_bodies_larger_than_a_frame_are_split_to_the_clients_max_frame_size(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         r = c.get("/big?n=100000")
         assert r.status == 200 and len(r.body) == 100000
-    finally:
-        c.close()
 
 
 # -- §5.1 stream states and identifiers --------------------------------------------------
 
 
 def test_5_1_data_on_an_idle_stream_is_a_connection_error(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         c.send_frames([DataFrame(1, b"hello")])
         assert connection_error(c) == PROTOCOL_ERROR
-    finally:
-        c.close()
 
 
 def test_5_1_1_a_client_stream_with_an_even_id_is_a_connection_error(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         c.send_frames([HeadersFrame(2, block(BASE), flags=["END_HEADERS", "END_STREAM"])])
         assert connection_error(c) == PROTOCOL_ERROR
-    finally:
-        c.close()
 
 
 def test_5_1_1_stream_ids_must_increase(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         enc = hpack.Encoder()
         c.send_frames(
             [
@@ -185,13 +160,10 @@ def test_5_1_1_stream_ids_must_increase(h2edge) -> None:
             ]
         )
         assert connection_error(c) == PROTOCOL_ERROR
-    finally:
-        c.close()
 
 
 def test_5_1_data_after_end_stream_is_refused(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         c.send_frames(
             [
                 HeadersFrame(1, block(BASE), flags=["END_HEADERS", "END_STREAM"]),
@@ -204,26 +176,20 @@ def test_5_1_data_after_end_stream_is_refused(h2edge) -> None:
         # STREAM_CLOSED as a stream error: the connection goes on.
         assert c.resets.get(1) == int(ErrorCodes.STREAM_CLOSED)
         assert c.goaway_code is None and not c.closed
-    finally:
-        c.close()
 
 
 def test_5_1_many_streams_on_one_connection_each_get_their_own_answer(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         sids = [c.request(f"/status/{200 + i}") for i in range(20)]
         rs = c.wait(*sids)
         assert [r.status for r in rs] == [200 + i for i in range(20)]
-    finally:
-        c.close()
 
 
 # -- §6.9 flow control ---------------------------------------------------------------------
 
 
 def test_6_9_the_server_sends_no_more_than_the_clients_stream_window(h2edge) -> None:
-    c = client(h2edge, settings={0x4: 1000})
-    try:
+    with client(h2edge, settings={0x4: 1000}) as c:
         c.auto_ack = False
         sid = c.request("/big?n=5000")
         for _ in range(10):
@@ -235,32 +201,23 @@ def test_6_9_the_server_sends_no_more_than_the_clients_stream_window(h2edge) -> 
         c.auto_ack = True
         (r,) = c.wait(sid)
         assert len(r.body) == 5000
-    finally:
-        c.close()
 
 
 def test_6_9_a_window_update_of_zero_is_a_protocol_error(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         c.send_frames([WindowUpdateFrame(0, window_increment=0)])
         assert connection_error(c) == PROTOCOL_ERROR
-    finally:
-        c.close()
 
 
 def test_6_9_1_a_window_beyond_2_31_minus_1_is_a_flow_control_error(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         c.send_frames([WindowUpdateFrame(0, window_increment=2**31 - 1)])
         assert connection_error(c) == int(ErrorCodes.FLOW_CONTROL_ERROR)
-    finally:
-        c.close()
 
 
 def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None:
     _e, back, _ = h2edge
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         body = bytes(range(256)) * 4096  # 1 MiB: many window updates
         sid = c.request("/echo", method="POST", end=False)
         sent = 0
@@ -279,8 +236,6 @@ def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None
         assert back.bodies[-1] == body
         # Unknown length on HTTP/2: chunked to the HTTP/1.1 upstream.
         assert back.seen[-1].headers.get("Transfer-Encoding") == "chunked"
-    finally:
-        c.close()
 
 
 # -- §8.2 fields ---------------------------------------------------------------------------
@@ -300,33 +255,24 @@ def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None
 )
 def test_8_2_a_malformed_field_makes_the_request_malformed(h2edge, field) -> None:
     _e, back, _ = h2edge
-    c = client(h2edge, validate=False)
-    try:
+    with client(h2edge, validate=False) as c:
         c.send_frames([HeadersFrame(1, block([*BASE, field]), flags=["END_HEADERS", "END_STREAM"])])
         c.read_until_closed(timeout=3)
         assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
         assert back.seen == []
-    finally:
-        c.close()
 
 
 def test_8_2_2_te_trailers_is_allowed(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         assert c.get("/", headers=[("te", "trailers")]).status == 200
-    finally:
-        c.close()
 
 
 def test_8_2_3_cookie_crumbs_are_joined_for_the_http11_upstream(h2edge) -> None:
     _e, back, _ = h2edge
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         r = c.get("/headers", headers=[("cookie", "a=1"), ("cookie", "b=2")])
         assert r.status == 200
         assert back.seen[-1].headers.getall("Cookie") == ["a=1; b=2"]
-    finally:
-        c.close()
 
 
 # -- §8.3 pseudo-header fields -----------------------------------------------------------
@@ -347,42 +293,32 @@ def test_8_2_3_cookie_crumbs_are_joined_for_the_http11_upstream(h2edge) -> None:
 )
 def test_8_3_pseudo_header_rules_are_enforced(h2edge, fields) -> None:
     _e, back, _ = h2edge
-    c = client(h2edge, validate=False)
-    try:
+    with client(h2edge, validate=False) as c:
         c.send_frames([HeadersFrame(1, block(fields), flags=["END_HEADERS", "END_STREAM"])])
         c.read_until_closed(timeout=3)
         assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
         assert back.seen == []
-    finally:
-        c.close()
 
 
 def test_8_3_1_authority_is_the_host_upstream(h2edge) -> None:
     _e, back, _ = h2edge
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         assert c.get("/", authority="a.test").status == 200
         assert back.seen[-1].headers["Host"] == "a.test"
-    finally:
-        c.close()
 
 
 def test_8_3_1_a_host_field_other_than_authority_makes_the_request_malformed(h2edge) -> None:
     _e, back, _ = h2edge
-    c = client(h2edge, validate=False)
-    try:
+    with client(h2edge, validate=False) as c:
         fields = [*BASE, (b"host", b"other.test")]
         c.send_frames([HeadersFrame(1, block(fields), flags=["END_HEADERS", "END_STREAM"])])
         assert connection_error(c) == PROTOCOL_ERROR
         assert back.seen == []
-    finally:
-        c.close()
 
 
 def test_8_1_1_content_length_that_disagrees_with_the_body_is_malformed(h2edge) -> None:
     _e, _back, _ = h2edge
-    c = client(h2edge, validate=False)
-    try:
+    with client(h2edge, validate=False) as c:
         fields = [*BASE[:3], (b":path", b"/echo"), (b"content-length", b"10")]
         fields[0] = (b":method", b"POST")
         c.send_frames(
@@ -393,39 +329,28 @@ def test_8_1_1_content_length_that_disagrees_with_the_body_is_malformed(h2edge) 
         )
         c.read_until_closed(timeout=3)
         assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
-    finally:
-        c.close()
 
 
 def test_8_1_a_head_response_has_headers_and_no_data(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         r = c.get("/", method="HEAD")
         assert r.status == 200 and r.body == b""
-    finally:
-        c.close()
 
 
 def test_8_2_2_no_connection_specific_field_reaches_the_client(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         r = c.get("/big?n=1000")  # chunked from the upstream
         assert r.status == 200 and len(r.body) == 1000
         assert not {"connection", "transfer-encoding", "keep-alive"} & set(r.headers)
-    finally:
-        c.close()
 
 
 # -- §6.8 GOAWAY -------------------------------------------------------------------------------
 
 
 def test_6_8_after_the_clients_goaway_the_server_closes_the_connection(h2edge) -> None:
-    c = client(h2edge)
-    try:
+    with client(h2edge) as c:
         assert c.get("/").status == 200
         c.conn.close_connection()
         c.flush()
         c.read_until_closed(timeout=5)
         assert c.closed
-    finally:
-        c.close()

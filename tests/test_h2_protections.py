@@ -66,8 +66,7 @@ def assert_calmed(c: H2Client) -> None:
 
 def test_rapid_reset_ends_the_connection_with_enhance_your_calm(edge, backend, tls_files) -> None:
     e, back = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         frames: list[Any] = []
         block = headers_block("/slow")
         for i in range(400):
@@ -78,30 +77,24 @@ def test_rapid_reset_ends_the_connection_with_enhance_your_calm(edge, backend, t
         assert_calmed(c)
         # The streams after the cap never reached an upstream.
         assert len(back.seen) < 400
-    finally:
-        c.close()
 
 
 def test_a_header_block_over_the_limit_across_continuation_frames_is_refused(
     edge, backend, tls_files
 ) -> None:
     e, back = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         frames: list[Any] = [HeadersFrame(1, headers_block("/"), flags=[])]
         # Endless CONTINUATION without END_HEADERS (CVE-2024-27316): 3 x 16 KB > 32 KiB.
         frames += [ContinuationFrame(1, b"\x40\x01a\x01b" * 3000, flags=[]) for _ in range(3)]
         c.send_frames(frames)
         assert_calmed(c)
         assert back.seen == []
-    finally:
-        c.close()
 
 
 def test_an_hpack_bomb_is_refused_before_it_inflates(edge, backend, tls_files) -> None:
     e, back = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         enc = hpack.Encoder()
         big = (b"x-bomb", b"a" * 4000)
         # One literal into the dynamic table, then 1-byte references to it: ~5 KB on
@@ -121,53 +114,39 @@ def test_an_hpack_bomb_is_refused_before_it_inflates(edge, backend, tls_files) -
         c.send_frames([HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"])])
         assert_calmed(c)
         assert back.seen == []
-    finally:
-        c.close()
 
 
 def test_a_settings_flood_is_refused(edge, backend, tls_files) -> None:
     e, _ = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         c.send_frames([SettingsFrame(0, settings={0x4: 65535}) for _ in range(500)])
         assert_calmed(c)
-    finally:
-        c.close()
 
 
 def test_a_ping_flood_is_refused(edge, backend, tls_files) -> None:
     e, _ = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         c.send_frames([PingFrame(0, opaque_data=b"12345678") for _ in range(500)])
         assert_calmed(c)
-    finally:
-        c.close()
 
 
 def test_an_empty_data_flood_is_refused(edge, backend, tls_files) -> None:
     e, _ = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         sid = c.request("/echo", method="POST", end=False)
         c.send_frames([DataFrame(sid, b"") for _ in range(500)])
         assert_calmed(c)
-    finally:
-        c.close()
 
 
 def test_a_few_pings_and_settings_are_answered_as_usual(edge, backend, tls_files) -> None:
     e, _ = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         for _ in range(20):
             c.conn.ping(b"abcdefgh")
         c.flush()
         r = c.get("/")
         assert r.status == 200
         assert c.goaway is None
-    finally:
-        c.close()
 
 
 def test_the_server_advertises_128_concurrent_streams_and_refuses_the_129th(
@@ -206,8 +185,7 @@ def test_a_stream_whose_client_window_stays_shut_is_reset_after_the_send_timeout
 ) -> None:
     e, _ = start(edge, backend, tls_files, timeouts={"send": 1.0})
     # The client's initial window is 0: nothing of the body can be sent.
-    c = H2Client(e.https_port, tls_files["ca"], settings={0x4: 0})
-    try:
+    with H2Client(e.https_port, tls_files["ca"], settings={0x4: 0}) as c:
         sid = c.request("/big?n=1000000")
         t0 = time.monotonic()
         (r,) = c.wait(sid, timeout=10)
@@ -219,16 +197,13 @@ def test_a_stream_whose_client_window_stays_shut_is_reset_after_the_send_timeout
         c.conn.update_settings({0x4: 65535})
         c.flush()
         assert c.get("/").status == 200
-    finally:
-        c.close()
 
 
 def test_a_client_that_stops_reading_the_socket_is_cut_after_the_send_timeout(
     edge, backend, tls_files
 ) -> None:
     e, _ = start(edge, backend, tls_files, timeouts={"send": 1.0})
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         c.conn.increment_flow_control_window(2**31 - 1 - 65535)
         c.conn.update_settings({0x4: 2**31 - 1})
         for _ in range(4):
@@ -237,16 +212,13 @@ def test_a_client_that_stops_reading_the_socket_is_cut_after_the_send_timeout(
         time.sleep(4)  # never reading: the socket buffers fill on both sides
         c.read_until_closed(timeout=10)
         assert c.closed
-    finally:
-        c.close()
 
 
 def test_graceful_stop_sends_goaway_with_the_last_stream_and_finishes_it(
     edge, backend, tls_files
 ) -> None:
     e, back = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         slow = c.request("/slow")
         deadline = time.monotonic() + 5
         while not back.seen and time.monotonic() < deadline:
@@ -266,14 +238,11 @@ def test_graceful_stop_sends_goaway_with_the_last_stream_and_finishes_it(
         assert (r.status, r.body) == (200, b"blue slow done\n")
         c.read_until_closed()
         assert c.closed
-    finally:
-        c.close()
 
 
 def test_streams_opened_after_goaway_are_refused_not_processed(edge, backend, tls_files) -> None:
     e, back = start(edge, backend, tls_files)
-    c = H2Client(e.https_port, tls_files["ca"])
-    try:
+    with H2Client(e.https_port, tls_files["ca"]) as c:
         c.request("/slow")
         deadline = time.monotonic() + 5
         while not back.seen and time.monotonic() < deadline:
@@ -293,8 +262,6 @@ def test_streams_opened_after_goaway_are_refused_not_processed(edge, backend, tl
         c.read_until_closed()
         assert c.resets.get(late) == int(ErrorCodes.REFUSED_STREAM)
         assert all(r.path != "/late" for r in back.seen)
-    finally:
-        c.close()
 
 
 # -- bounded memory: 100 streams that are never read ----------------------------------------
@@ -311,8 +278,7 @@ def _rss_growth_with_unread_streams(
     warm.close()
     time.sleep(0.5)
     before = proc.rss_kib()
-    c = H2Client(proc.https_port, tls_files["ca"], settings={0x4: window})
-    try:
+    with H2Client(proc.https_port, tls_files["ca"], settings={0x4: window}) as c:
         if window:
             c.conn.increment_flow_control_window(2**31 - 1 - 65535)
         c.auto_ack = False
@@ -326,8 +292,6 @@ def _rss_growth_with_unread_streams(
         growth = proc.rss_kib() - before
         got = sum(len(c.responses[s].body) for s in sids)
         return growth, got
-    finally:
-        c.close()
 
 
 def test_100_streams_with_shut_windows_do_not_grow_memory(edge_process, backend, tls_files):

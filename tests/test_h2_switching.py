@@ -95,11 +95,8 @@ def test_a_canary_at_weight_10_gets_each_visitor_the_color_it_gets_over_http11(
     for i in range(n):
         # Fresh visitors from distinct loopback addresses (the canary key is the address).
         src = f"127.{1 + i // 65536}.{(i // 256) % 256}.{i % 256 or 1}"
-        c = H2Client(e.https_port, tls_files["ca"], source=src)
-        try:
+        with H2Client(e.https_port, tls_files["ca"], source=src) as c:
             r = c.get("/")
-        finally:
-            c.close()
         h1 = raw_request(
             e.http_port,
             b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
