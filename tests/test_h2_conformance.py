@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h2.events
 import hpack
 import pytest
 from h2.errors import ErrorCodes
@@ -354,3 +355,16 @@ def test_6_8_after_the_clients_goaway_the_server_closes_the_connection(h2edge) -
         c.flush()
         c.read_until_closed(timeout=5)
         assert c.closed
+
+
+def test_the_request_id_and_set_cookie_go_out_as_never_indexed_hpack_literals(h2edge) -> None:
+    with client(h2edge) as c:
+        sid = c.request("/respond-header?name=Set-Cookie&value=s%3D1")
+        events: list[Any] = []
+        while sid not in c.ended:
+            events += c.read(2.0)
+        (head,) = [ev for ev in events if isinstance(ev, h2.events.ResponseReceived)]
+        kinds = {bytes(n): type(f).__name__ for f in head.headers for n in [f[0]]}
+        assert kinds[b"x-request-id"] == "NeverIndexedHeaderTuple"
+        assert kinds[b"set-cookie"] == "NeverIndexedHeaderTuple"
+        assert kinds[b"content-type"] == "HeaderTuple"

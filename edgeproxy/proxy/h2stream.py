@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import h2.connection
 import h2.exceptions
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 
 from edgeproxy.errors import ClientProtocolError
 from edgeproxy.proxy.exchange import REQ_BODY, Downstream, Exchange
@@ -111,21 +112,36 @@ def request_head(fields: list[tuple[bytes, bytes]], *, ends_stream: bool) -> Req
     return RequestHead(method, target, headers)
 
 
-def parse_head(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+Fields = list[Any]
+"""HTTP/2 response fields: (name, value) tuples and hpack's NeverIndexedHeaderTuple. Not
+`list[tuple[bytes, bytes]]`: compiled, mypyc unboxes a fixed-length tuple and boxes it
+again as a plain one, and the never-indexed mark would be lost."""
+
+
+def parse_head(
+    data: bytes, never_index: frozenset[bytes] = frozenset()
+) -> tuple[int, Fields, bytes]:
     """(status, HTTP/2 fields, body) of an HTTP/1.1 response edgeproxy built itself
     (`responses.build_response`, `headers.response_head`): names lowercased,
-    hop-by-hop fields dropped."""
+    hop-by-hop fields dropped. Fields named in `never_index` are sent as HPACK
+    never-indexed literals: a value new in every response (the request id) would
+    only churn the dynamic table, whose lookups the HPACK encoder makes by a linear
+    scan (a full table made a third of the encoding cost, measured), and a
+    Set-Cookie value is a secret (RFC 7541 §7.1.3)."""
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[:end]
     body = b"" if end < 0 else data[end + 4 :]
     lines = head.split(b"\r\n")
     status = int(lines[0][9:12])
-    fields = [(b":status", lines[0][9:12])]
+    fields: Fields = [(b":status", lines[0][9:12])]
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name and name not in HOP_BY_HOP:
-            fields.append((name, value.strip()))
+            if name in never_index:
+                fields.append(NeverIndexedHeaderTuple(name, value.strip()))
+            else:
+                fields.append((name, value.strip()))
     return status, fields, body
 
 
@@ -135,6 +151,7 @@ class StreamOwner:
     __slots__ = (
         "conn",
         "local_port_b",
+        "never_index",
         "peer_ip",
         "peer_ip_b",
         "peer_trusted",
@@ -151,6 +168,8 @@ class StreamOwner:
         self.conn = conn
         """The library's connection state machine."""
         self.local_port_b = str(local_port).encode()
+        self.never_index: frozenset[bytes] = frozenset()
+        """Response fields sent as HPACK never-indexed literals (see `parse_head`)."""
         self.peer_ip = ""
         self.peer_ip_b = b""
         self.peer_trusted = False
@@ -357,7 +376,7 @@ class H2Stream(Downstream):
     def send_local(self, data: bytes) -> None:
         if self.gone:
             return
-        _, fields, body = parse_head(data)
+        _, fields, body = parse_head(data, self.owner.never_index)
         ex = self.exchange
         head_only = ex is not None and ex.method == b"HEAD"
         self._send_headers(fields, end=head_only or not body)
@@ -368,10 +387,10 @@ class H2Stream(Downstream):
     def send_head(self, head: ResponseHead) -> None:
         if self.gone:
             return
-        _, fields, _ = parse_head(head.data)
+        _, fields, _ = parse_head(head.data, self.owner.never_index)
         self._send_headers(fields, end=head.mode == NOBODY)
 
-    def _send_headers(self, fields: list[tuple[bytes, bytes]], *, end: bool) -> None:
+    def _send_headers(self, fields: Fields, *, end: bool) -> None:
         try:
             self.owner.conn.send_headers(self.sid, fields, end_stream=end)
         except h2.exceptions.ProtocolError:
