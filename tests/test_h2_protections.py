@@ -311,3 +311,24 @@ def test_a_client_that_never_reads_its_socket_does_not_grow_memory(
         edge_process, backend, tls_files, window=2**31 - 1, read_socket=False
     )
     assert growth < 48 * 1024, f"RSS grew {growth} KiB"
+
+
+def test_an_idle_connection_gets_goaway_after_client_idle(edge, backend, tls_files) -> None:
+    e, _ = start(edge, backend, tls_files, timeouts={"client_idle": 1.0})
+    with H2Client(e.https_port, tls_files["ca"]) as c:
+        assert c.get("/").status == 200
+        t0 = time.monotonic()
+        c.read_until_closed(timeout=10)
+        assert c.goaway_code == 0
+        assert 0.9 <= time.monotonic() - t0 < 6
+
+
+def test_a_connection_that_never_sends_a_request_is_closed_after_the_header_timeout(
+    edge, backend, tls_files
+) -> None:
+    e, back = start(edge, backend, tls_files, limits={"client_header_timeout": 1.0})
+    with H2Client(e.https_port, tls_files["ca"]) as c:
+        t0 = time.monotonic()
+        c.read_until_closed(timeout=10)
+        assert 0.9 <= time.monotonic() - t0 < 6
+        assert back.seen == []
