@@ -156,6 +156,12 @@ Address = Annotated[str, BeforeValidator(_address_text)]
 class Listen(Model):
     http: Address | None = "127.0.0.1:8080"
     https: Address | None = None
+    http2: bool = Field(
+        default=True,
+        description="Offer HTTP/2 on the HTTPS listener (ALPN `h2, http/1.1`); clients that "
+        "do not ask for it get HTTP/1.1 as before. `false` offers HTTP/1.1 only. A site "
+        "can turn it off for its own names (`sites[].http2`).",
+    )
 
     @field_validator("http", "https")
     @classmethod
@@ -475,6 +481,11 @@ class Route(Policies):
 class Site(Policies):
     hosts: list[str] = Field(min_length=1)
     https_redirect: bool = True
+    http2: bool = Field(
+        default=True,
+        description="Offer HTTP/2 to TLS clients that name one of these hosts in SNI "
+        "(with `listen.http2`); `false` makes them speak HTTP/1.1.",
+    )
     routes: list[Route] = Field(min_length=1)
 
     @field_validator("hosts")

@@ -69,3 +69,13 @@ class TLSConfigError(EdgeproxyError):
 
 class StartupError(EdgeproxyError):
     """edgeproxy cannot start (port in use, socket path unwritable, …)."""
+
+
+class IllegalTransition(EdgeproxyError):
+    """A state machine was asked for a step its transition table does not allow (our bug)."""
+
+    def __init__(self, machine: str, old: str, new: str) -> None:
+        self.machine = machine
+        self.old = old
+        self.new = new
+        super().__init__(f"{machine} cannot go from {old} to {new}")

@@ -23,6 +23,7 @@ from edgeproxy.handover import Counts, HandoverError, ProcessInfo, Taker, file_s
 from edgeproxy.listeners import Bound, bind_listeners
 from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
 from edgeproxy.policies import policy_problems
+from edgeproxy.proxy.alpn import AlpnChooser
 from edgeproxy.proxy.client import ClientConnection
 from edgeproxy.proxy.context import ConnectionCaps, ProxyContext
 from edgeproxy.proxy.tunnel import CLOSE_LINGER
@@ -41,7 +42,12 @@ class Server:
         importing the rest: connections queue from then on instead of being refused)."""
         self.config = config
         self.config_path = config_path
-        self.certs = CertStore(config.tls.certificates, session_tickets=config.tls.session_tickets)
+        self.certs = CertStore(
+            config.tls.certificates,
+            session_tickets=config.tls.session_tickets,
+            http2=config.listen.http2,
+        )
+        self.certs.h1_hosts = h1_hosts(config)
         self.ctx = ProxyContext(config)
         self.listeners: list[asyncio.Server] = []
         self.bound: Bound = list(bound or [])
@@ -176,8 +182,12 @@ class Server:
         address = sock.getsockname()
         local_port = address[1]
 
+        h2 = tls and self.config.listen.http2
+
         def factory() -> asyncio.Protocol:
             # self.ctx, read per connection: a config reload swaps it.
+            if h2:  # HTTP/2 or HTTP/1.1, as the handshake's ALPN says (proxy/alpn.py)
+                return as_protocol(AlpnChooser(self.ctx, local_port))
             return as_protocol(ClientConnection(self.ctx, tls=tls, local_port=local_port))
 
         srv = await loop.create_server(
@@ -270,6 +280,7 @@ class Server:
                     if isinstance(extra, dict):
                         result |= extra
             self.certs.install(certs, new.tls.certificates)
+            self.certs.h1_hosts = h1_hosts(new)
             self.certs.log_serving()
             self.config, self.ctx = new, ctx
             self.info.config_sha256 = loaded
@@ -473,3 +484,8 @@ class Server:
         if self.ctx.connections:
             return True
         return handed and self.taker is not None and not self.taker.predecessor_gone.is_set()
+
+
+def h1_hosts(config: Config) -> frozenset[str]:
+    """The host names of sites with `http2: false` (their TLS clients get HTTP/1.1)."""
+    return frozenset(h for site in config.sites if not site.http2 for h in site.hosts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -288,6 +289,20 @@ def _exit_if_nothing_serves(ctx: click.Context, colors_by_app: dict[str, dict[st
         ctx.exit(EXIT_NOTHING_SERVES)
 
 
+_BY_PROTOCOL = re.compile(
+    r'^edgeproxy_connections_(open_by_protocol|by_protocol_total)\{protocol="([^"]+)"\} ([0-9.e+]+)$',
+    re.M,
+)
+
+
+def connection_kinds(metrics: str) -> dict[str, tuple[int, int]]:
+    """{protocol: (open, accepted since start)} from the metrics text (http/1.1, h2)."""
+    kinds: dict[str, list[int]] = {}
+    for family, proto, value in _BY_PROTOCOL.findall(metrics):
+        kinds.setdefault(proto, [0, 0])[family != "open_by_protocol"] = int(float(value))
+    return {proto: (v[0], v[1]) for proto, v in kinds.items()}
+
+
 @cli.command(epilog=EXIT_CODES_HEALTH)
 @common
 @click.pass_context
@@ -314,6 +329,11 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
         proc = client.process()
         if proc is not None:
             click.echo("\n" + format_process(proc))
+        kinds = connection_kinds(client.metrics())
+        if kinds:
+            click.echo("\nclient connections (open / since start):")
+            for proto, (open_now, total) in kinds.items():
+                click.echo(f"  {proto}: {open_now} / {total}")
     _exit_if_nothing_serves(ctx, {name: dict(v["colors"]) for name, v in views.items()})
 
 

@@ -81,6 +81,7 @@ def test_each_request_writes_one_json_line_with_every_field(backend, edge, tmp_p
         "color": "blue",
         "upstream": blue.url,
         "tls": None,
+        "proto": "http/1.1",
         "error": None,
     }
     assert (second["path"], second["status"], second["upstream"]) == ("/dead", 502, dead_url)

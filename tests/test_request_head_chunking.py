@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeproxy.proxy.context import ProxyContext
+from edgeproxy.proxy.exchange import REQ_DONE
 from tests.in_memory import connect_in_memory
 from tests.proxy_fixtures import in_memory_config
 
@@ -43,7 +44,9 @@ def feed(stream: bytes, cuts: list[int]) -> tuple[list[bytes], bytes]:
             if a < b and not ct.closed:
                 client.data_received(stream[a:b])
             # Answer each request once it has wholly reached the upstream, in order.
-            while client.queue and client.queue[0].req_done and client.queue[0].upstream:
+            while (
+                client.queue and client.queue[0].req_phase == REQ_DONE and client.queue[0].upstream
+            ):
                 up.data_received(OK)
         client.flush()
         out["upstream"] = [w for w in ut.written]

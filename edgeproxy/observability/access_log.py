@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeproxy.config import AccessLog as AccessLogConfig
 from edgeproxy.errors import StartupError
+from edgeproxy.proxy.h2stream import H2Stream
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.exchange import Exchange
@@ -72,7 +73,7 @@ def _cached(cache: dict[Any, bytes], key: Any, make: Callable[[], str]) -> bytes
 
 LINE = (
     b'{"time":"%s.%03dZ","request_id":%s,"client":"%s","host":%s,"method":%s,"path":%s,'
-    b'"status":%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,%s,"tls":%s,"error":%s}\n'
+    b'"status":%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,%s,"tls":%s,"proto":"%s","error":%s}\n'
 )
 
 
@@ -175,6 +176,7 @@ class AccessLogWriter:
             (finished - started) * 1000 if started else 0.0,
             target,
             _cached(self._tls, client.tls_version, lambda: jstr(client.tls_version)),
+            b"h2" if type(client) is H2Stream else b"http/1.1",
             b"null" if ex.error is None else jstr(ex.error).encode(),
         )
         self.buf.append(line)

@@ -21,6 +21,7 @@ from edgeproxy.config import Config
 from edgeproxy.health.monitor import HealthMonitor, UpstreamHealth
 from edgeproxy.observability.stats import BOUNDS, PROM_BOUNDS, PROM_INDEX, ColorStats, Summary
 from edgeproxy.proxy.context import OVER_PER_CLIENT, OVER_TOTAL, ProxyContext
+from edgeproxy.proxy.h2conn import H2Connection
 from edgeproxy.switching.board import SwitchBoard
 from edgeproxy.tls.contexts import CertStore
 
@@ -139,7 +140,7 @@ class Metrics:
             s = self._add((ex.app, ex.color))
         status = ex.status
         s.codes[status // 100 if status < 600 else 0] += 1
-        if ex.tunnel:
+        if ex.in_tunnel():
             return  # a WebSocket's lifetime is not a latency
         t = ex.finished_at
         d = t - ex.started_at if ex.started_at else 0.0
@@ -303,6 +304,33 @@ class Metrics:
         )
         for n, tls in wanted:
             out.sample("edgeproxy_connections_total", {"listener": n}, self.ctx.accepted[tls])
+        # Per connection kind (ALPN on the TLS listener; plain HTTP is HTTP/1.1).
+        h2_open = sum(1 for conn in self.ctx.connections if isinstance(conn, H2Connection))
+        out.family(
+            "edgeproxy_connections_open_by_protocol",
+            "gauge",
+            "Open client connections per protocol (http/1.1 or h2, as chosen by ALPN).",
+        )
+        out.sample(
+            "edgeproxy_connections_open_by_protocol",
+            {"protocol": "http/1.1"},
+            len(self.ctx.connections) - h2_open,
+        )
+        out.sample("edgeproxy_connections_open_by_protocol", {"protocol": "h2"}, h2_open)
+        out.family(
+            "edgeproxy_connections_by_protocol_total",
+            "counter",
+            "Client connections accepted per protocol (http/1.1 or h2, as chosen by ALPN).",
+        )
+        total = self.ctx.accepted[False] + self.ctx.accepted[True]
+        out.sample(
+            "edgeproxy_connections_by_protocol_total",
+            {"protocol": "http/1.1"},
+            total - self.ctx.h2_accepted,
+        )
+        out.sample(
+            "edgeproxy_connections_by_protocol_total", {"protocol": "h2"}, self.ctx.h2_accepted
+        )
         caps = self.ctx.caps
         out.family(
             "edgeproxy_connections_refused_total",

@@ -1,10 +1,13 @@
 """The client side: one asyncio Protocol per downstream connection, I/O only.
 
-Requests are parsed with httptools (llhttp, strict). Each parsed head becomes
-an `Exchange`; exchanges run one at a time in arrival order (pipelined
-requests are answered in order; reading pauses while one waits behind
-another). Flow control: when the client can't keep up we pause the upstream,
-and when the upstream can't keep up we pause the client.
+Requests are parsed with httptools (llhttp, strict). Each request becomes an
+`Exchange`, for which this connection is the `Downstream` (proxy/exchange.py):
+it feeds the exchange the request and writes what the exchange sends, framed
+as HTTP/1.1. Exchanges run one at a time in arrival order (pipelined requests
+are answered in order; reading pauses while one waits behind another). Flow
+control: when the client can't keep up the exchange pauses its upstream, and
+when the upstream can't keep up the exchange pauses reading here. This module
+never touches an upstream connection's state, only the exchange's methods.
 """
 
 from __future__ import annotations
@@ -12,14 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from time import monotonic
 from typing import Any, Final, cast
 
 import httptools
 
 from edgeproxy.errors import ClientProtocolError
 from edgeproxy.proxy.context import ADMITTED, ProxyContext
-from edgeproxy.proxy.exchange import Exchange
+from edgeproxy.proxy.exchange import REQ_DONE, Downstream, Exchange
+from edgeproxy.proxy.framing import (
+    CHUNKED,
+    LAST_CHUNK,
+    LENGTH,
+    NOBODY,
+    RECHUNK,
+    UNTIL_CLOSE,
+    chunk,
+)
+from edgeproxy.proxy.headers import ResponseHead
 from edgeproxy.proxy.responses import build_response
 from edgeproxy.proxy.tunnel import Tunnel, close_lingering
 from edgeproxy.proxy.upstream import UpstreamConnection
@@ -39,8 +51,9 @@ TOO_MANY_CONNECTIONS: Final = build_response(
 )
 
 
-class ClientConnection:
-    """An asyncio protocol for one client connection (duck-typed: see `as_protocol`)."""
+class ClientConnection(Downstream):
+    """An asyncio protocol for one client connection (duck-typed: see `as_protocol`);
+    the HTTP/1.1 `Downstream` of its exchanges (the connection facts live there)."""
 
     # Slots: ~1 KiB less per connection than an instance dict (10k idle clients).
     __slots__ = (
@@ -48,36 +61,25 @@ class ClientConnection:
         "body_bytes",
         "body_limit",
         "chunk_len",
-        "closing",
         "corked",
-        "ctx",
         "cur",
         "head_begin_chunk",
         "head_bytes",
         "head_started",
         "in_head",
         "last_activity",
-        "local_port_b",
-        "loop",
         "max_header_bytes",
         "max_headers",
         "out",
         "parser",
         "pause_mask",
-        "peer_ip",
-        "peer_ip_b",
-        "peer_trusted",
         "pending_error",
         "queue",
         "read_fresh",
-        "scheme",
-        "sni",
-        "sni_router",
-        "sni_site",
+        "req_headers",
+        "resp_mode",
         "tasks",
         "timer",
-        "tls",
-        "tls_version",
         "transport",
         "tunnel",
         "upgrade_buffer",
@@ -86,26 +88,13 @@ class ClientConnection:
     )
 
     def __init__(self, ctx: ProxyContext, *, tls: bool, local_port: int) -> None:
+        super().__init__(ctx, asyncio.get_running_loop(), tls=tls, local_port=local_port)
         # -- shared / fixed
-        self.ctx = ctx
         self.max_header_bytes = ctx.limits.max_header_bytes
         self.max_headers = ctx.limits.max_headers
-        self.tls = tls
-        self.scheme = b"https" if tls else b"http"
-        self.local_port_b = str(local_port).encode()
-        self.loop = asyncio.get_running_loop()
         # -- per connection
         self.transport: asyncio.Transport | None = None
         self.parser: Any = httptools.HttpRequestParser(self)
-        self.peer_ip = ""
-        self.peer_ip_b = b""
-        self.peer_trusted = False
-        self.sni: str | None = None
-        self.sni_site: Any = None
-        self.sni_router: Any = None
-        """The router `sni_site` was resolved with (a config reload brings another)."""
-        self.tls_version: str | None = None
-        self.closing = False
         self.admitted = False
         """Counted by the connection caps (released when it closes)."""
         self.last_activity = 0.0
@@ -121,6 +110,11 @@ class ClientConnection:
         self.corked = False
         """True while an upstream read is being relayed: it flushes at its end."""
         self.cur: Exchange | None = None
+        """The exchange whose request is being read."""
+        self.req_headers: list[tuple[bytes, bytes]] = []
+        """The header fields of the request being read."""
+        self.resp_mode = LENGTH
+        """How the body of the response being written is framed (set by its head)."""
         self.url_parts: list[bytes] = []
         self.url_bytes = 0
         # Request head size, counted per read rather than per header (cheaper,
@@ -179,20 +173,6 @@ class ClientConnection:
         assert self.transport is not None
         self.transport.write(TOO_MANY_CONNECTIONS)
         self.transport.close()
-
-    def sni_site_now(self) -> Any:
-        """The site of this connection's SNI name under the config in force.
-
-        Resolved at the handshake; a config reload rebuilds every site, so the
-        name is resolved again (once per reload) with the current router: a
-        request on a connection opened before a reload is answered like one on
-        a new connection with the same SNI name.
-        """
-        router = self.ctx.router
-        if self.sni_router is not router:
-            self.sni_site = router.site_for_sni(self.sni)
-            self.sni_router = router
-        return self.sni_site
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
@@ -256,11 +236,7 @@ class ClientConnection:
             self.timer.cancel()
             self.timer = None
         for ex in self.queue:
-            if not ex.done:
-                ex.status = ex.status or 499
-                ex.abandon()
-                self.ctx.tracker.discard(ex)
-                self._record(ex)
+            ex.downstream_lost()
         self.queue.clear()
         if self.tunnel is not None:
             self.tunnel.end()
@@ -275,20 +251,21 @@ class ClientConnection:
     def pause_writing(self) -> None:
         ex = self.queue[0] if self.queue else None
         if ex is not None and ex.upstream is not None:
-            ex.upstream.pause_reading()
+            ex.pause_response()
         elif self.tunnel is not None:
             self.tunnel.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         ex = self.queue[0] if self.queue else None
         if ex is not None and ex.upstream is not None:
-            ex.upstream.resume_reading()
+            ex.resume_response()
         elif self.tunnel is not None:
             self.tunnel.upstream.resume_reading()
 
     # -- httptools callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
         self.cur = Exchange(self)
+        self.req_headers = []
         self.head_started = self.loop.time()
         self.url_parts = []
         self.url_bytes = 0
@@ -308,21 +285,21 @@ class ClientConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         # Called once per header, so only the count is checked here; the size
         # is checked per read (data_received) and once per head (below).
-        headers = self.cur.headers  # type: ignore[union-attr]
+        headers = self.req_headers
         headers.append((name, value))
         if len(headers) > self.max_headers:
             raise ClientProtocolError(431, "too many request headers")
 
-    def _head_size(self, ex: Exchange) -> int:
+    def _head_size(self) -> int:
         """The size limits.max_header_bytes is about: target + each header's name and value."""
-        return self.url_bytes + sum(len(n) + len(v) + 4 for n, v in ex.headers)
+        return self.url_bytes + sum(len(n) + len(v) + 4 for n, v in self.req_headers)
 
     def _check_partial_head(self) -> None:
         """An incomplete head whose upper bound passed the limit: 431 once it surely has."""
         ex = self.cur
         # Every read after the first was all head: a lower bound. So is what is parsed.
         if self.head_bytes - self.head_begin_chunk > self.max_header_bytes or (
-            ex is not None and self._head_size(ex) > self.max_header_bytes
+            ex is not None and self._head_size() > self.max_header_bytes
         ):
             self.reject(ClientProtocolError(431, "request headers too large"))
 
@@ -332,27 +309,29 @@ class ClientConnection:
         self.in_head = False
         if (
             self.head_bytes + self.chunk_len > self.max_header_bytes
-            and self._head_size(ex) > self.max_header_bytes
+            and self._head_size() > self.max_header_bytes
         ):
             raise ClientProtocolError(431, "request headers too large")
         parser = self.parser
-        ex.method = parser.get_method()
-        ex.version = parser.get_http_version()
-        if ex.version not in ("1.1", "1.0"):
-            raise ClientProtocolError(505, f"HTTP/{ex.version} is not supported")
-        ex.upgrade = upgrade = parser.should_upgrade()
+        version: str = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ClientProtocolError(505, f"HTTP/{version} is not supported")
+        upgrade: bool = parser.should_upgrade()
         # After an upgrade request the parser reads nothing more as HTTP: if the
         # upstream declines it (no 101), the connection ends after the response.
         # stepping_back: another process took over (handover.py): this response says
         # Connection: close, and the client's next request goes to the new process.
-        ex.keep_alive = (
-            parser.should_keep_alive()
+        ex.on_request_head(
+            parser.get_method(),
+            version,
+            b"".join(self.url_parts),
+            self.req_headers,
+            upgrade=upgrade,
+            keep_alive=parser.should_keep_alive()
             and not self.closing
             and not upgrade
-            and not self.ctx.stepping_back
+            and not self.ctx.stepping_back,
         )
-        ex.target = b"".join(self.url_parts)
-        ex.prepare()
         self.body_limit = self._body_limit(ex)
         self.queue.append(ex)
         if len(self.queue) == 1:
@@ -367,15 +346,43 @@ class ClientConnection:
         self.body_bytes += len(body)
         if self.body_bytes > self.body_limit:
             raise ClientProtocolError(413, "request body over the limit")
-        if ex.local is None:
-            ex.on_request_body(body)
+        ex.on_request_body(body)
 
     def on_message_complete(self) -> None:
         ex, self.cur = self.cur, None
         assert ex is not None
         ex.on_request_complete()
 
-    # -- used by exchanges -----------------------------------------------------
+    # -- Downstream: what exchanges send ----------------------------------------------
+    def send_continue(self) -> None:
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def send_local(self, data: bytes) -> None:
+        self.write(data)
+
+    def send_head(self, head: ResponseHead) -> None:
+        self.resp_mode = head.mode
+        self.write(head.data)
+
+    def send_body(self, data: bytes) -> None:
+        mode = self.resp_mode
+        if mode in (LENGTH, UNTIL_CLOSE):
+            self.write(data)
+        elif mode != NOBODY:
+            self.write(chunk(data))
+
+    def send_end(self) -> None:
+        mode = self.resp_mode
+        if mode in (CHUNKED, RECHUNK):
+            self.write(LAST_CHUNK)
+
+    def cork(self) -> None:
+        self.corked = True
+
+    def uncork(self) -> None:
+        self.corked = False
+        self.flush()
+
     def write(self, data: bytes) -> None:
         # Writes are coalesced per loop iteration: a response head and its body
         # usually arrive in one upstream read and leave in one send() (one TLS
@@ -404,11 +411,9 @@ class ClientConnection:
 
     def exchange_finished(self, ex: Exchange, *, keep_alive: bool) -> None:
         """Called once per exchange, when its response is complete (or failed)."""
-        self.ctx.tracker.discard(ex)
-        self._record(ex)
         if self.queue and self.queue[0] is ex:
             del self.queue[0]
-        if not keep_alive or not ex.req_done:
+        if not keep_alive or ex.req_phase != REQ_DONE:
             # Connection: close, or a body we did not read to the end: nothing
             # after this on the connection can be trusted as a new request.
             self._close_after_write()
@@ -419,7 +424,7 @@ class ClientConnection:
         queue = self.queue
         if queue:
             nxt = queue[0]
-            if not nxt.resp_started:
+            if not nxt.response_begun():
                 nxt.start()
             if len(self.queue) <= 1:
                 self.resume_reading(PAUSE_PIPELINE)
@@ -433,10 +438,7 @@ class ClientConnection:
 
     def abort(self, ex: Exchange) -> None:
         """The response can't be completed (truncated upstream, drain cut): close now."""
-        ex.reported = True
         self.closing = True
-        self.ctx.tracker.discard(ex)
-        self._record(ex)
         self.flush()
         if self.transport is not None:
             self.transport.close()
@@ -448,11 +450,10 @@ class ClientConnection:
         cur, self.cur = self.cur, None
         if cur is not None and cur in self.queue:
             # Broken mid-body: the upstream got a partial body; abandon it.
-            if cur.resp_started:
-                self.abort(cur)
+            if cur.response_begun():
+                cur.cut_short()
                 return
-            cur.abandon()
-            self.ctx.tracker.discard(cur)
+            cur.drop()
             self.queue.remove(cur)
         if cur is not None:
             err.headers = cur.error_headers()
@@ -504,19 +505,21 @@ class ClientConnection:
         tunnel = Tunnel(self, conn, ex)
         self.tunnel = tunnel
         conn.tunnel = tunnel
-        conn.exchange = None
-        ex.upstream = None  # the tunnel owns it now
         if self.queue and self.queue[0] is ex:
             del self.queue[0]  # nothing can follow an upgrade on this connection
         if tail:
             tunnel.from_upstream(tail)
         buffered, self.upgrade_buffer = self.upgrade_buffer or [], None
-        for chunk in buffered:
-            tunnel.from_client(chunk)
+        for data in buffered:
+            tunnel.from_client(data)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.resume_reading(PAUSE_UPGRADE)
+
+    def end_tunnel(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.end()
 
     def tunnel_write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -524,10 +527,10 @@ class ClientConnection:
 
     def tunnel_ended(self, ex: Exchange) -> None:
         """Called once by the tunnel when it ends (either side, a drain cut or shutdown)."""
+        self.tunnel = None
+        close_lingering(self.transport, self.loop)
         self.closing = True
-        self.ctx.tracker.discard(ex)
-        ex.done = True
-        self._record(ex)
+        ex.tunnel_over()
 
     # -- timers --------------------------------------------------------------------
     def _arm_timer(self, delay: float) -> None:
@@ -579,13 +582,6 @@ class ClientConnection:
         if policy is None:
             return self.ctx.limits.max_body or float("inf")
         return policy.max_body if policy.max_body is not None else float("inf")
-
-    def _record(self, ex: Exchange) -> None:
-        if ex.finished_at:
-            return
-        ex.finished_at = monotonic()
-        for observe in self.ctx.exchange_observers:
-            observe(ex)
 
     # -- shutdown -------------------------------------------------------------------
     def shutdown(self) -> None:

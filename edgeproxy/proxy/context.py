@@ -6,6 +6,7 @@ reference to the context they started with.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 import logging
@@ -13,7 +14,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from mypy_extensions import trait
 
 from edgeproxy.config import Config, Upstream
 from edgeproxy.fds import connection_budget, nofile_limit
@@ -21,10 +24,6 @@ from edgeproxy.policies import compile_route_policies, compile_site_policy
 from edgeproxy.proxy.headers import header_codes, response_codes
 from edgeproxy.proxy.upstream import UpstreamPool
 from edgeproxy.routing.router import Router
-
-if TYPE_CHECKING:
-    from edgeproxy.proxy.client import ClientConnection
-    from edgeproxy.proxy.exchange import Exchange
 
 log = logging.getLogger("edgeproxy.proxy")
 limits_log = logging.getLogger("edgeproxy.limits")
@@ -77,31 +76,53 @@ class ColorTargets:
         return self.pools[self._next]
 
 
+@trait
+class InFlight:
+    """An exchange as the `Tracker` sees it (`proxy/exchange.py`'s `Exchange` is one).
+
+    A trait, so that this module need not import the exchange (no import circle
+    in `proxy/`); the tracker calls these only in its sweep and in drains.
+    """
+
+    __slots__ = ()
+
+    def in_tunnel(self) -> bool:
+        """Upgraded: its connection is a WebSocket tunnel now."""
+        raise NotImplementedError
+
+    def read_overdue(self, now: float) -> bool:
+        """Its upstream has been silent longer than the route's read timeout."""
+        raise NotImplementedError
+
+    def time_out(self) -> None:
+        """End it with 504 (or cut it if its response had begun)."""
+        raise NotImplementedError
+
+    def cut(self) -> None:
+        """Drain deadline passed: 503 if nothing was sent yet, else close."""
+        raise NotImplementedError
+
+
 @dataclass(slots=True)
 class Tracker:
-    """In-flight exchanges per (app, color), so drains can count and cut them."""
+    """In-flight exchanges per (app, color), so drains can count and cut them.
 
-    live: dict[tuple[str, str], set[Exchange]] = field(default_factory=dict)
-    tunnels: dict[tuple[str, str], int] = field(default_factory=dict)
+    An exchange joins the set of its app and color when it starts and leaves it
+    when it finishes (`Exchange.track`/`untrack`): no lookup on the way out.
+    """
 
-    def add(self, ex: Exchange) -> None:
-        key = (ex.app or "", ex.color or "")
+    live: dict[tuple[str, str], set[InFlight]] = field(default_factory=dict)
+
+    def set_of(self, app: str, color: str) -> set[InFlight]:
+        key = (app, color)
         s = self.live.get(key)
         if s is None:
             s = self.live[key] = set()
-        s.add(ex)
-        ex.tracked = s  # discard() needs no key or lookup (twice per request)
-
-    @staticmethod
-    def discard(ex: Exchange) -> None:
-        s = ex.tracked
-        if s is not None:
-            s.discard(ex)
-            ex.tracked = None
+        return s
 
     def counts(self, app: str, color: str) -> tuple[int, int]:
         s = self.live.get((app, color), ())
-        tunnels = sum(1 for ex in s if ex.tunnel)
+        tunnels = sum(1 for ex in s if ex.in_tunnel())
         return len(s) - tunnels, tunnels
 
     def expire(self, now: float) -> int:
@@ -110,18 +131,9 @@ class Tracker:
         One sweep a few times a second replaces a timer per request (a
         call_later + cancel per request measured ~3% of the hot path).
         """
-        late = [
-            ex
-            for live in self.live.values()
-            for ex in live
-            if ex.upstream is not None
-            and ex.req_done
-            and not ex.done
-            and not ex.tunnel
-            and now - ex.last_upstream >= ex.route_timeouts().read
-        ]
+        late = [ex for live in self.live.values() for ex in live if ex.read_overdue(now)]
         for ex in late:
-            ex.fail(504, f"no upstream byte for {ex.route_timeouts().read:g}s")
+            ex.time_out()
         return len(late)
 
     def cut(self, app: str, color: str) -> int:
@@ -129,6 +141,17 @@ class Tracker:
         for ex in s:
             ex.cut()
         return len(s)
+
+
+class OpenConnection(Protocol):
+    """A client connection as the server sees it: `proxy/client.py`'s `ClientConnection`
+    (HTTP/1.1) or `proxy/h2conn.py`'s `H2Connection`."""
+
+    ctx: ProxyContext
+    tls: bool
+    transport: asyncio.Transport | None
+
+    def shutdown(self) -> None: ...
 
 
 class ConnectionCaps:
@@ -305,9 +328,7 @@ class ProxyContext:
         self.tracker: Tracker = Tracker() if previous is None else previous.tracker
         self.picker = picker
         """Chooses a color per request: `picker.choose(app, ex) -> color` (switching)."""
-        self.connections: set[ClientConnection] = (
-            set() if previous is None else previous.connections
-        )
+        self.connections: set[OpenConnection] = set() if previous is None else previous.connections
         self.https_port_suffix: bytes = b"" if previous is None else previous.https_port_suffix
         """`:8443` when the HTTPS listener is not on 443 (for redirects)."""
         self._rid_prefix: bytes = (
@@ -316,11 +337,14 @@ class ProxyContext:
         self._rid_counter: Iterator[int] = (
             itertools.count(1) if previous is None else previous._rid_counter
         )
-        self.exchange_observers: list[Callable[[Exchange], None]] = []
-        """Called with every finished exchange (metrics, passive health, access log)."""
+        self.exchange_observers: list[Callable[[Any], None]] = []
+        """Called with every finished `Exchange` (metrics, passive health, access log).
+        Typed `Any` here: this module does not import the exchange (no import circle)."""
         self.health_ok: Callable[[UpstreamPool], bool] | None = None
         self.accepted: list[int] = [0, 0] if previous is None else previous.accepted
         """Connections accepted so far: [plain HTTP, TLS (handshake done)]."""
+        self.h2_accepted: int = 0 if previous is None else previous.h2_accepted
+        """TLS connections among them that chose HTTP/2 by ALPN."""
         self.replaced_by: ProxyContext | None = None
         """The context a config reload put in force after this one."""
         self.stepping_back = False

@@ -1,29 +1,50 @@
-"""One request/response exchange: its state, and its relay to an upstream.
+"""One request/response exchange: its state machine, and its relay to an upstream.
 
-Created by the client connection when a request head is parsed; validated and
-routed in `prepare()`; started when it reaches the head of the connection's
-pipeline; finished when both the request and the response are complete. A
-request keeps the color and upstream it started on, whatever the switch does
+An `Exchange` sits between two sides that never name each other:
+
+- the client side, a `Downstream` (below): `ClientConnection` for HTTP/1.1, a
+  stream for HTTP/2. It creates the exchange, feeds it the request
+  (`on_request_head`, `on_request_body`, `on_request_complete`), calls `start()`
+  when it is this exchange's turn to answer, and is told what to send
+  (`send_head`/`send_body`/`send_end`/`send_local`) and when the exchange is
+  over (`exchange_finished`, or `abort` when the response cannot be completed);
+- the upstream side, an `UpstreamConnection`, which delivers the response to
+  the exchange as its `ResponseSink` (proxy/upstream.py).
+
+Its state is two phases, and every change of either goes through the tables
+below (h11's `_state.py` is the model): the request is `head` while the head
+arrives, `body` once it is validated and routed, `done` when the whole request
+was read; the response is `pending` until something is sent, `local` when
+edgeproxy answers itself (an error, a redirect, ACME, a preflight), `streaming`
+while the upstream's response is relayed, then `done`, `tunnel` (a WebSocket
+took the connection over) or `cut` (the client saw the connection end). A step
+the tables do not allow raises `IllegalTransition`.
+
+A request keeps the color and upstream it started on, whatever the switch does
 meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+from collections.abc import Coroutine
 from time import monotonic
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
+
+from mypy_extensions import mypyc_attr
 
 from edgeproxy.config import Timeouts
-from edgeproxy.errors import ClientProtocolError
+from edgeproxy.errors import ClientProtocolError, IllegalTransition
 from edgeproxy.policies import GzipEncoder, RoutePolicy, retry_after
 from edgeproxy.proxy import headers as h
-from edgeproxy.proxy.framing import CHUNKED, LENGTH, NOBODY, RECHUNK, UNTIL_CLOSE
+from edgeproxy.proxy.context import InFlight, ProxyContext
+from edgeproxy.proxy.framing import LAST_CHUNK, LENGTH, NOBODY, UNTIL_CLOSE, chunk
 from edgeproxy.proxy.responses import build_response, redirect
-from edgeproxy.proxy.upstream import UpstreamConnection, UpstreamPool
+from edgeproxy.proxy.upstream import ResponseSink, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
-    from edgeproxy.proxy.client import ClientConnection
     from edgeproxy.routing.router import RouteEntry
 
 log = logging.getLogger("edgeproxy.proxy")
@@ -33,190 +54,448 @@ LOCAL_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errn
 """Errors of this host, not of the upstream being connected to."""
 ALLOWED_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 """The Allow header of a 405 for TRACE (a route that allows it passes anything on)."""
+BUFFER_LIMIT: Final = 262144
+"""Request body bytes held while the upstream connection is being made (256 KiB);
+past this, reading from the client pauses until the upstream takes them."""
+
+# -- the state machine: phases and their legal steps, all in this one place ------------
+# Ints, not an Enum: once compiled, a phase test is a C integer comparison.
+REQ_HEAD: Final = 0
+REQ_BODY: Final = 1
+REQ_DONE: Final = 2
+REQUEST_PHASES: Final = ("head", "body", "done")
+
+RESP_PENDING: Final = 0
+RESP_LOCAL: Final = 1
+RESP_STREAMING: Final = 2
+RESP_TUNNEL: Final = 3
+RESP_DONE: Final = 4
+RESP_CUT: Final = 5
+RESPONSE_PHASES: Final = ("pending", "local", "streaming", "tunnel", "done", "cut")
+"""Ordered so that `phase >= RESP_TUNNEL` means "this exchange writes nothing more"."""
+
+REQUEST_TRANSITIONS: Final[dict[int, tuple[int, ...]]] = {
+    REQ_HEAD: (REQ_BODY,),  # the head is validated and routed
+    REQ_BODY: (REQ_DONE,),  # the last body byte (or none) arrived
+    REQ_DONE: (),
+}
+RESPONSE_TRANSITIONS: Final[dict[int, tuple[int, ...]]] = {
+    RESP_PENDING: (
+        RESP_LOCAL,  # edgeproxy answers itself (decided while routing, or after a pause)
+        RESP_STREAMING,  # the upstream's head went to the client
+        RESP_DONE,  # an error answered before any byte went out (502, 503, 504)
+        RESP_CUT,  # the client left, or broke its request, before any answer
+    ),
+    RESP_LOCAL: (
+        RESP_DONE,  # the answer went out and the request is complete
+        RESP_CUT,  # the client left first
+    ),
+    RESP_STREAMING: (
+        RESP_TUNNEL,  # 101: the connection is a WebSocket tunnel now
+        RESP_DONE,  # the whole body went out
+        RESP_CUT,  # truncated upstream, drain deadline, timeout, client gone
+    ),
+    RESP_TUNNEL: (),
+    RESP_DONE: (),
+    RESP_CUT: (),
+}
 
 
-class Exchange:
+def _legal_steps(table: dict[int, tuple[int, ...]]) -> int:
+    """The table as one bit set: bit `old * 8 + new` is set when old → new is legal."""
+    bits = 0
+    for old, news in table.items():
+        for new in news:
+            bits |= 1 << (old * 8 + new)
+    return bits
+
+
+# Precomputed once: a transition check is a shift and a mask (fits a C long: 6 * 8 bits).
+_REQUEST_LEGAL: Final = _legal_steps(REQUEST_TRANSITIONS)
+_RESPONSE_LEGAL: Final = _legal_steps(RESPONSE_TRANSITIONS)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Downstream:
+    """The client side of exchanges: what an `Exchange` asks of the connection (or
+    HTTP/2 stream) it answers, and the connection's facts it reads.
+
+    `ClientConnection` (proxy/client.py) is the HTTP/1.1 implementation. A native
+    base class, not a `typing.Protocol`: calls through it stay native (vtable)
+    calls once compiled (docs/architecture.md, hot-path notes). Subclasses set the
+    peer fields when the connection is made.
+    """
+
     __slots__ = (
-        "app",
-        "body_buffer",
-        "body_buffered",
-        "body_sent",
-        "chunked_req",
+        "closing",
+        "ctx",
+        "local_port_b",
+        "loop",
+        "peer_ip",
+        "peer_ip_b",
+        "peer_trusted",
+        "scheme",
+        "sni",
+        "sni_router",
+        "sni_site",
+        "tls",
+        "tls_version",
+    )
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        tls: bool,
+        local_port: int,
+    ) -> None:
+        self.ctx = ctx
+        """The context in force (a config reload replaces it)."""
+        self.loop = loop
+        self.tls = tls
+        self.scheme = b"https" if tls else b"http"
+        self.local_port_b = str(local_port).encode()
+        self.peer_ip = ""
+        self.peer_ip_b = b""
+        self.peer_trusted = False
+        """The peer is in `forwarding.trusted_proxies`: its X-Forwarded-* are believed."""
+        self.sni: str | None = None
+        self.sni_site: Any = None
+        self.sni_router: Any = None
+        """The router `sni_site` was resolved with (a config reload brings another)."""
+        self.tls_version: str | None = None
+        self.closing = False
+        """The connection ends after the response being written."""
+
+    def sni_site_now(self) -> Any:
+        """The site of this connection's SNI name under the config in force.
+
+        Resolved at the handshake; a config reload rebuilds every site, so the
+        name is resolved again (once per reload) with the current router: a
+        request on a connection opened before a reload is answered like one on
+        a new connection with the same SNI name.
+        """
+        router = self.ctx.router
+        if self.sni_router is not router:
+            self.sni_site = router.site_for_sni(self.sni)
+            self.sni_router = router
+        return self.sni_site
+
+    # -- the response, in order ----------------------------------------------------
+    def send_continue(self) -> None:
+        """`Expect: 100-continue` was asked: tell the client to send the body."""
+        raise NotImplementedError
+
+    def send_local(self, data: bytes) -> None:
+        """A whole response edgeproxy wrote itself: HTTP/1.1 bytes from
+        `responses.build_response` (status line, headers, blank line, body)."""
+        raise NotImplementedError
+
+    def send_head(self, head: h.ResponseHead) -> None:
+        """The upstream's response head as the client gets it (`head.data` is its
+        HTTP/1.1 form, `head.mode` how the body is framed, `head.keep_alive`)."""
+        raise NotImplementedError
+
+    def send_body(self, data: bytes) -> None:
+        """Response body bytes (never empty), unframed: the downstream frames them."""
+        raise NotImplementedError
+
+    def send_end(self) -> None:
+        """The response body is complete."""
+        raise NotImplementedError
+
+    def cork(self) -> None:
+        """Hold what is sent until `uncork()` (one upstream read's worth leaves together)."""
+        raise NotImplementedError
+
+    def uncork(self) -> None:
+        raise NotImplementedError
+
+    # -- back-pressure on the request body --------------------------------------------
+    def pause_reading_for_upstream(self) -> None:
+        """The upstream's write buffer is full: stop reading the request body."""
+        raise NotImplementedError
+
+    def resume_reading_for_upstream(self) -> None:
+        raise NotImplementedError
+
+    def pause_reading_for_buffer(self) -> None:
+        """`BUFFER_LIMIT` bytes of body wait for the upstream connection: stop reading."""
+        raise NotImplementedError
+
+    def resume_reading_for_buffer(self) -> None:
+        raise NotImplementedError
+
+    # -- the end -------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a task tied to this downstream (cancelled when it goes away)."""
+        raise NotImplementedError
+
+    def exchange_finished(self, ex: Exchange, *, keep_alive: bool) -> None:
+        """Once per exchange, its response complete (or answered with an error).
+        `keep_alive` False: close after what was sent. Not called after `abort`."""
+        raise NotImplementedError
+
+    def abort(self, ex: Exchange) -> None:
+        """The response cannot be completed (truncated upstream, drain cut): the
+        client must see it end abnormally (HTTP/1.1: close; HTTP/2: RST_STREAM)."""
+        raise NotImplementedError
+
+    def start_tunnel(self, ex: Exchange, conn: UpstreamConnection, tail: bytes) -> None:
+        """The upstream answered 101 to an upgrade: its connection is handed over."""
+        raise NotImplementedError
+
+    def end_tunnel(self) -> None:
+        """Close the tunnel `start_tunnel` made (a drain's deadline passed)."""
+        raise NotImplementedError
+
+    def tunnel_write(self, data: bytes) -> None:
+        """Bytes of a tunnel for the client (proxy/tunnel.py)."""
+        raise NotImplementedError
+
+    def tunnel_ended(self, ex: Exchange) -> None:
+        """Called once by the tunnel when it ends: close the client side too."""
+        raise NotImplementedError
+
+
+class Exchange(ResponseSink, InFlight):
+    """One request and its response; see the module docstring for its phases."""
+
+    __slots__ = (  # noqa: RUF023 - grouped by concern, as in __init__
+        # -- connection: who asks, and the exchange's place in the data plane
         "client",
         "client_ip",
         "client_ip_b",
-        "color",
-        "content_length",
-        "done",
-        "encoder",
-        "error",
-        "expect_continue",
         "finished_at",
-        "fwd",
+        "last_upstream",
+        "started_at",
+        "tracked",
+        # -- request
+        "req_phase",
+        "body_buffer",
+        "body_buffered",
+        "body_sent",
         "headers",
         "host",
         "info",
         "keep_alive",
-        "last_upstream",
-        "local",
-        "loop",
         "method",
+        "path",
+        "request_id",
+        "target",
+        "upgrade",
+        "version",
+        # -- routing: where it goes
+        "app",
+        "color",
         "name_color",
         "override",
         "panic",
-        "path",
-        "paused",
         "policy",
         "pool",
-        "reported",
-        "req_done",
-        "request_id",
-        "resp_bytes",
-        "resp_mode",
-        "resp_started",
-        "retried",
         "route",
         "set_cookie",
-        "started_at",
-        "status",
-        "target",
-        "tracked",
-        "tunnel",
         "up_head",
+        # -- upstream
+        "retried",
         "up_keep",
-        "up_until_close",
-        "upgrade",
         "upstream",
-        "version",
+        # -- response
+        "resp_phase",
+        "encoder",
+        "error",
+        "local",
+        "resp_bytes",
+        "resp_mode",
+        "status",
+        "up_until_close",
     )
 
-    def __init__(self, client: ClientConnection) -> None:
+    def __init__(self, client: Downstream) -> None:
+        # -- connection
         self.client = client
-        self.loop = client.loop
         self.client_ip = client.peer_ip
         """The client's address, found once (prepare) and used everywhere: rate limit,
         override allow_from, canary key, X-Real-IP upstream, access log."""
         self.client_ip_b = client.peer_ip_b
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.fwd: list[bytes] = []
-        """Pieces of the request headers to forward as they are (built by validate_request)."""
-        self.method = b""
-        self.target = b""
-        self.path = b""
-        self.version = "1.1"
-        self.keep_alive = True
-        self.upgrade = False
-        self.host = b""
-        self.route: RouteEntry | None = None
-        self.app: str | None = None
-        self.color: str | None = None
-        self.pool: UpstreamPool | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.local: bytes | None = None
-        """A response edgeproxy answers itself (error, redirect, ACME, preflight)."""
-        self.up_head = b""
-        self.content_length: int | None = None
-        self.chunked_req = False
-        self.expect_continue = False
-        self.body_buffer: list[bytes] = []
-        self.body_buffered = 0
-        self.body_sent = 0
-        self.req_done = False
-        self.resp_started = False
-        self.resp_mode = LENGTH
-        self.resp_bytes = 0
-        self.status = 0
-        self.done = False
-        self.error: str | None = None
-        """Why edgeproxy ended this exchange itself (upstream failure, cut); None otherwise."""
-        self.retried = False
-        self.tunnel = False
-        self.tracked: set[Exchange] | None = None
+        self.tracked: set[InFlight] | None = None
         """The Tracker set this exchange is counted in while in flight."""
         self.started_at = 0.0
         self.finished_at = 0.0
         self.last_upstream = 0.0
+        # -- request
+        self.req_phase = REQ_HEAD
+        self.method = b""
+        self.version = "1.1"
+        self.target = b""
+        self.path = b""
+        self.host = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.info: h.RequestHead | None = None
+        """The validated head, once the request is routed to an upstream."""
+        self.keep_alive = True
+        self.upgrade = False
         self.request_id = b""
-        self.up_keep = True
-        self.up_until_close = False
-        self.reported = False
-        self.paused = False
-        self.panic = False
+        self.body_buffer: list[bytes] = []
+        self.body_buffered = 0
+        self.body_sent = 0
+        # -- routing
+        self.route: RouteEntry | None = None
+        self.policy: RoutePolicy | None = None
+        self.app: str | None = None
+        self.color: str | None = None
+        self.pool: UpstreamPool | None = None
+        """None after routing to an app only while its switch state holds requests (paused)."""
         self.override: str | None = None
+        """The color a tester asked for, when this client may override (set in prepare)."""
         self.name_color = False
         """The response names the color that served it (an honoured override, expose_color)."""
-        """The color a tester asked for, when this client may override (set in prepare)."""
+        self.panic = False
         """Routed to a color with no fit upstream (`when_all_down: route`)."""
         self.set_cookie: bytes | None = None
-        self.info: h.RequestInfo | None = None
-        self.policy: RoutePolicy | None = None
+        self.up_head = b""
+        # -- upstream
+        self.upstream: UpstreamConnection | None = None
+        self.up_keep = True
+        self.retried = False
+        # -- response
+        self.resp_phase = RESP_PENDING
+        self.local: bytes | None = None
+        """A response edgeproxy answers itself (error, redirect, ACME, preflight)."""
+        self.status = 0
+        self.resp_mode = LENGTH
+        self.resp_bytes = 0
         self.encoder: GzipEncoder | None = None
+        self.up_until_close = False
+        self.error: str | None = None
+        """Why edgeproxy ended this exchange itself (upstream failure, cut); None otherwise."""
 
-    # -- set-up ---------------------------------------------------------
-    def prepare(self) -> None:
-        """Validate, route and build the upstream head; may set `local` instead."""
+    # -- phases ---------------------------------------------------------------------
+    def _request_to(self, new: int) -> None:
+        if not (_REQUEST_LEGAL >> (self.req_phase * 8 + new)) & 1:
+            raise IllegalTransition("request", REQUEST_PHASES[self.req_phase], REQUEST_PHASES[new])
+        self.req_phase = new
+
+    def _response_to(self, new: int) -> None:
+        if not (_RESPONSE_LEGAL >> (self.resp_phase * 8 + new)) & 1:
+            raise IllegalTransition(
+                "response", RESPONSE_PHASES[self.resp_phase], RESPONSE_PHASES[new]
+            )
+        self.resp_phase = new
+
+    def answered(self) -> bool:
+        """Nothing more will be sent for this exchange: done, cut, tunnelled, or its
+        local answer sent (it waits only for the request's end)."""
+        phase = self.resp_phase
+        return phase >= RESP_TUNNEL or (phase == RESP_LOCAL and self.status != 0)
+
+    def response_begun(self) -> bool:
+        """Bytes of a response went to the client (a head, a local answer, an error)."""
+        return self.resp_phase >= RESP_STREAMING or self.status != 0
+
+    # -- the request, from the downstream ----------------------------------------------
+    def on_request_head(
+        self,
+        method: bytes,
+        version: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        upgrade: bool,
+        keep_alive: bool,
+    ) -> None:
+        """The request head arrived: validate and route it (raises ClientProtocolError
+        for a request to refuse: the downstream answers its status and closes)."""
+        self._request_to(REQ_BODY)
+        self.method = method
+        self.version = version
+        self.target = target
+        self.headers = headers
+        self.upgrade = upgrade
+        self.keep_alive = keep_alive
+        self._prepare()
+
+    def _answer_locally(self, response: bytes) -> None:
+        self.local = response
+        self._response_to(RESP_LOCAL)
+
+    def _prepare(self) -> None:
+        """Validate, route and build the upstream head; may answer locally instead."""
         client = self.client
         ctx = client.ctx
         if self.method == b"CONNECT":
             raise ClientProtocolError(405, "CONNECT is not supported")
-        info = h.validate_request(self, ctx.limits)
+        info = h.validate_request(
+            self.headers,
+            self.target,
+            version=self.version,
+            upgrade=self.upgrade,
+            codes=ctx.header_codes,
+        )
+        self.target = info.target
+        self.path = info.path
+        self.host = host = info.host
         if client.peer_trusted:
             self._believe_forwarded(info)
         # time.monotonic(), not loop.time(): uvloop's clock moves in whole ms.
         self.started_at = monotonic()
-        host = self.host
         site = ctx.router.site_for(host)
         if site is None:
-            self.local = build_response(404, close=not self.keep_alive)
+            self._answer_locally(build_response(404, close=not self.keep_alive))
             return
         if client.tls and client.sni_site is not site and client.sni is not None:
             # Rare: Host names another site than the SNI name did, or a config
             # reload rebuilt the sites (compare with the SNI name's site now).
             sni_site = client.sni_site_now()
             if sni_site is not None and sni_site is not site:
-                self.local = build_response(
-                    421, headers=site.policy[True].response_headers, close=True
+                self._answer_locally(
+                    build_response(421, headers=site.policy[True].response_headers, close=True)
                 )
                 self.keep_alive = False
                 return
         if not client.tls:
             if self.path.startswith(h.ACME_PREFIX) and ctx.webroot is not None:
-                self.local = h.acme_response(ctx.webroot, self.path, self.method)
+                self._answer_locally(h.acme_response(ctx.webroot, self.path, self.method))
                 return
             if site.https_redirect:
                 location = (
                     b"https://" + h.host_without_port(host) + ctx.https_port_suffix + self.target
                 )
-                self.local = redirect(location, site.policy[False].response_headers)
+                self._answer_locally(redirect(location, site.policy[False].response_headers))
                 return
         route = site.route(self.path)
         tls = client.tls
         if route is None:
             self.policy = site.policy[tls]
-            self.local = build_response(
-                404, headers=self.policy.error_headers(info.origin), close=not self.keep_alive
+            self._answer_locally(
+                build_response(
+                    404, headers=self.policy.error_headers(info.origin), close=not self.keep_alive
+                )
             )
             return
         self.route = route
         self.policy = pol = route.policy[tls]
         if self.method == b"TRACE" and not route.config.allow_trace:
             headers = [(b"allow", ALLOWED_METHODS), *pol.error_headers(info.origin)]
-            self.local = build_response(405, headers=headers, close=not self.keep_alive)
+            self._answer_locally(build_response(405, headers=headers, close=not self.keep_alive))
             return
         if (
             pol.max_body is not None
-            and self.content_length is not None
-            and self.content_length > pol.max_body
+            and info.content_length is not None
+            and info.content_length > pol.max_body
         ):
             raise ClientProtocolError(
-                413, f"body of {self.content_length} bytes over {pol.max_body}"
+                413, f"body of {info.content_length} bytes over {pol.max_body}"
             )
         if pol.cors is not None and self.method == b"OPTIONS":
             answer = pol.cors.preflight(self.method, info.origin, info.acr_method)
             if answer is not None:
                 status, headers = answer
                 headers.extend(pol.response_headers)
-                self.local = build_response(status, b"", headers, close=not self.keep_alive)
+                self._answer_locally(
+                    build_response(status, b"", headers, close=not self.keep_alive)
+                )
                 return
         picker = ctx.picker
         if route.app is not None and picker is not None and (info.override or info.cookie):
@@ -229,12 +508,14 @@ class Exchange:
         ):
             # Override traffic (smoke checks, testers from override.allow_from) is exempt,
             # and so is a request with the exemption secret (it takes no token either).
-            wait = limiter.check(self.client_ip, self.loop.time())
+            wait = limiter.check(self.client_ip, client.loop.time())
             # An exempt network is asked about only once refused: the common request
             # pays nothing, and an exempt client only empties its own bucket.
             if wait is not None and not limiter.exempt_address(self.client_ip):
                 headers = [(b"retry-after", retry_after(wait)), *pol.error_headers(info.origin)]
-                self.local = build_response(429, headers=headers, close=not self.keep_alive)
+                self._answer_locally(
+                    build_response(429, headers=headers, close=not self.keep_alive)
+                )
                 return
         if self.upgrade and not (info.websocket and pol.websocket):
             # Upgrade to something other than WebSocket (h2c), or not allowed
@@ -250,9 +531,29 @@ class Exchange:
         else:
             assert route.upstream is not None
             self.pool = ctx.pool_for(route.upstream)
-        self.up_head = h.upstream_head(self, info, route)
+        self.up_head = self._upstream_head()
 
-    def _believe_forwarded(self, info: h.RequestInfo) -> None:
+    def _upstream_head(self) -> bytes:
+        client = self.client
+        info = self.info
+        route = self.route
+        assert info is not None and route is not None
+        return h.upstream_head(
+            self.method,
+            info,
+            route,
+            client_ip_b=self.client_ip_b,
+            request_id=self.request_id,
+            color=self.color,
+            upgrade=self.upgrade,
+            peer_b=client.peer_ip_b,
+            peer_trusted=client.peer_trusted,
+            scheme=client.scheme,
+            local_port_b=client.local_port_b,
+            request_id_header=client.ctx.request_id_header,
+        )
+
+    def _believe_forwarded(self, info: h.RequestHead) -> None:
         """The peer is a trusted proxy: the client address is the one it forwards."""
         ctx = self.client.ctx
         chain = info.xff if ctx.real_ip_from_xff else info.real_ip
@@ -273,8 +574,7 @@ class Exchange:
             if picker is not None:
                 state = picker.board.states[app]
                 if state.paused:
-                    self.paused = True
-                    return False
+                    return False  # `pool` stays None: start() waits for the resume
                 if not state.released:
                     self._not_released()
                     return False
@@ -298,11 +598,13 @@ class Exchange:
             pool = self._when_all_down(app)
             if pool is None:
                 headers = [(b"retry-after", b"5"), *self.error_headers()]
-                self.local = build_response(
-                    503,
-                    b"503 Service Unavailable: no healthy upstream for this app right now\n",
-                    headers,
-                    close=not self.keep_alive,
+                self._answer_locally(
+                    build_response(
+                        503,
+                        b"503 Service Unavailable: no healthy upstream for this app right now\n",
+                        headers,
+                        close=not self.keep_alive,
+                    )
                 )
                 return False
         self.pool = pool
@@ -313,11 +615,13 @@ class Exchange:
         """`first_release: hold` and no release yet: visitors never meet an unverified
         color (testers reach one with the override)."""
         headers = [(b"retry-after", b"30"), *self.error_headers()]
-        self.local = build_response(
-            503,
-            b"503 Service Unavailable: this site is not released yet; please come back soon\n",
-            headers,
-            close=not self.keep_alive,
+        self._answer_locally(
+            build_response(
+                503,
+                b"503 Service Unavailable: this site is not released yet; please come back soon\n",
+                headers,
+                close=not self.keep_alive,
+            )
         )
 
     def _refuse_override(self, unfit: str | None) -> None:
@@ -329,7 +633,7 @@ class Exchange:
         assert self.override is not None
         body = f"503 Service Unavailable: the override asks for {self.override}, but {why}\n"
         headers = [(b"retry-after", b"5"), *self.error_headers()]
-        self.local = build_response(503, body.encode(), headers, close=not self.keep_alive)
+        self._answer_locally(build_response(503, body.encode(), headers, close=not self.keep_alive))
 
     def _when_all_down(self, app: str) -> UpstreamPool | None:
         """Neither the chosen color nor the active one has a fit upstream: panic routing
@@ -348,26 +652,28 @@ class Exchange:
         self.panic = True
         return ctx.colors[(app, self.color)].pick_anyway()
 
-    # -- running ----------------------------------------------------------
+    # -- running ----------------------------------------------------------------------
     def start(self) -> None:
-        """Called when this exchange reaches the head of the pipeline."""
+        """Called by the downstream when this exchange may answer (its turn in the pipeline)."""
         client = self.client
-        if self.local is not None:
-            client.write(self.local)
-            self.status = int(self.local[9:12])
-            self.resp_started = True
-            self.done = True
-            if self.req_done:
-                self._report(self.keep_alive)
-            return
-        if self.paused:
+        if self.resp_phase == RESP_LOCAL:
+            local = self.local
+            assert local is not None
+            client.send_local(local)
+            self.status = int(local[9:12])
+            if self.req_phase == REQ_DONE:
+                self._response_to(RESP_DONE)
+                self._finished(self.keep_alive)
+            return  # else done when the request ends (on_request_complete)
+        pool = self.pool
+        if pool is None:
             client.spawn(self._wait_unpaused(), "pause-wait")
             return
-        if self.expect_continue and self.version == "1.1":
-            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.client.ctx.tracker.add(self)
-        assert self.pool is not None
-        conn = self.pool.take_idle()
+        info = self.info
+        if info is not None and info.expect_continue and self.version == "1.1":
+            client.send_continue()
+        self.track()
+        conn = pool.take_idle()
         if conn is not None:
             self.attach(conn)
         else:
@@ -379,23 +685,22 @@ class Exchange:
         ok = await ctx.picker.board.wait_unpaused(
             self.app, ctx.config.apps[self.app].pause_max_wait
         )
-        if self.done:
+        if self.answered():
             return
         if not ok:
             self.fail(503, "app paused for longer than pause_max_wait")
             return
-        self.paused = False
         if self._pick_color():
-            assert self.info is not None
-            self.up_head = h.upstream_head(self, self.info, self.route)
+            self.up_head = self._upstream_head()
         self.start()
 
     async def _connect(self) -> None:
-        assert self.pool is not None
+        pool = self.pool
+        assert pool is not None
         try:
-            conn = await self.pool.connect()
+            conn = await pool.connect()
         except TimeoutError:
-            self.pool.connect_errors += 1
+            pool.connect_errors += 1
             self.fail(504, "connect timeout")
             return
         except OSError as e:
@@ -403,20 +708,20 @@ class Exchange:
                 # Our own shortage (descriptors, buffers, memory), not the upstream's
                 # fault: 503, not counted against it (fail() sets `error`, and health's
                 # passive ejection ignores an error answered 503).
-                self.pool.local_errors += 1
+                pool.local_errors += 1
                 log.warning(
                     "cannot connect to %s: %s on this host (%s), not the upstream's fault; "
                     "answering 503 (raise LimitNOFILE or lower limits.max_connections)",
-                    self.pool.upstream.url,
+                    pool.upstream.url,
                     errno.errorcode.get(e.errno or 0, "?"),
                     e.strerror or e,
                 )
                 self.fail(503, f"local error connecting upstream: {e.strerror or e}")
                 return
-            self.pool.connect_errors += 1
+            pool.connect_errors += 1
             self.fail(502, f"connect failed: {e.strerror or e}")
             return
-        if self.done:
+        if self.answered():
             conn.close()
             return
         conn.reused = False
@@ -425,7 +730,7 @@ class Exchange:
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
         conn.exchange = self
-        self.last_upstream = self.loop.time()
+        self.last_upstream = self.client.loop.time()
         buf = self.body_buffer
         if buf:
             conn.write(self.up_head + b"".join(buf))
@@ -450,51 +755,138 @@ class Exchange:
         )
         return headers
 
-    # -- request body -------------------------------------------------------
-    def on_request_body(self, chunk: bytes) -> None:
-        if self.chunked_req:
-            chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+    # -- in flight (the context's Tracker) ---------------------------------------------
+    def track(self) -> None:
+        s = self.client.ctx.tracker.set_of(self.app or "", self.color or "")
+        s.add(self)
+        self.tracked = s  # untrack() needs no key or lookup (twice per request)
+
+    def untrack(self) -> None:
+        s = self.tracked
+        if s is not None:
+            s.discard(self)
+            self.tracked = None
+
+    def in_tunnel(self) -> bool:
+        return self.resp_phase == RESP_TUNNEL
+
+    def read_overdue(self, now: float) -> bool:
+        return (
+            self.upstream is not None
+            and self.req_phase == REQ_DONE
+            and not self.answered()
+            and now - self.last_upstream >= self.route_timeouts().read
+        )
+
+    def time_out(self) -> None:
+        self.fail(504, f"no upstream byte for {self.route_timeouts().read:g}s")
+
+    def record(self) -> None:
+        """Hand the finished exchange to the observers (metrics, health, access log), once."""
+        if self.finished_at:
+            return
+        self.finished_at = monotonic()
+        for observe in self.client.ctx.exchange_observers:
+            observe(self)
+
+    def _finished(self, keep_alive: bool) -> None:
+        self.untrack()
+        self.record()
+        self.client.exchange_finished(self, keep_alive=keep_alive)
+
+    # -- request body -------------------------------------------------------------------
+    def on_request_body(self, data: bytes) -> None:
+        if self.local is not None:
+            return  # answered locally: the body is read and dropped
+        info = self.info
+        if info is not None and info.chunked:
+            data = chunk(data)
         if self.upstream is not None:
-            self.body_sent += len(chunk)
-        elif self.body_buffered + len(chunk) > 262144 and not self.done:
+            self.body_sent += len(data)
+        elif self.body_buffered + len(data) > BUFFER_LIMIT and not self.answered():
             self.client.pause_reading_for_buffer()
-        self._send_body(chunk)
+        self._send_body(data)
 
     def on_request_complete(self) -> None:
-        self.req_done = True
-        self.last_upstream = self.loop.time()  # the read timeout starts when the request is sent
-        if self.chunked_req:
-            self._send_body(b"0\r\n\r\n")
-        if self.done:
-            self._report(self.keep_alive)
-
-    def _report(self, keep_alive: bool) -> None:
-        if not self.reported:
-            self.reported = True
-            self.client.exchange_finished(self, keep_alive=keep_alive)
+        self._request_to(REQ_DONE)
+        self.last_upstream = self.client.loop.time()  # the read timeout starts now
+        info = self.info
+        if self.local is None and info is not None and info.chunked:
+            self._send_body(LAST_CHUNK)
+        if self.resp_phase == RESP_LOCAL and self.status != 0:
+            # The local answer went out while the body was still arriving.
+            self._response_to(RESP_DONE)
+            self._finished(self.keep_alive)
 
     def _send_body(self, data: bytes) -> None:
         """Request body bytes to the upstream, or buffered until it is connected."""
         conn = self.upstream
         if conn is not None:
             conn.write(data)
-        elif not self.done:
+        elif not self.answered():
             self.body_buffer.append(data)
             self.body_buffered += len(data)
 
-    # -- response -------------------------------------------------------------
+    # -- back-pressure from the downstream --------------------------------------------------
+    def pause_response(self) -> None:
+        """The downstream's write buffer is full: stop reading from the upstream."""
+        conn = self.upstream
+        if conn is not None:
+            conn.pause_reading()
+
+    def resume_response(self) -> None:
+        conn = self.upstream
+        if conn is not None:
+            conn.resume_reading()
+
+    # -- response (ResponseSink: called by the upstream connection) -------------------------
+    def upstream_read_begins(self) -> None:
+        client = self.client
+        self.last_upstream = client.loop.time()
+        client.cork()
+
+    def upstream_read_ends(self) -> None:
+        self.client.uncork()
+
+    def upstream_write_paused(self) -> None:
+        self.client.pause_reading_for_upstream()
+
+    def upstream_write_resumed(self) -> None:
+        self.client.resume_reading_for_upstream()
+
     def on_response_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], up_keep_alive: bool
     ) -> None:
         if 100 <= status < 200 and status != 101:
             return  # informational: we answered 100-continue ourselves
+        client = self.client
+        ctx = client.ctx
         self.status = status
-        head, mode = h.response_head(self, status, reason, headers)
+        head = h.response_head(
+            status,
+            reason,
+            headers,
+            policy=self.policy,
+            info=self.info,
+            method=self.method,
+            version=self.version,
+            keep_alive=self.keep_alive,
+            closing=client.closing,
+            codes=ctx.response_codes,
+            request_id_header=ctx.request_id_header,
+            request_id=self.request_id,
+            set_cookie=self.set_cookie,
+            show_color=self.color if self.name_color else None,
+        )
+        self._response_to(RESP_STREAMING)
+        mode = head.mode
         self.resp_mode = mode
-        self.resp_started = True
+        self.encoder = head.encoder
+        self.up_until_close = head.until_close
+        self.keep_alive = head.keep_alive
         if not up_keep_alive and self.upstream is not None:
             self.up_keep = False
-        self.client.write(head)
+        client.send_head(head)
         if mode == NOBODY and status != 101:
             # HEAD: the upstream may still send a body length we won't read; drop the socket.
             if self.method == b"HEAD" and self.upstream is not None:
@@ -503,41 +895,35 @@ class Exchange:
 
     def on_response_body(self, body: bytes) -> None:
         self.resp_bytes += len(body)
-        if self.encoder is not None:
-            body = self.encoder.feed(body)
+        encoder = self.encoder
+        if encoder is not None:
+            body = encoder.feed(body)
             if not body:
                 return
-        if self.resp_mode == LENGTH or self.resp_mode == UNTIL_CLOSE:
-            self.client.write(body)
-        elif self.resp_mode != NOBODY:
-            self.client.write(b"%x\r\n%b\r\n" % (len(body), body))
+        self.client.send_body(body)
 
     def on_response_complete(self) -> None:
-        if self.done or not self.resp_started or self.status == 101:
+        if self.resp_phase != RESP_STREAMING or self.status == 101:
             return
         self._finish_body(reusable=True)
 
     def _finish_body(self, *, reusable: bool) -> None:
-        if self.encoder is not None:
-            tail = self.encoder.finish()
+        encoder = self.encoder
+        if encoder is not None:
+            tail = encoder.finish()
             self.encoder = None
             if tail:
-                if self.resp_mode == UNTIL_CLOSE:
-                    self.client.write(tail)
-                else:
-                    self.client.write(b"%x\r\n%b\r\n" % (len(tail), tail))
-        if self.resp_mode in (CHUNKED, RECHUNK):
-            self.client.write(b"0\r\n\r\n")
+                self.client.send_body(tail)
+        self.client.send_end()
         self._response_done(reusable=reusable)
 
     def _response_done(self, *, reusable: bool) -> None:
-        self.done = True
         conn, self.upstream = self.upstream, None
         if conn is not None:
             if (
                 reusable
                 and self.up_keep
-                and self.req_done
+                and self.req_phase == REQ_DONE
                 and conn.exchange is self
                 and conn.parser is not None
             ):
@@ -547,36 +933,38 @@ class Exchange:
                 conn.close()
         if self.resp_mode == UNTIL_CLOSE:
             self.keep_alive = False
-        if not self.req_done:
+        if self.req_phase != REQ_DONE:
             # The upstream answered before the request body ended (e.g. 401 on an
             # upload). Don't read the rest into the next request: close after.
             self.keep_alive = False
-        self._report(self.keep_alive)
+        self._response_to(RESP_DONE)
+        self._finished(self.keep_alive)
 
     def on_upstream_upgrade(self, tail: bytes) -> None:
         conn = self.upstream
         if self.status != 101 or conn is None or not self.upgrade:
             self.fail(502, "upstream switched protocols unasked")
             return
-        self.tunnel = True
+        self.upstream = None  # the tunnel owns it now
+        conn.exchange = None
+        self._response_to(RESP_TUNNEL)
         self.client.start_tunnel(self, conn, tail)
 
     def on_upstream_failed(self, status: int, why: str) -> None:
         self.fail(status, why)
 
     def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        if self.done:
-            return
-        if self.upstream is not conn:
+        if self.answered() or self.upstream is not conn:
             return
         self.upstream = None
-        if not self.resp_started:
+        info = self.info
+        if not self.response_begun():
             if (
                 conn.reused
                 and not self.retried
                 and self.method in IDEMPOTENT
                 and self.body_sent == 0
-                and not (self.chunked_req and self.req_done)
+                and not (info is not None and info.chunked and self.req_phase == REQ_DONE)
             ):
                 # A keep-alive socket the upstream closed just as we reused it:
                 # safe to replay once on a fresh connection (nothing was processed),
@@ -594,25 +982,31 @@ class Exchange:
             return
         # Truncated response: the client must see the connection end, not a short body.
         self.error = f"upstream closed mid-response: {exc or 'EOF'}"
-        self.done = True
         self.keep_alive = False
-        self.client.abort(self)
+        self._cut()
 
-    def abandon(self) -> None:
-        """Mark this exchange done and drop its upstream connection (it can't be reused)."""
-        self.done = True
+    # -- ending early ----------------------------------------------------------------------
+    def _drop_upstream(self) -> None:
+        """Let go of the upstream connection (it can't be reused)."""
         conn, self.upstream = self.upstream, None
         if conn is not None:
             conn.exchange = None
             conn.close()
 
+    def _cut(self) -> None:
+        self._drop_upstream()
+        self._response_to(RESP_CUT)
+        self.untrack()
+        self.record()
+        self.client.abort(self)
+
     def fail(self, status: int, why: str) -> None:
         """End this exchange with an error status, or cut it if bytes already went out."""
-        if self.done:
+        if self.answered():
             return
         self.error = why
-        self.abandon()
-        if not self.resp_started:
+        self._drop_upstream()
+        if not self.response_begun():
             log.info(
                 "%s %s %s -> %d: %s",
                 self.app or "-",
@@ -622,21 +1016,47 @@ class Exchange:
                 why,
             )
             self.status = status
-            self.resp_started = True
-            close = not (self.req_done and self.keep_alive)
+            close = not (self.req_phase == REQ_DONE and self.keep_alive)
             extra = [(b"retry-after", b"5")] if status == 503 else []
             extra += self.error_headers()
-            self.client.write(build_response(status, headers=extra, close=close))
-            self._report(not close)
+            self.client.send_local(build_response(status, headers=extra, close=close))
+            self._response_to(RESP_DONE)
+            self._finished(not close)
         else:
             self.keep_alive = False
-            self.client.abort(self)
+            self._cut()
 
     def cut(self) -> None:
         """Drain deadline passed: 503 if nothing was sent yet, else close."""
-        tunnel = self.client.tunnel
-        if self.tunnel and tunnel is not None:
-            tunnel.end()
-        elif not self.tunnel:
+        if self.resp_phase == RESP_TUNNEL:
+            self.client.end_tunnel()
+        else:
             self.keep_alive = False
             self.fail(503, "drain deadline passed")
+
+    def cut_short(self) -> None:
+        """The request broke after its response had begun: the client sees the end."""
+        if self.resp_phase < RESP_TUNNEL:
+            self._cut()
+
+    def drop(self) -> None:
+        """The request broke before any answer: forget it (the downstream answers the error)."""
+        self._drop_upstream()
+        self._response_to(RESP_CUT)
+        self.untrack()
+
+    def tunnel_over(self) -> None:
+        """The tunnel this exchange became has ended (the downstream's `tunnel_ended`)."""
+        self.untrack()
+        self.record()
+
+    def downstream_lost(self) -> None:
+        """The client went away (connection closed, stream reset) before the end: 499."""
+        if self.answered():
+            return
+        if not self.status:
+            self.status = 499
+        self._drop_upstream()
+        self._response_to(RESP_CUT)
+        self.untrack()
+        self.record()

@@ -1,4 +1,4 @@
-"""How a response body is framed towards the client (shared by exchange and headers)."""
+"""How a body is framed: response modes towards the client, and chunked framing both ways."""
 
 from typing import Final
 
@@ -12,3 +12,12 @@ UNTIL_CLOSE: Final = 3
 """HTTP/1.0 client or read-until-close upstream: the body ends with the connection."""
 NOBODY: Final = 4
 """HEAD, 204, 304, 101."""
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one chunk of a chunked body (RFC 9112 §7.1): the one place it is framed."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"
+"""The end of a chunked body (no trailers)."""

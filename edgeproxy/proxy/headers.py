@@ -16,13 +16,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from edgeproxy.config import Limits
 from edgeproxy.errors import ClientProtocolError
 from edgeproxy.proxy.framing import CHUNKED, LENGTH, NOBODY, RECHUNK, UNTIL_CLOSE
 from edgeproxy.proxy.responses import build_response, http_date
 
 if TYPE_CHECKING:
-    from edgeproxy.proxy.exchange import Exchange
+    from edgeproxy.policies import GzipEncoder, RoutePolicy
     from edgeproxy.routing.router import RouteEntry
 
 ACME_PREFIX: Final = b"/.well-known/acme-challenge/"
@@ -74,9 +73,10 @@ COMMON_RESPONSE_HEADERS: Final = (
 """Passed through as they are: listed so that their usual spelling is found without lower()."""
 
 
-class RequestInfo:
-    """What routing and forwarding need from the request headers, read in one pass.
+class RequestHead:
+    """A validated request head: what routing and forwarding need, read in one pass.
 
+    Returned by `validate_request`; the exchange keeps it and never changes it.
     A plain class, not a dataclass: mypyc compiles this `__init__` natively,
     where a dataclass's generated one stays interpreted (4k instructions a request).
     """
@@ -84,20 +84,39 @@ class RequestInfo:
     __slots__ = (
         "accept_encoding",
         "acr_method",
+        "chunked",
         "connection_tokens",
+        "content_length",
         "cookie",
+        "expect_continue",
+        "fwd",
+        "host",
         "origin",
         "override",
+        "path",
         "real_ip",
         "request_id",
         "secrets",
+        "target",
         "upgrade_value",
         "websocket",
         "xf_proto",
         "xff",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, target: bytes) -> None:
+        self.target = target
+        """The request target, origin-form, dot-segments resolved."""
+        self.path = b""
+        """The target's path (no query): what routes match."""
+        self.host = b""
+        """The Host routed on (lowercase; an absolute-form target's authority)."""
+        self.content_length: int | None = None
+        self.chunked = False
+        """Transfer-Encoding: chunked (re-framed chunk by chunk upstream)."""
+        self.expect_continue = False
+        self.fwd: list[bytes] = []
+        """Pieces of the request headers to forward as they are: (name, ": ", value, CRLF) each."""
         self.request_id: bytes | None = None
         self.websocket = False
         self.upgrade_value = b""
@@ -112,6 +131,36 @@ class RequestInfo:
         self.connection_tokens: frozenset[bytes] = frozenset()
         self.secrets: list[tuple[bytes, bytes]] | None = None
         """(lowercase name, value) of each rate-limit exemption header the request carried."""
+
+
+RequestInfo = RequestHead
+"""The name `proxy/picker.py` knows the record by."""
+
+
+class ResponseHead:
+    """The response head for the client, and how its body is framed (`response_head`)."""
+
+    __slots__ = ("data", "encoder", "keep_alive", "mode", "until_close")
+
+    def __init__(
+        self,
+        data: bytes,
+        mode: int,
+        encoder: GzipEncoder | None,
+        *,
+        until_close: bool,
+        keep_alive: bool,
+    ) -> None:
+        self.data = data
+        """The head as HTTP/1.1 bytes (status line, header lines, blank line)."""
+        self.mode = mode
+        """How the body is framed towards the client (proxy/framing.py)."""
+        self.encoder = encoder
+        """gzip for this response (a policy), or None."""
+        self.until_close = until_close
+        """The upstream sent no length: its close ends the body."""
+        self.keep_alive = keep_alive
+        """The client connection stays open after this response."""
 
 
 REQUEST_ID_MAX: Final = 128
@@ -285,15 +334,25 @@ def response_codes(request_id_header: bytes) -> dict[bytes, int]:
     return spelled_both_ways(codes)
 
 
-def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
-    """Read the headers once: framing checks, Host, what forwarding needs, what to forward."""
-    info = RequestInfo()
+def validate_request(
+    headers: list[tuple[bytes, bytes]],
+    target: bytes,
+    *,
+    version: str,
+    upgrade: bool,
+    codes: dict[bytes, int],
+) -> RequestHead:
+    """Read the headers once: framing checks, Host, what forwarding needs, what to forward.
+
+    `codes` is the context's `header_codes`; raises ClientProtocolError for a head
+    edgeproxy refuses.
+    """
+    info = RequestHead(target)
     host: bytes | None = None
     host_at = -1
     te: bytes | None = None
-    codes = ex.client.ctx.header_codes
-    fwd = ex.fwd
-    for name, value in ex.headers:
+    fwd = info.fwd
+    for name, value in headers:
         code = codes.get(name)
         if code is None:
             code = codes.get(name.lower(), PASS)
@@ -309,7 +368,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
                 host_at = len(fwd) - 2
             elif code == CONTENT_LENGTH:
                 # llhttp has already refused duplicates and non-digits.
-                ex.content_length = int(value)
+                info.content_length = int(value)
             elif code == COOKIE:
                 info.cookie = value if info.cookie is None else info.cookie + b"; " + value
             elif code == ORIGIN:
@@ -329,7 +388,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         elif code == EXPECT:
             if value.lower() != b"100-continue":
                 raise ClientProtocolError(417, f"unsupported Expect: {value!r}")
-            ex.expect_continue = True
+            info.expect_continue = True
         elif code == XFF:
             info.xff = value if info.xff is None else info.xff + b", " + value
         elif code == REAL_IP:
@@ -349,19 +408,18 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
             else:
                 info.secrets.append(pair)
     if te is not None:
-        if ex.version == "1.0":
+        if version == "1.0":
             raise ClientProtocolError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
         if te.strip().lower() != b"chunked":
             raise ClientProtocolError(
                 501, f"Transfer-Encoding {te!r} is not supported (only chunked)"
             )
-        ex.chunked_req = True
+        info.chunked = True
     if host is None:
-        if ex.version == "1.1":
+        if version == "1.1":
             raise ClientProtocolError(400, "missing Host header")
         host = b""
     sent_host = host
-    target = ex.target
     if target.startswith(b"/"):
         pass
     elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
@@ -372,7 +430,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
             raise ClientProtocolError(400, "bad absolute-form request target")
         host = authority
         target = slash + path if slash else b"/"
-        ex.target = target
+        info.target = target
     else:
         raise ClientProtocolError(400, "request target must be an absolute path")
     # `name:` (RFC 3986 allows an empty port) is routed and forwarded as `name`;
@@ -389,7 +447,7 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
             fwd[host_at] = host
     if target.find(b"#") != -1:  # faster than `b"#" in target` (which tries an int first)
         raise ClientProtocolError(400, "fragment in request target")
-    ex.host = host.lower()
+    info.host = host.lower()
     q = target.find(b"?")
     path = target if q < 0 else target[:q]
     # Routes match, and the upstream gets, the path with dot-segments resolved
@@ -401,77 +459,110 @@ def validate_request(ex: Exchange, limits: Limits) -> RequestInfo:
         resolved = resolve_dot_segments(path)
         if resolved is not path:
             path = resolved
-            ex.target = resolved if q < 0 else resolved + target[q:]
-    ex.path = path
-    if ex.upgrade:
+            info.target = resolved if q < 0 else resolved + target[q:]
+    info.path = path
+    if upgrade:
         info.websocket = (
             info.upgrade_value.lower() == b"websocket" and b"upgrade" in info.connection_tokens
         )
     return info
 
 
-def upstream_head(ex: Exchange, info: RequestInfo, route: RouteEntry) -> bytes:
-    """The request head sent upstream: one buffer."""
-    client = ex.client
-    parts = [ex.method, b" ", route.upstream_target(ex.target), b" HTTP/1.1\r\n"]
+def upstream_head(
+    method: bytes,
+    info: RequestHead,
+    route: RouteEntry,
+    *,
+    client_ip_b: bytes,
+    request_id: bytes,
+    color: str | None,
+    upgrade: bool,
+    peer_b: bytes,
+    peer_trusted: bool,
+    scheme: bytes,
+    local_port_b: bytes,
+    request_id_header: bytes,
+) -> bytes:
+    """The request head sent upstream: one buffer.
+
+    `peer_b` is the connection's peer address, `client_ip_b` the client's (the
+    peer's, or the one a trusted proxy forwarded).
+    """
+    parts = [method, b" ", route.upstream_target(info.target), b" HTTP/1.1\r\n"]
     tokens = info.connection_tokens - _STANDARD_TOKENS if info.connection_tokens else None
     if tokens:
         # Rare: the client named extra hop-by-hop headers in Connection. `fwd`
         # holds (name, ": ", value, CRLF) for each header to forward.
-        fwd = ex.fwd
+        fwd = info.fwd
         for i in range(0, len(fwd), 4):
             if fwd[i].lower() not in tokens:
                 parts += fwd[i : i + 4]
     else:
-        parts += ex.fwd
-    rid_name = client.ctx.request_id_header
-    peer = client.peer_ip_b
-    if client.peer_trusted:
-        xff = info.xff + b", " + peer if info.xff else peer
-        proto = info.xf_proto or client.scheme
+        parts += info.fwd
+    if peer_trusted:
+        xff = info.xff + b", " + peer_b if info.xff else peer_b
+        proto = info.xf_proto or scheme
     else:
-        xff = peer
-        proto = client.scheme
+        xff = peer_b
+        proto = scheme
     parts += (
         b"x-forwarded-for: ",
         xff,
         b"\r\nx-real-ip: ",
-        ex.client_ip_b,
+        client_ip_b,
         b"\r\nx-forwarded-proto: ",
         proto,
         b"\r\nx-forwarded-host: ",
-        ex.host,
+        info.host,
         b"\r\nx-forwarded-port: ",
-        client.local_port_b,
+        local_port_b,
         b"\r\n",
     )
-    parts += (rid_name, b": ", ex.request_id, b"\r\n")
-    if ex.color is not None:
-        parts += (b"x-edgeproxy-color: ", ex.color.encode(), b"\r\n")
-    if ex.upgrade:
+    parts += (request_id_header, b": ", request_id, b"\r\n")
+    if color is not None:
+        parts += (b"x-edgeproxy-color: ", color.encode(), b"\r\n")
+    if upgrade:
         parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade_value, b"\r\n")
-    elif ex.chunked_req:
+    elif info.chunked:
         parts.append(b"transfer-encoding: chunked\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
 
 
 def response_head(
-    ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-) -> tuple[bytes, int]:
-    """The response head for the client and how its body is framed."""
-    policy = ex.policy
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    policy: RoutePolicy | None,
+    info: RequestHead | None,
+    method: bytes,
+    version: str,
+    keep_alive: bool,
+    closing: bool,
+    codes: dict[bytes, int],
+    request_id_header: bytes,
+    request_id: bytes,
+    set_cookie: bytes | None,
+    show_color: str | None,
+) -> ResponseHead:
+    """The response head for the client and how its body is framed.
+
+    `codes` is the context's `response_codes`; `show_color` the color to name in
+    X-Edgeproxy-Color (a tester's override, `expose_color`), else None;
+    `closing`: the client connection ends after this response.
+    """
     framed = None
+    encoder: GzipEncoder | None = None
     if policy is not None and not policy.passthrough and status != 101:
         if policy.gzip is not None:
             # gzip drops Content-Length: note the upstream's own framing first.
             framed = any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
-        info = ex.info
-        headers, ex.encoder = policy.response_head(
+        headers, encoder = policy.response_head(
             status,
             headers,
-            method=ex.method,
-            path=ex.path,
+            method=method,
+            path=info.path if info is not None else b"",
             origin=info.origin if info is not None else None,
             accept_encoding=info.accept_encoding if info is not None else None,
         )
@@ -479,8 +570,6 @@ def response_head(
     has_length = False
     chunked = False
     upgrade_value = b""
-    ctx = ex.client.ctx
-    codes = ctx.response_codes
     rid_seen = False
     for name, value in headers:
         code = codes.get(name)
@@ -498,39 +587,45 @@ def response_head(
             upgrade_value = value
     parts += (b"date: ", http_date(), b"\r\nserver: edgeproxy\r\n")
     if not rid_seen:
-        parts += (ctx.request_id_header, b": ", ex.request_id, b"\r\n")
-    if ex.set_cookie is not None:
-        parts += (b"set-cookie: ", ex.set_cookie, b"\r\n")
-    if ex.name_color and ex.color is not None:
+        parts += (request_id_header, b": ", request_id, b"\r\n")
+    if set_cookie is not None:
+        parts += (b"set-cookie: ", set_cookie, b"\r\n")
+    if show_color is not None:
         # Which color served a tester's request (smoke checks fail without it), or any
         # request of an app with expose_color (staging).
-        parts += (b"x-edgeproxy-color: ", ex.color.encode(), b"\r\n")
+        parts += (b"x-edgeproxy-color: ", show_color.encode(), b"\r\n")
     if status == 101:
         parts += (b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n")
-        return b"".join(parts), NOBODY
-    if ex.method == b"HEAD" or status in (204, 304):
+        return ResponseHead(
+            b"".join(parts), NOBODY, encoder, until_close=False, keep_alive=keep_alive
+        )
+    if method == b"HEAD" or status in (204, 304):
         mode = NOBODY
     elif chunked:
-        mode = CHUNKED if ex.version == "1.1" else UNTIL_CLOSE
+        mode = CHUNKED if version == "1.1" else UNTIL_CLOSE
     elif has_length:
         mode = LENGTH
-    elif ex.version == "1.1":
+    elif version == "1.1":
         mode = RECHUNK
     else:
         mode = UNTIL_CLOSE
     if framed is None:
         framed = has_length or chunked
-    ex.up_until_close = not framed and mode != NOBODY
     if mode in (CHUNKED, RECHUNK):
         parts.append(b"transfer-encoding: chunked\r\n")
-    keep = ex.keep_alive and mode != UNTIL_CLOSE and not ex.client.closing
+    keep = keep_alive and mode != UNTIL_CLOSE and not closing
     if not keep:
-        ex.keep_alive = False
         parts.append(b"connection: close\r\n")
-    elif ex.version == "1.0":
+    elif version == "1.0":
         parts.append(b"connection: keep-alive\r\n")
     parts.append(b"\r\n")
-    return b"".join(parts), mode
+    return ResponseHead(
+        b"".join(parts),
+        mode,
+        encoder,
+        until_close=not framed and mode != NOBODY,
+        keep_alive=keep,
+    )
 
 
 def acme_response(webroot: Path, path: bytes, method: bytes) -> bytes:

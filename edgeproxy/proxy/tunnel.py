@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
+from edgeproxy.proxy.upstream import ByteSink
+
 if TYPE_CHECKING:
-    from edgeproxy.proxy.client import ClientConnection
-    from edgeproxy.proxy.exchange import Exchange
+    from edgeproxy.proxy.exchange import Downstream, Exchange
     from edgeproxy.proxy.upstream import UpstreamConnection
 
 CLOSE_LINGER: Final = 5.0
@@ -61,7 +62,10 @@ def frame_payload_size(head: bytes) -> int:
     return n
 
 
-class Tunnel:
+class Tunnel(ByteSink):
+    """Both directions of one upgraded connection: the client side is the exchange's
+    `Downstream`, the upstream side delivers its bytes here (a `ByteSink`)."""
+
     __slots__ = (
         "client",
         "ended",
@@ -73,9 +77,7 @@ class Tunnel:
         "upstream",
     )
 
-    def __init__(
-        self, client: ClientConnection, upstream: UpstreamConnection, ex: Exchange
-    ) -> None:
+    def __init__(self, client: Downstream, upstream: UpstreamConnection, ex: Exchange) -> None:
         self.client = client
         self.upstream = upstream
         self.exchange = ex
@@ -131,6 +133,16 @@ class Tunnel:
             self.left = frame_payload_size(head)
         return n
 
+    # -- ByteSink: the upstream side ----------------------------------------------------
+    def upstream_closed(self) -> None:
+        self.end()
+
+    def upstream_write_paused(self) -> None:
+        self.client.pause_reading_for_upstream()
+
+    def upstream_write_resumed(self) -> None:
+        self.client.resume_reading_for_upstream()
+
     # -- ending ---------------------------------------------------------------------
     def go_away(self) -> None:
         """Shutdown: send the client a close frame 1001 at the next frame boundary."""
@@ -151,10 +163,8 @@ class Tunnel:
         self.ended = True
         client = self.client
         upstream = self.upstream
-        client.tunnel = None
         upstream.tunnel = None
         upstream.closed = True
         upstream.pool.forget(upstream)
         close_lingering(upstream.transport, client.loop)
-        close_lingering(client.transport, client.loop)
-        client.tunnel_ended(self.exchange)
+        client.tunnel_ended(self.exchange)  # closes the client side

@@ -1,7 +1,9 @@
 """Upstream connections and the keep-alive pool per upstream address.
 
 An `UpstreamConnection` only does I/O: it parses the response with httptools
-and hands each event to the exchange it currently serves. Idle connections go
+and hands each event to the `ResponseSink` it currently serves (an exchange),
+or, once the connection is a WebSocket tunnel, its bytes to a `ByteSink`. It
+never names the client side: back-pressure goes through the sink too. Idle connections go
 back to their pool and are closed after `upstream_idle` seconds (below Node's
 5 s keep-alive timeout, so we close first and never reuse a socket the server
 is about to drop).
@@ -12,16 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
 from edgeproxy.config import Upstream
 from edgeproxy.errors import UpstreamProtocolError
-
-if TYPE_CHECKING:
-    from edgeproxy.proxy.exchange import Exchange
-    from edgeproxy.proxy.tunnel import Tunnel
 
 log = logging.getLogger("edgeproxy.upstream")
 
@@ -38,6 +36,71 @@ def as_protocol(proto: object) -> asyncio.Protocol:
     classes are what make the compiled hot path fast (docs/architecture.md).
     """
     return cast(asyncio.Protocol, proto)
+
+
+class ResponseSink:
+    """Where an upstream connection delivers a response (an `Exchange`).
+
+    A native base class rather than a Protocol: once compiled, the calls below
+    stay native (vtable) calls (docs/architecture.md, hot-path notes).
+    """
+
+    __slots__ = ()
+
+    def upstream_read_begins(self) -> None:
+        """A read from the upstream is about to be parsed (what it produces leaves together)."""
+        raise NotImplementedError
+
+    def upstream_read_ends(self) -> None:
+        """The read is parsed: send on what it produced."""
+        raise NotImplementedError
+
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], up_keep_alive: bool
+    ) -> None:
+        raise NotImplementedError
+
+    def on_response_body(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def on_response_complete(self) -> None:
+        raise NotImplementedError
+
+    def on_upstream_upgrade(self, tail: bytes) -> None:
+        """The upstream switched protocols; `tail` is what followed its 101 head."""
+        raise NotImplementedError
+
+    def on_upstream_failed(self, status: int, why: str) -> None:
+        """The upstream's response is refused (`status` for the client, 502 mostly)."""
+        raise NotImplementedError
+
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        raise NotImplementedError
+
+    def upstream_write_paused(self) -> None:
+        """The upstream's write buffer is full: stop reading what is sent to it."""
+        raise NotImplementedError
+
+    def upstream_write_resumed(self) -> None:
+        raise NotImplementedError
+
+
+class ByteSink:
+    """Where an upgraded upstream connection sends its bytes (a WebSocket `Tunnel`)."""
+
+    __slots__ = ()
+
+    def from_upstream(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_closed(self) -> None:
+        raise NotImplementedError
+
+    def upstream_write_paused(self) -> None:
+        raise NotImplementedError
+
+    def upstream_write_resumed(self) -> None:
+        raise NotImplementedError
 
 
 class UpstreamConnection:
@@ -61,7 +124,7 @@ class UpstreamConnection:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser: Any = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
+        self.exchange: ResponseSink | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
         self.head_bytes = 0
@@ -69,7 +132,7 @@ class UpstreamConnection:
         self.reused = False
         self.closed = False
         self.idle_since = 0.0
-        self.tunnel: Tunnel | None = None
+        self.tunnel: ByteSink | None = None
         """Set once this connection is a WebSocket tunnel's upstream side."""
 
     # -- asyncio.Protocol -------------------------------------------------
@@ -86,11 +149,9 @@ class UpstreamConnection:
             # An idle keep-alive connection must not talk; if it does, drop it.
             self.close()
             return
-        ex.last_upstream = ex.loop.time()
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
-        client = ex.client
-        client.corked = True  # what this read produces leaves in one write, below
+        ex.upstream_read_begins()  # what this read produces leaves in one write, below
         try:
             self.parser.feed_data(data)
             if self.head_bytes > MAX_RESPONSE_HEAD:
@@ -113,8 +174,7 @@ class UpstreamConnection:
                 ex.on_upstream_failed(502, f"malformed response: {e}")
             self.close()  # a parser that failed can't frame another response
         finally:
-            client.corked = False
-            client.flush()
+            ex.upstream_read_ends()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -124,24 +184,25 @@ class UpstreamConnection:
         self.pool.forget(self)
         ex, self.exchange = self.exchange, None
         tunnel, self.tunnel = self.tunnel, None
-        # Break the protocol <-> parser cycle so the GC need not (DESIGN.md).
+        # Break the protocol <-> parser cycle so the GC need not: closed connections
+        # are freed at once (docs/architecture.md, hot-path notes).
         self.parser = None
         if ex is not None:
             ex.on_upstream_lost(self, exc)
         elif tunnel is not None:
-            tunnel.end()
+            tunnel.upstream_closed()
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.pause_reading_for_upstream()
+            self.exchange.upstream_write_paused()
         elif self.tunnel is not None:
-            self.tunnel.client.pause_reading_for_upstream()
+            self.tunnel.upstream_write_paused()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.resume_reading_for_upstream()
+            self.exchange.upstream_write_resumed()
         elif self.tunnel is not None:
-            self.tunnel.client.resume_reading_for_upstream()
+            self.tunnel.upstream_write_resumed()
 
     # -- httptools callbacks ------------------------------------------------
     def on_status(self, status: bytes) -> None:

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from edgeproxy.config import Certificate
 from edgeproxy.errors import TLSConfigError
@@ -50,6 +51,9 @@ class LoadedCert:
     serial: int
     fingerprint: tuple[int, int, int, int]
     """(dev, inode, mtime_ns, size) of cert and key files, to notice changes."""
+    context_h1: ssl.SSLContext | None = None
+    """The same certificate offering HTTP/1.1 only, for sites with `http2: false`
+    (None when `context` offers HTTP/1.1 only itself)."""
 
     def days_left(self, now: dt.datetime | None = None) -> float:
         now = now or dt.datetime.now(dt.UTC)
@@ -71,7 +75,14 @@ def _file_fingerprint(cert: Path, key: Path) -> tuple[int, int, int, int]:
     return (a.st_ino ^ (b.st_ino << 1), a.st_mtime_ns ^ b.st_mtime_ns, a.st_size, b.st_size)
 
 
-def new_server_context(*, session_tickets: bool = True) -> ssl.SSLContext:
+ALPN_H2: Final = ("h2", "http/1.1")
+"""What the TLS listener offers with HTTP/2 on (`listen.http2`), in our order of preference."""
+ALPN_H1: Final = ("http/1.1",)
+
+
+def new_server_context(
+    *, session_tickets: bool = True, alpn: tuple[str, ...] = ALPN_H1
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
@@ -82,7 +93,7 @@ def new_server_context(*, session_tickets: bool = True) -> ssl.SSLContext:
     if not session_tickets:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -186,7 +197,9 @@ def _read_cert_info_cryptography(cert_path: Path) -> CertInfo:
     )
 
 
-def load_certificate(spec: Certificate, *, session_tickets: bool = True) -> LoadedCert:
+def load_certificate(
+    spec: Certificate, *, session_tickets: bool = True, http2: bool = False
+) -> LoadedCert:
     """Build the SSLContext for one cert/key pair; raise TLSConfigError naming the file."""
     cert_path, key_path = Path(spec.cert), Path(spec.key)
     try:
@@ -196,14 +209,12 @@ def load_certificate(spec: Certificate, *, session_tickets: bool = True) -> Load
         raise TLSConfigError(f"{e.filename}: cannot read: {e.strerror}") from e
     except ValueError as e:
         raise TLSConfigError(f"{cert_path}: not a PEM certificate: {e}") from e
-    ctx = new_server_context(session_tickets=session_tickets)
-    try:
-        ctx.load_cert_chain(cert_path, key_path)
-    except ssl.SSLError as e:
-        why = "the key does not match the certificate" if "mismatch" in str(e).lower() else str(e)
-        raise TLSConfigError(f"{cert_path} + {key_path}: {why}") from e
-    except OSError as e:
-        raise TLSConfigError(f"{key_path}: cannot load: {e.strerror or e}") from e
+    ctx = new_server_context(session_tickets=session_tickets, alpn=ALPN_H2 if http2 else ALPN_H1)
+    _load_chain(ctx, cert_path, key_path)
+    ctx_h1 = None
+    if http2:
+        ctx_h1 = new_server_context(session_tickets=session_tickets)
+        _load_chain(ctx_h1, cert_path, key_path)
     return LoadedCert(
         cert_path=cert_path,
         key_path=key_path,
@@ -213,19 +224,40 @@ def load_certificate(spec: Certificate, *, session_tickets: bool = True) -> Load
         not_after=info.not_after,
         serial=info.serial,
         fingerprint=fingerprint,
+        context_h1=ctx_h1,
     )
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_path: Path, key_path: Path) -> None:
+    try:
+        ctx.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as e:
+        why = "the key does not match the certificate" if "mismatch" in str(e).lower() else str(e)
+        raise TLSConfigError(f"{cert_path} + {key_path}: {why}") from e
+    except OSError as e:
+        raise TLSConfigError(f"{key_path}: cannot load: {e.strerror or e}") from e
 
 
 class CertStore:
     """The certificates in service and the SNI dispatch over them."""
 
-    def __init__(self, specs: Sequence[Certificate], *, session_tickets: bool = True) -> None:
+    def __init__(
+        self, specs: Sequence[Certificate], *, session_tickets: bool = True, http2: bool = False
+    ) -> None:
         self.specs = list(specs)
         self.session_tickets = session_tickets
+        self.http2 = http2
+        """Offer `h2` by ALPN (`listen.http2`); fixed for the life of the listener."""
+        self.h1_hosts: frozenset[str] = frozenset()
+        """Host names (and `*.domain` wildcards) of sites with `http2: false`."""
         self.certs: list[LoadedCert] = []
         self._by_name: dict[str, ssl.SSLContext] = {}
+        self._h1_of: dict[int, ssl.SSLContext] = {}
+        """id(context) -> the same certificate's HTTP/1.1-only context."""
         self._default: ssl.SSLContext | None = None
-        self.dispatch = new_server_context(session_tickets=session_tickets)
+        self.dispatch = new_server_context(
+            session_tickets=session_tickets, alpn=ALPN_H2 if http2 else ALPN_H1
+        )
         self.dispatch.sni_callback = self._on_sni
         self.last_error: str | None = None
 
@@ -235,7 +267,7 @@ class CertStore:
         Raises TLSConfigError naming the file at fault.
         """
         return [
-            load_certificate(s, session_tickets=self.session_tickets)
+            load_certificate(s, session_tickets=self.session_tickets, http2=self.http2)
             for s in (self.specs if specs is None else specs)
         ]
 
@@ -256,6 +288,7 @@ class CertStore:
         if specs is not None:
             self.specs = list(specs)
         self._by_name = by_name
+        self._h1_of = {id(c.context): c.context_h1 for c in loaded if c.context_h1 is not None}
         self._default = loaded[0].context if loaded else None
         self.certs = loaded
         self.last_error = None
@@ -309,9 +342,22 @@ class CertStore:
     def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
         ctx = self.context_for(server_name)
         if ctx is not None:
+            if self.h1_hosts and self._h1_only(server_name):
+                # A site with `http2: false`: the same certificate, ALPN http/1.1 only
+                # (OpenSSL asks the context in force after this callback to choose).
+                ctx = self._h1_of.get(id(ctx), ctx)
             sslobj.context = ctx
         # Remembered for the 421 check (SNI name vs Host header).
         sslobj.edgeproxy_sni = server_name  # type: ignore[attr-defined]
+
+    def _h1_only(self, server_name: str | None) -> bool:
+        if not server_name:
+            return False
+        name = server_name.lower()
+        if name in self.h1_hosts:
+            return True
+        _, dot, parent = name.partition(".")
+        return bool(dot) and "*." + parent in self.h1_hosts
 
     def views(self) -> list[dict[str, object]]:
         return [c.view() for c in self.certs]

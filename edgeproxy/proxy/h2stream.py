@@ -1,0 +1,566 @@
+"""One HTTP/2 stream as one exchange: the request in, the response out, flow-controlled.
+
+Each stream runs the same `Exchange` the HTTP/1.1 path runs (validation,
+routing, the switch decision, policies, upstream pool, metrics, access log),
+so nothing about a request depends on the protocol the client chose.
+`H2Stream` is the exchange's second `Downstream` (proxy/exchange.py): the
+exchange hands it a response head (in HTTP/1.1 form), unframed body bytes and
+the end, or one of edgeproxy's own prebuilt responses; the stream sends them
+as HEADERS and DATA frames through its connection (`StreamOwner`, which
+`H2Connection` in proxy/h2conn.py implements).
+
+Flow control, both ways:
+- request body: DATA is acknowledged to the client (its window reopens) only
+  while the exchange takes more; when the upstream's write buffer is full, or
+  the exchange buffers before its upstream is connected, the acknowledgements
+  are held, so the client can be at most one window ahead;
+- response body: sent as fast as the client's windows and the connection's
+  room allow; beyond `STREAM_BUFFER` bytes held here the exchange pauses its
+  upstream, and so does every stream while the connection's socket is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final
+
+import h2.connection
+import h2.exceptions
+from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
+
+from edgeproxy.errors import ClientProtocolError
+from edgeproxy.proxy.exchange import REQ_BODY, Downstream, Exchange
+from edgeproxy.proxy.framing import NOBODY
+from edgeproxy.proxy.responses import build_response
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.context import ProxyContext
+    from edgeproxy.proxy.headers import ResponseHead
+    from edgeproxy.proxy.upstream import UpstreamConnection
+
+log = logging.getLogger("edgeproxy.h2")
+
+STREAM_BUFFER: Final = 65536
+"""Response bytes held per stream beyond the client's window before its upstream pauses."""
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+    }
+)
+"""Response fields an HTTP/2 response must not carry (RFC 9113 §8.2.2)."""
+
+# Why acknowledging request DATA is held (bits, like ClientConnection's pause reasons).
+HOLD_UPSTREAM: Final = 1
+HOLD_BUFFER: Final = 2
+
+
+class RequestHead:
+    """The request of a HEADERS frame in HTTP/1.1 terms: method, target, fields with Host."""
+
+    __slots__ = ("headers", "method", "target")
+
+    def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+
+
+def request_head(fields: list[tuple[bytes, bytes]], *, ends_stream: bool) -> RequestHead:
+    """Pseudo-headers to method/target/Host; cookies joined (RFC 9113 §8.2.3); a body of
+    unknown length is sent upstream chunked. The h2 library has already checked the
+    pseudo-header rules, refused connection-specific and uppercase fields and a Host
+    that differs from `:authority`."""
+    method = b""
+    target = b""
+    authority: bytes | None = None
+    has_host = False
+    cookies: list[bytes] = []
+    headers: list[tuple[bytes, bytes]] = []
+    has_length = False
+    for name, value in fields:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                target = value
+            elif name == b":authority":
+                authority = value
+            continue
+        if name == b"cookie":
+            cookies.append(value)
+            continue
+        if name == b"host":
+            has_host = True
+        elif name == b"content-length":
+            has_length = True
+        headers.append((name, value))
+    if authority is not None and not has_host:
+        headers.insert(0, (b"host", authority))
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    if not ends_stream and not has_length:
+        headers.append((b"transfer-encoding", b"chunked"))
+    return RequestHead(method, target, headers)
+
+
+Fields = list[Any]
+"""HTTP/2 response fields: (name, value) tuples and hpack's NeverIndexedHeaderTuple. Not
+`list[tuple[bytes, bytes]]`: compiled, mypyc unboxes a fixed-length tuple and boxes it
+again as a plain one, and the never-indexed mark would be lost."""
+
+
+def parse_head(
+    data: bytes, never_index: frozenset[bytes] = frozenset()
+) -> tuple[int, Fields, bytes]:
+    """(status, HTTP/2 fields, body) of an HTTP/1.1 response edgeproxy built itself
+    (`responses.build_response`, `headers.response_head`): names lowercased,
+    hop-by-hop fields dropped. Fields named in `never_index` are sent as HPACK
+    never-indexed literals: a value new in every response (the request id) would
+    only churn the dynamic table, whose lookups the HPACK encoder makes by a linear
+    scan (a full table made a third of the encoding cost, measured), and a
+    Set-Cookie value is a secret (RFC 7541 §7.1.3)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    body = b"" if end < 0 else data[end + 4 :]
+    lines = head.split(b"\r\n")
+    status = int(lines[0][9:12])
+    fields: Fields = [(b":status", lines[0][9:12])]
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name and name not in HOP_BY_HOP:
+            if name in never_index:
+                fields.append(NeverIndexedHeaderTuple(name, value.strip()))
+            else:
+                fields.append((name, value.strip()))
+    return status, fields, body
+
+
+class StreamOwner:
+    """What a stream needs of its HTTP/2 connection (`H2Connection`, proxy/h2conn.py)."""
+
+    __slots__ = (
+        "conn",
+        "local_port_b",
+        "never_index",
+        "peer_ip",
+        "peer_ip_b",
+        "peer_trusted",
+        "send_blocked",
+        "sni",
+        "sni_router",
+        "sni_site",
+        "tls_version",
+        "unflushed",
+        "writing_paused",
+    )
+
+    def __init__(self, conn: h2.connection.H2Connection, local_port: int) -> None:
+        self.conn = conn
+        """The library's connection state machine."""
+        self.local_port_b = str(local_port).encode()
+        self.never_index: frozenset[bytes] = frozenset()
+        """Response fields sent as HPACK never-indexed literals (see `parse_head`)."""
+        self.peer_ip = ""
+        self.peer_ip_b = b""
+        self.peer_trusted = False
+        self.sni: str | None = None
+        self.sni_site: Any = None
+        self.sni_router: Any = None
+        self.tls_version: str | None = None
+        self.unflushed = 0
+        """DATA bytes handed to the library since the last flush."""
+        self.send_blocked = False
+        """A stream held its DATA back for want of room (pumped again after a flush)."""
+        self.writing_paused = False
+        """The socket's write buffer is over its high-water mark."""
+
+    def owner_ctx(self) -> ProxyContext:
+        raise NotImplementedError
+
+    def owner_loop(self) -> asyncio.AbstractEventLoop:
+        raise NotImplementedError
+
+    def room(self) -> int:
+        """DATA bytes the connection takes now."""
+        raise NotImplementedError
+
+    def schedule_flush(self) -> None:
+        raise NotImplementedError
+
+    def reset_stream(self, stream: H2Stream, code: ErrorCodes) -> None:
+        raise NotImplementedError
+
+    def stream_done(self, stream: H2Stream) -> None:
+        raise NotImplementedError
+
+
+class H2Stream(Downstream):
+    """One stream of an HTTP/2 connection: the `Downstream` of its `Exchange`."""
+
+    __slots__ = (
+        "abort_code",
+        "body_bytes",
+        "body_limit",
+        "end_pending",
+        "exchange",
+        "finished",
+        "gone",
+        "held",
+        "hold",
+        "last_progress",
+        "owner",
+        "rejected",
+        "req_ended",
+        "resp_ended",
+        "send_buf",
+        "send_bytes",
+        "sid",
+        "stop_request",
+        "tasks",
+        "up_paused",
+    )
+
+    def __init__(self, owner: StreamOwner, sid: int) -> None:
+        loop = owner.owner_loop()
+        super().__init__(owner.owner_ctx(), loop, tls=True, local_port=0)
+        self.owner = owner
+        self.sid = sid
+        self.local_port_b = owner.local_port_b
+        self.peer_ip = owner.peer_ip
+        self.peer_ip_b = owner.peer_ip_b
+        self.peer_trusted = owner.peer_trusted
+        self.sni = owner.sni
+        self.sni_site = owner.sni_site
+        self.sni_router = owner.sni_router
+        self.tls_version = owner.tls_version
+        self.exchange: Exchange | None = None
+        self.tasks: set[asyncio.Task[None]] | None = None
+        # -- request
+        self.body_bytes = 0
+        self.body_limit = 0.0
+        self.hold = 0
+        self.held = 0
+        """Request DATA bytes received but not yet acknowledged (window kept closed)."""
+        self.req_ended = False
+        self.rejected = False
+        """Refused before routing (a ClientProtocolError): answered here, no exchange runs."""
+        self.stop_request = False
+        """Answered before the request ended: RST_STREAM NO_ERROR once the response is out."""
+        # -- response
+        self.send_buf: list[bytes] = []
+        self.send_bytes = 0
+        self.end_pending = False
+        self.resp_ended = False
+        self.last_progress = loop.time()
+        self.up_paused = False
+        self.abort_code = ErrorCodes.INTERNAL_ERROR
+        # -- end
+        self.finished = False
+        self.gone = False
+
+    # -- request ----------------------------------------------------------------------
+    def begin(self, fields: list[tuple[bytes, bytes]], ends_stream: bool) -> None:
+        ex = Exchange(self)
+        self.exchange = ex
+        try:
+            head = request_head(fields, ends_stream=ends_stream)
+            if len(head.headers) > self.ctx.limits.max_headers:
+                raise ClientProtocolError(431, "too many request headers")
+            ex.on_request_head(
+                head.method, "1.1", head.target, head.headers, upgrade=False, keep_alive=True
+            )
+        except ClientProtocolError as e:
+            log.info("rejected HTTP/2 request from %s: %s", self.peer_ip, e)
+            self._refuse(ex, e.status)
+            if ends_stream:
+                self.req_ended = True
+            return
+        self.body_limit = self._body_limit(ex)
+        ex.start()
+        if ends_stream:
+            self.on_end()
+
+    def _body_limit(self, ex: Exchange) -> float:
+        policy = ex.policy
+        if policy is None:
+            return self.ctx.limits.max_body or float("inf")
+        return policy.max_body if policy.max_body is not None else float("inf")
+
+    def _refuse(self, ex: Exchange, status: int) -> None:
+        """Answer `status` here; the exchange is dropped (as HTTP/1.1's reject does)."""
+        self.rejected = True
+        if ex.req_phase == REQ_BODY:
+            ex.drop()
+        self.send_local(build_response(status, headers=ex.error_headers()))
+        self.finished = True
+        self.stop_request = not self.req_ended
+        self._maybe_done()
+
+    def on_data(self, data: bytes, flow_size: int) -> None:
+        ex = self.exchange
+        if ex is None or self.req_ended or self.rejected:
+            self.owner.conn.acknowledge_received_data(flow_size, self.sid)
+            return
+        self.body_bytes += len(data)
+        if self.body_bytes > self.body_limit:
+            self.owner.conn.acknowledge_received_data(flow_size, self.sid)
+            self.req_ended = True
+            if ex.response_begun():
+                ex.cut_short()
+            else:
+                self._refuse(ex, 413)
+            return
+        if data:
+            ex.on_request_body(data)
+        if self.hold:
+            self.held += flow_size
+        else:
+            self.owner.conn.acknowledge_received_data(flow_size, self.sid)
+
+    def on_end(self) -> None:
+        if self.req_ended:
+            return
+        self.req_ended = True
+        ex = self.exchange
+        if ex is not None and not self.rejected and ex.req_phase == REQ_BODY:
+            ex.on_request_complete()
+
+    # -- back-pressure on the request body (from the exchange) ---------------------------
+    def _release_acks(self, reason: int) -> None:
+        self.hold &= ~reason
+        if not self.hold and self.held and not self.gone:
+            held, self.held = self.held, 0
+            self.owner.conn.acknowledge_received_data(held, self.sid)
+            self.owner.schedule_flush()
+
+    def pause_reading_for_upstream(self) -> None:
+        self.hold |= HOLD_UPSTREAM
+
+    def resume_reading_for_upstream(self) -> None:
+        self._release_acks(HOLD_UPSTREAM)
+
+    def pause_reading_for_buffer(self) -> None:
+        self.hold |= HOLD_BUFFER
+
+    def resume_reading_for_buffer(self) -> None:
+        self._release_acks(HOLD_BUFFER)
+
+    # -- back-pressure on the response (from the client's windows and the socket) --------
+    def pause_upstream(self) -> None:
+        ex = self.exchange
+        if not self.up_paused and ex is not None:
+            self.up_paused = True
+            ex.pause_response()
+
+    def maybe_resume_upstream(self) -> None:
+        if self.up_paused and self.send_bytes <= STREAM_BUFFER and not self.owner.writing_paused:
+            self.up_paused = False
+            ex = self.exchange
+            if ex is not None:
+                ex.resume_response()
+
+    # -- the response (Downstream) ----------------------------------------------------------
+    def send_continue(self) -> None:
+        pass  # HTTP/2 clients send the body without waiting for a 100
+
+    def send_local(self, data: bytes) -> None:
+        if self.gone:
+            return
+        _, fields, body = parse_head(data, self.owner.never_index)
+        ex = self.exchange
+        head_only = ex is not None and ex.method == b"HEAD"
+        self._send_headers(fields, end=head_only or not body)
+        if not head_only and body:
+            self.send_body(body)
+            self.send_end()
+
+    def send_head(self, head: ResponseHead) -> None:
+        if self.gone:
+            return
+        _, fields, _ = parse_head(head.data, self.owner.never_index)
+        self._send_headers(fields, end=head.mode == NOBODY)
+
+    def _send_headers(self, fields: Fields, *, end: bool) -> None:
+        try:
+            self.owner.conn.send_headers(self.sid, fields, end_stream=end)
+        except h2.exceptions.ProtocolError:
+            # The client reset the stream or ended the connection meanwhile: not
+            # the upstream's fault (an exception here would blame its response).
+            self._client_went_away()
+            return
+        if end:
+            self.resp_ended = True
+        self.owner.schedule_flush()
+
+    def send_body(self, data: bytes) -> None:
+        if self.gone or self.resp_ended:
+            return
+        self.send_buf.append(data)
+        self.send_bytes += len(data)
+        self.pump()
+        # Checked per upstream read: an upstream attached after the connection's
+        # socket filled up was not there to be paused then.
+        if self.send_bytes > STREAM_BUFFER or self.owner.writing_paused:
+            self.pause_upstream()
+
+    def send_end(self) -> None:
+        if self.gone or self.resp_ended:
+            return
+        self.end_pending = True
+        self.pump()
+
+    def cork(self) -> None:
+        pass  # frames are flushed once per loop iteration anyway (H2Connection.flush)
+
+    def uncork(self) -> None:
+        pass
+
+    def pump(self) -> None:
+        """Send what the client's windows allow; END_STREAM once all is out."""
+        if self.gone:
+            return
+        owner = self.owner
+        conn = owner.conn
+        buf = self.send_buf
+        sent = False
+        try:
+            while buf:
+                window = conn.local_flow_control_window(self.sid)
+                if window <= 0:
+                    break
+                room = owner.room()
+                if room <= 0:
+                    owner.send_blocked = True
+                    break
+                chunk = buf[0]
+                n = min(window, room, conn.max_outbound_frame_size, len(chunk))
+                if n == len(chunk):
+                    del buf[0]
+                else:
+                    buf[0] = chunk[n:]
+                    chunk = chunk[:n]
+                conn.send_data(self.sid, chunk)
+                owner.unflushed += n
+                self.send_bytes -= n
+                sent = True
+            if not buf and self.end_pending:
+                self.end_pending = False
+                self.resp_ended = True
+                conn.end_stream(self.sid)
+                sent = True
+        except h2.exceptions.ProtocolError:
+            self._client_went_away()
+            return
+        if sent:
+            self.last_progress = self.loop.time()
+            owner.schedule_flush()
+            self.maybe_resume_upstream()
+        if self.resp_ended:
+            self._maybe_done()
+
+    def check_send_timeout(self, now: float, limit: float) -> None:
+        """The client's window stayed shut with a response waiting: cut this stream."""
+        if self.send_buf and now - self.last_progress >= limit:
+            log.info(
+                "HTTP/2 stream %d from %s: client window closed for %.0f s; reset",
+                self.sid,
+                self.peer_ip,
+                limit,
+            )
+            self.abort_code = ErrorCodes.CANCEL
+            ex = self.exchange
+            if ex is not None and not self.finished:
+                ex.fail(504, "client window closed (send timeout)")  # cuts: abort() below
+            self._reset(ErrorCodes.CANCEL)
+
+    # -- the end (Downstream) ------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self.loop.create_task(coro, name=name)
+        if self.tasks is None:
+            self.tasks = set()
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def exchange_finished(self, ex: Exchange, *, keep_alive: bool) -> None:
+        self.finished = True
+        if not self.req_ended:
+            # Answered before the request body ended (e.g. 401 on an upload): once the
+            # response is out, RST_STREAM NO_ERROR tells the client to stop (RFC 9113 §8.1).
+            self.req_ended = True
+            self.stop_request = True
+        self._maybe_done()
+
+    def abort(self, ex: Exchange) -> None:
+        """The response can't be completed (truncated upstream, drain cut): reset the stream."""
+        self.finished = True
+        self._reset(self.abort_code)
+
+    def start_tunnel(self, ex: Exchange, conn: UpstreamConnection, tail: bytes) -> None:
+        raise NotImplementedError("no upgrade on HTTP/2 (streams pass upgrade=False)")
+
+    def end_tunnel(self) -> None:
+        raise NotImplementedError("no tunnel on HTTP/2")
+
+    def tunnel_write(self, data: bytes) -> None:
+        raise NotImplementedError("no tunnel on HTTP/2")
+
+    def tunnel_ended(self, ex: Exchange) -> None:
+        raise NotImplementedError("no tunnel on HTTP/2")
+
+    # -- ending the stream ------------------------------------------------------------------------
+    def _give_back_window(self) -> None:
+        """The stream is over: request DATA whose acknowledgement was held still counts
+        against the connection's window, so acknowledge it now."""
+        if self.held:
+            held, self.held = self.held, 0
+            self.owner.conn.acknowledge_received_data(held, self.sid)
+
+    def _reset(self, code: ErrorCodes) -> None:
+        if self.gone:
+            return
+        self._give_back_window()
+        self.gone = True
+        self.send_buf.clear()
+        self.send_bytes = 0
+        self.owner.reset_stream(self, code)
+        self.owner.stream_done(self)
+        self._drop_tasks()
+
+    def _maybe_done(self) -> None:
+        if self.finished and self.resp_ended and not self.gone:
+            if self.stop_request:
+                self.owner.reset_stream(self, ErrorCodes.NO_ERROR)
+            self._give_back_window()
+            self.gone = True
+            self.owner.stream_done(self)
+            self._drop_tasks()
+
+    def _client_went_away(self) -> None:
+        """The library refuses to send on this stream any more: the client is gone."""
+        self.client_gone()
+        self.owner.stream_done(self)
+
+    def client_gone(self) -> None:
+        """RST_STREAM from the client, or its connection ended: 499 unless answered."""
+        if self.gone:
+            return
+        self.gone = True
+        ex = self.exchange
+        if ex is not None and not self.finished and not self.rejected:
+            ex.downstream_lost()
+        self._drop_tasks()
+
+    def _drop_tasks(self) -> None:
+        for t in self.tasks or ():
+            t.cancel()
+        self.tasks = None

@@ -1,0 +1,370 @@
+"""RFC 9113 conformance of the HTTP/2 listener, section by section.
+
+Raw frames from the `h2` library (and hyperframe) as the client, over a real
+TLS connection to a real edgeproxy and a real HTTP/1.1 backend. Where the RFC
+allows a stream error to be treated as a connection error (§5.4.1), edgeproxy
+ends the connection: the tests accept the GOAWAY code the RFC names.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h2.events
+import hpack
+import pytest
+from h2.errors import ErrorCodes
+from hyperframe.frame import DataFrame, HeadersFrame, WindowUpdateFrame
+
+from tests.h2_fixtures import H2Client, h2_edge_config, site
+from tests.proxy_fixtures import Backend, Edge
+
+PROTOCOL_ERROR = int(ErrorCodes.PROTOCOL_ERROR)
+
+
+@pytest.fixture
+def h2edge(
+    edge: Callable[..., Edge], backend: Callable[[str], Backend], tls_files: dict[str, Path]
+) -> tuple[Edge, Backend, Path]:
+    back = backend("blue")
+    e = edge(
+        h2_edge_config(
+            tls_files,
+            apps={"shop": {"colors": {"blue": {"upstreams": [back.url]}}}},
+            sites=[site("shop", ("a.test",))],
+        )
+    )
+    return e, back, tls_files["ca"]
+
+
+def client(h2edge: tuple[Edge, Backend, Path], **kw: Any) -> H2Client:
+    e, _, ca = h2edge
+    return H2Client(e.https_port, ca, **kw)
+
+
+def block(fields: list[tuple[bytes, bytes]]) -> bytes:
+    return bytes(hpack.Encoder().encode(fields))
+
+
+BASE: list[tuple[bytes, bytes]] = [
+    (b":method", b"GET"),
+    (b":scheme", b"https"),
+    (b":authority", b"a.test"),
+    (b":path", b"/"),
+]
+
+
+def connection_error(c: H2Client) -> int | None:
+    c.read_until_closed()
+    return c.goaway_code
+
+
+# -- §3.4 preface, §6.5 SETTINGS, §6.7 PING -------------------------------------------
+
+
+def test_3_4_the_server_preface_is_a_settings_frame(h2edge) -> None:
+    with client(h2edge) as c:
+        c.read(2.0)
+        assert True  # parsed: the first frame the scan saw
+        assert c.conn.remote_settings.max_concurrent_streams == 128
+        assert c.conn.remote_settings.enable_push == 0
+
+
+def test_3_4_a_bad_connection_preface_ends_the_connection(h2edge) -> None:
+    e, back, ca = h2edge
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", e.https_port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="a.test") as s:
+        assert s.selected_alpn_protocol() == "h2"
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Pad: 0123456789\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    # SETTINGS (the server preface), then GOAWAY (type 7) with an error code, then the close.
+    goaway = got.find(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00")
+    assert goaway > 0
+    assert got[goaway + 13 : goaway + 17] != b"\x00\x00\x00\x00"
+    assert back.seen == []
+
+
+def test_6_7_ping_is_answered_with_the_same_payload(h2edge) -> None:
+    with client(h2edge) as c:
+        c.conn.ping(b"8 bytes!")
+        c.flush()
+        got = []
+        for _ in range(10):
+            got += [ev for ev in c.read(2.0) if type(ev).__name__ == "PingAckReceived"]
+            if got:
+                break
+        assert got and got[0].ping_data == b"8 bytes!"
+
+
+def test_6_7_a_ping_on_a_stream_is_a_connection_error(h2edge) -> None:
+    with client(h2edge) as c:
+        # hyperframe refuses to build it: by hand (length 8, type PING, stream 1).
+        c.send_raw(b"\x00\x00\x08\x06\x00\x00\x00\x00\x01" + b"12345678")
+        assert connection_error(c) == PROTOCOL_ERROR
+
+
+# -- §4.2 frame size --------------------------------------------------------------------
+
+
+def test_4_2_a_frame_over_max_frame_size_is_a_frame_size_error(h2edge) -> None:
+    with client(h2edge) as c:
+        sid = c.request("/echo", method="POST", end=False)
+        c.send_frames([DataFrame(sid, b"x" * 16385)])
+        assert connection_error(c) == int(ErrorCodes.FRAME_SIZE_ERROR)
+
+
+def test_4_2_a_frame_header_announcing_too_much_is_refused_before_its_payload(h2edge) -> None:
+    with client(h2edge) as c:
+        sid = c.request("/echo", method="POST", end=False)
+        # A DATA frame header announcing 16 MiB, and only 1 KiB of it.
+        c.send_raw(b"\xff\xff\xff\x00\x00" + sid.to_bytes(4, "big") + b"x" * 1024)
+        assert connection_error(c) == int(ErrorCodes.FRAME_SIZE_ERROR)
+
+
+def test_4_2_bodies_larger_than_a_frame_are_split_to_the_clients_max_frame_size(h2edge) -> None:
+    with client(h2edge) as c:
+        r = c.get("/big?n=100000")
+        assert r.status == 200 and len(r.body) == 100000
+
+
+# -- §5.1 stream states and identifiers --------------------------------------------------
+
+
+def test_5_1_data_on_an_idle_stream_is_a_connection_error(h2edge) -> None:
+    with client(h2edge) as c:
+        c.send_frames([DataFrame(1, b"hello")])
+        assert connection_error(c) == PROTOCOL_ERROR
+
+
+def test_5_1_1_a_client_stream_with_an_even_id_is_a_connection_error(h2edge) -> None:
+    with client(h2edge) as c:
+        c.send_frames([HeadersFrame(2, block(BASE), flags=["END_HEADERS", "END_STREAM"])])
+        assert connection_error(c) == PROTOCOL_ERROR
+
+
+def test_5_1_1_stream_ids_must_increase(h2edge) -> None:
+    with client(h2edge) as c:
+        enc = hpack.Encoder()
+        c.send_frames(
+            [
+                HeadersFrame(5, bytes(enc.encode(BASE)), flags=["END_HEADERS", "END_STREAM"]),
+                HeadersFrame(3, bytes(enc.encode(BASE)), flags=["END_HEADERS", "END_STREAM"]),
+            ]
+        )
+        assert connection_error(c) == PROTOCOL_ERROR
+
+
+def test_5_1_data_after_end_stream_is_refused(h2edge) -> None:
+    with client(h2edge) as c:
+        c.send_frames(
+            [
+                HeadersFrame(1, block(BASE), flags=["END_HEADERS", "END_STREAM"]),
+                DataFrame(1, b"late"),
+            ]
+        )
+        deadline = time.monotonic() + 5
+        while 1 not in c.resets and not c.closed and time.monotonic() < deadline:
+            c.read(0.5)
+        # STREAM_CLOSED as a stream error: the connection goes on.
+        assert c.resets.get(1) == int(ErrorCodes.STREAM_CLOSED)
+        assert c.goaway_code is None and not c.closed
+
+
+def test_5_1_many_streams_on_one_connection_each_get_their_own_answer(h2edge) -> None:
+    with client(h2edge) as c:
+        sids = [c.request(f"/status/{200 + i}") for i in range(20)]
+        rs = c.wait(*sids)
+        assert [r.status for r in rs] == [200 + i for i in range(20)]
+
+
+# -- §6.9 flow control ---------------------------------------------------------------------
+
+
+def test_6_9_the_server_sends_no_more_than_the_clients_stream_window(h2edge) -> None:
+    with client(h2edge, settings={0x4: 1000}) as c:
+        c.auto_ack = False
+        sid = c.request("/big?n=5000")
+        for _ in range(10):
+            c.read(0.5)
+        assert len(c.responses[sid].body) == 1000
+        assert sid not in c.ended
+        c.conn.increment_flow_control_window(4000, stream_id=sid)
+        c.flush()
+        c.auto_ack = True
+        (r,) = c.wait(sid)
+        assert len(r.body) == 5000
+
+
+def test_6_9_a_window_update_of_zero_is_a_protocol_error(h2edge) -> None:
+    with client(h2edge) as c:
+        c.send_frames([WindowUpdateFrame(0, window_increment=0)])
+        assert connection_error(c) == PROTOCOL_ERROR
+
+
+def test_6_9_1_a_window_beyond_2_31_minus_1_is_a_flow_control_error(h2edge) -> None:
+    with client(h2edge) as c:
+        c.send_frames([WindowUpdateFrame(0, window_increment=2**31 - 1)])
+        assert connection_error(c) == int(ErrorCodes.FLOW_CONTROL_ERROR)
+
+
+def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None:
+    _e, back, _ = h2edge
+    with client(h2edge) as c:
+        body = bytes(range(256)) * 4096  # 1 MiB: many window updates
+        sid = c.request("/echo", method="POST", end=False)
+        sent = 0
+        while sent < len(body):
+            window = min(c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size)
+            if window <= 0:
+                c.read(1.0)
+                continue
+            c.conn.send_data(sid, body[sent : sent + window])
+            sent += window
+            c.flush()
+        c.conn.end_stream(sid)
+        c.flush()
+        (r,) = c.wait(sid)
+        assert r.status == 200 and r.body == body
+        assert back.bodies[-1] == body
+        # Unknown length on HTTP/2: chunked to the HTTP/1.1 upstream.
+        assert back.seen[-1].headers.get("Transfer-Encoding") == "chunked"
+
+
+# -- §8.2 fields ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"X-Upper", b"1"),  # §8.2.1 uppercase name
+        (b"connection", b"keep-alive"),  # §8.2.2 connection-specific
+        (b"keep-alive", b"timeout=5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"upgrade", b"websocket"),
+        (b"te", b"gzip"),  # §8.2.2 TE other than trailers
+        (b"x-bad", b"a\r\nb"),  # §8.2.1 CR/LF in a value
+    ],
+)
+def test_8_2_a_malformed_field_makes_the_request_malformed(h2edge, field) -> None:
+    _e, back, _ = h2edge
+    with client(h2edge, validate=False) as c:
+        c.send_frames([HeadersFrame(1, block([*BASE, field]), flags=["END_HEADERS", "END_STREAM"])])
+        c.read_until_closed(timeout=3)
+        assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
+        assert back.seen == []
+
+
+def test_8_2_2_te_trailers_is_allowed(h2edge) -> None:
+    with client(h2edge) as c:
+        assert c.get("/", headers=[("te", "trailers")]).status == 200
+
+
+def test_8_2_3_cookie_crumbs_are_joined_for_the_http11_upstream(h2edge) -> None:
+    _e, back, _ = h2edge
+    with client(h2edge) as c:
+        r = c.get("/headers", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+        assert r.status == 200
+        assert back.seen[-1].headers.getall("Cookie") == ["a=1; b=2"]
+
+
+# -- §8.3 pseudo-header fields -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test")],  # no :path
+        [(b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"/")],  # no :method
+        [*BASE, (b":method", b"GET")],  # duplicate pseudo-header
+        [*BASE, (b":foo", b"bar")],  # unknown pseudo-header
+        [(b":method", b"GET"), (b"x-a", b"1"), (b":path", b"/"), (b":scheme", b"https")],
+        [*BASE, (b":status", b"200")],  # a response pseudo-header in a request
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"")],
+    ],
+    ids=["no-path", "no-method", "duplicate", "unknown", "after-regular", "status", "empty-path"],
+)
+def test_8_3_pseudo_header_rules_are_enforced(h2edge, fields) -> None:
+    _e, back, _ = h2edge
+    with client(h2edge, validate=False) as c:
+        c.send_frames([HeadersFrame(1, block(fields), flags=["END_HEADERS", "END_STREAM"])])
+        c.read_until_closed(timeout=3)
+        assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
+        assert back.seen == []
+
+
+def test_8_3_1_authority_is_the_host_upstream(h2edge) -> None:
+    _e, back, _ = h2edge
+    with client(h2edge) as c:
+        assert c.get("/", authority="a.test").status == 200
+        assert back.seen[-1].headers["Host"] == "a.test"
+
+
+def test_8_3_1_a_host_field_other_than_authority_makes_the_request_malformed(h2edge) -> None:
+    _e, back, _ = h2edge
+    with client(h2edge, validate=False) as c:
+        fields = [*BASE, (b"host", b"other.test")]
+        c.send_frames([HeadersFrame(1, block(fields), flags=["END_HEADERS", "END_STREAM"])])
+        assert connection_error(c) == PROTOCOL_ERROR
+        assert back.seen == []
+
+
+def test_8_1_1_content_length_that_disagrees_with_the_body_is_malformed(h2edge) -> None:
+    _e, _back, _ = h2edge
+    with client(h2edge, validate=False) as c:
+        fields = [*BASE[:3], (b":path", b"/echo"), (b"content-length", b"10")]
+        fields[0] = (b":method", b"POST")
+        c.send_frames(
+            [
+                HeadersFrame(1, block(fields), flags=["END_HEADERS"]),
+                DataFrame(1, b"abc", flags=["END_STREAM"]),
+            ]
+        )
+        c.read_until_closed(timeout=3)
+        assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
+
+
+def test_8_1_a_head_response_has_headers_and_no_data(h2edge) -> None:
+    with client(h2edge) as c:
+        r = c.get("/", method="HEAD")
+        assert r.status == 200 and r.body == b""
+
+
+def test_8_2_2_no_connection_specific_field_reaches_the_client(h2edge) -> None:
+    with client(h2edge) as c:
+        r = c.get("/big?n=1000")  # chunked from the upstream
+        assert r.status == 200 and len(r.body) == 1000
+        assert not {"connection", "transfer-encoding", "keep-alive"} & set(r.headers)
+
+
+# -- §6.8 GOAWAY -------------------------------------------------------------------------------
+
+
+def test_6_8_after_the_clients_goaway_the_server_closes_the_connection(h2edge) -> None:
+    with client(h2edge) as c:
+        assert c.get("/").status == 200
+        c.conn.close_connection()
+        c.flush()
+        c.read_until_closed(timeout=5)
+        assert c.closed
+
+
+def test_the_request_id_and_set_cookie_go_out_as_never_indexed_hpack_literals(h2edge) -> None:
+    with client(h2edge) as c:
+        sid = c.request("/respond-header?name=Set-Cookie&value=s%3D1")
+        events: list[Any] = []
+        while sid not in c.ended:
+            events += c.read(2.0)
+        (head,) = [ev for ev in events if isinstance(ev, h2.events.ResponseReceived)]
+        kinds = {bytes(n): type(f).__name__ for f in head.headers for n in [f[0]]}
+        assert kinds[b"x-request-id"] == "NeverIndexedHeaderTuple"
+        assert kinds[b"set-cookie"] == "NeverIndexedHeaderTuple"
+        assert kinds[b"content-type"] == "HeaderTuple"
