@@ -1,7 +1,8 @@
 """Responses edgeproxy writes itself: errors, redirects, ACME files, preflights.
 
-Each is one pre-joined bytes object (one TLS record per response head, see
-DESIGN.md), built from a status, a short plain body and extra headers.
+Each is one pre-joined bytes object, built from a status, a short plain body
+and extra headers: one buffer leaves in one send(), one TLS record (writes are
+coalesced for the same reason; docs/architecture.md, hot-path notes).
 """
 
 from __future__ import annotations
