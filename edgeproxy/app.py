@@ -1,8 +1,9 @@
 """Wiring: a Server with its plugins, started in this order before any listener accepts.
 
-1. `Switching`: restore the switch state; the data plane reads `board.states[app]`
-   per request; the board calls back into the data plane for in-flight counts,
-   cutting a drained color, health and per-color figures.
+1. `Switching`: restore the switch state; the data plane asks the switch decision
+   (`switching/decide.py`, which reads `board.states[app]`) per request; the board
+   calls back into the data plane for in-flight counts, cutting a drained color,
+   health and per-color figures.
 2. `Observability`: one round of health checks (a restored color must pass before
    it gets traffic, panic routing aside), then the check loops; metrics, access
    log and canary guard in `ctx.exchange_observers`; the board's `health` and
@@ -22,7 +23,6 @@ from aiohttp import web
 
 from edgeproxy.config import Config, Upstream
 from edgeproxy.control.api import start_control_server, stop_control_server, switch_metrics
-from edgeproxy.control.store import StateStore
 from edgeproxy.health.monitor import HealthMonitor
 from edgeproxy.health.probe import probe_now
 from edgeproxy.observability.access_log import AccessLogWriter
@@ -30,10 +30,11 @@ from edgeproxy.observability.guard import CanaryGuard
 from edgeproxy.observability.listener import start_metrics_listener
 from edgeproxy.observability.metrics import Metrics
 from edgeproxy.proxy.context import ProxyContext
-from edgeproxy.proxy.picker import Picker
 from edgeproxy.server import Server
 from edgeproxy.switching.board import ReloadHealthFn, SwitchBoard
+from edgeproxy.switching.decide import Picker
 from edgeproxy.switching.state import AppState, weights
+from edgeproxy.switching.store import StateStore
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.exchange import Exchange
@@ -84,7 +85,7 @@ class Switching:
             cut=ctx.tracker.cut,
         )
         self.board = board
-        ctx.picker = Picker(config, board, ctx.override_nets)
+        ctx.picker = Picker(config, board, ctx)
         board.add_listener(self._on_change(server))
         board.start()
         for app, state in board.states.items():
@@ -104,7 +105,7 @@ class Switching:
         changes = await board.reconfigure(
             config, force=force, health=self._reload_health(board, config)
         )
-        ctx.picker = Picker(config, board, ctx.override_nets)
+        ctx.picker = Picker(config, board, ctx)
         # The board's data-plane hooks point at the tracker, which the new context shares.
         return {
             "switch": {
