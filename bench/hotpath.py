@@ -37,12 +37,12 @@ import uvloop
 
 from edgeproxy import compiled
 from edgeproxy.config import Config
-from edgeproxy.control.store import StateStore
 from edgeproxy.health.monitor import HealthMonitor
 from edgeproxy.observability.metrics import Metrics
 from edgeproxy.proxy.context import ProxyContext
-from edgeproxy.proxy.picker import Picker
 from edgeproxy.switching.board import SwitchBoard
+from edgeproxy.switching.decide import Picker
+from edgeproxy.switching.store import StateStore
 from edgeproxy.tls.contexts import CertStore
 from tests.in_memory import connect_in_memory
 
@@ -94,7 +94,7 @@ def wire_server_hooks(cfg: Config, ctx: ProxyContext, state_dir: Path) -> None:
     board = SwitchBoard.load(
         cfg, StateStore(state_dir / "state.json"), inflight=ctx.tracker.counts, cut=ctx.tracker.cut
     )
-    ctx.picker = Picker(cfg, board, ctx.override_nets)
+    ctx.picker = Picker(cfg, board, ctx)
     health = HealthMonitor(cfg, ctx)
     health.loop = asyncio.get_running_loop()
     metrics = Metrics(cfg, ctx, board=board, health=health, certs=CertStore([]))

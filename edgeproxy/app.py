@@ -1,8 +1,9 @@
 """Wiring: a Server with its plugins, started in this order before any listener accepts.
 
-1. `Switching`: restore the switch state; the data plane reads `board.states[app]`
-   per request; the board calls back into the data plane for in-flight counts,
-   cutting a drained color, health and per-color figures.
+1. `Switching`: restore the switch state; the data plane asks the switch decision
+   (`switching/decide.py`, which reads `board.states[app]`) per request; the board
+   calls back into the data plane for in-flight counts, cutting a drained color,
+   health and per-color figures.
 2. `Observability`: one round of health checks (a restored color must pass before
    it gets traffic, panic routing aside), then the check loops; metrics, access
    log and canary guard in `ctx.exchange_observers`; the board's `health` and
@@ -30,8 +31,7 @@ from edgeproxy.control.api import (
     stop_control_server,
     switch_metrics,
 )
-from edgeproxy.control.store import StateStore
-from edgeproxy.handover import Counts, FrozenStore, Giver, temporary_control_path
+from edgeproxy.handover import Counts, Giver, frozen_because, temporary_control_path
 from edgeproxy.health.monitor import HealthMonitor
 from edgeproxy.health.probe import probe_now
 from edgeproxy.listeners import Bound, bind_tcp
@@ -39,13 +39,14 @@ from edgeproxy.observability.access_log import AccessLogWriter
 from edgeproxy.observability.guard import CanaryGuard
 from edgeproxy.observability.listener import metrics_address, start_metrics_listener
 from edgeproxy.observability.metrics import Metrics
+from edgeproxy.observability.nodes import NodeRegistry, metrics_figures
 from edgeproxy.proxy.context import ProxyContext
-from edgeproxy.proxy.picker import Picker
 from edgeproxy.server import Server
 from edgeproxy.switching.board import ReloadHealthFn, SwitchBoard, reconcile
-from edgeproxy.switching.nodes import NodeRegistry, metrics_figures
+from edgeproxy.switching.decide import Picker
 from edgeproxy.switching.shared import SharedState
 from edgeproxy.switching.state import AppState, weights
+from edgeproxy.switching.store import StateStore
 
 if TYPE_CHECKING:
     from edgeproxy.proxy.exchange import Exchange
@@ -64,7 +65,6 @@ class ServerHooks:
         self.obs = obs
         self.control = control
         self.giver = Giver(server.config.control.socket, self, server.spawn)
-        self._store = board.store
 
     # -- hand-over (edgeproxy/handover.py): the giving side --------------------------------
     def process_view(self) -> dict[str, Any]:
@@ -80,13 +80,13 @@ class ServerHooks:
         return self.board.states
 
     async def freeze(self, handover_id: str) -> None:
-        self.board.store = FrozenStore(self._store, handover_id)
+        self.board.freeze(frozen_because(handover_id))
         await self.board.stop()  # no drain ends here while the state moves
         if self.obs.guard is not None:
             await self.obs.guard.stop()
 
     async def thaw(self) -> None:
-        self.board.store = self._store
+        self.board.thaw()
         self.board.start()
         if self.obs.guard is not None:
             self.obs.guard.start()
@@ -146,7 +146,7 @@ class Switching:
         self.board = board
         if server.taker is not None:
             self._adopt(board, config, server.taker.states)
-        ctx.picker = Picker(config, board, ctx.override_nets)
+        ctx.picker = Picker(config, board, ctx)
         board.add_listener(self._on_change(server))
         if config.state_backend is not None:
             self.shared = SharedState(config, board)
@@ -182,7 +182,7 @@ class Switching:
         changes = await board.reconfigure(
             config, force=force, health=self._reload_health(board, config)
         )
-        ctx.picker = Picker(config, board, ctx.override_nets)
+        ctx.picker = Picker(config, board, ctx)
         # The board's data-plane hooks point at the tracker, which the new context shares.
         return {
             "switch": {

@@ -46,7 +46,6 @@ import aiohttp
 
 from edgeproxy import __version__
 from edgeproxy.control.peercred import peer_of
-from edgeproxy.control.store import StateFileError, StateStore
 from edgeproxy.errors import EdgeproxyError
 from edgeproxy.switching.state import AppState, from_json, to_json
 
@@ -74,12 +73,6 @@ class HandoverError(EdgeproxyError):
         super().__init__(message)
         self.nobody = nobody
         """Nothing listens on the control socket: there is no process to take over from."""
-
-
-class HandingOver(StateFileError):
-    """A switch change while the state moves to a new process: nothing changed, retry."""
-
-    status = 503
 
 
 # --- the switch state on the wire (one place for the state module's JSON functions) ----------
@@ -359,22 +352,12 @@ class Taker:
 # --- the running process -----------------------------------------------------------------------
 
 
-class FrozenStore(StateStore):
-    """The board's store during a hand-over: every change is refused, nothing is written."""
-
-    def __init__(self, store: StateStore, handover_id: str) -> None:
-        super().__init__(store.path)
-        self.inner = store
-        self.handover_id = handover_id
-
-    def check_open(self) -> None:
-        raise HandingOver(
-            f"edgeproxy is handing over to a new process (hand-over {self.handover_id}); "
-            "nothing was changed: retry in a few seconds"
-        )
-
-    def save(self, states: Mapping[str, AppState]) -> None:
-        self.check_open()
+def frozen_because(handover_id: str) -> str:
+    """Why the board refuses changes while its state moves to a new process."""
+    return (
+        f"edgeproxy is handing over to a new process (hand-over {handover_id}); "
+        "nothing was changed: retry in a few seconds"
+    )
 
 
 class GiverHooks(Protocol):

@@ -23,6 +23,7 @@ import click
 
 from edgeproxy import __version__
 from edgeproxy.config import COLOR_RE
+from edgeproxy.switching.state import FULL
 from switchctl import nodes
 from switchctl.client import (
     DEFAULT_SOCKET,
@@ -341,8 +342,8 @@ def status(ctx: click.Context, app: str | None, as_json: bool) -> None:
 @click.argument("color", callback=_color)
 @click.option(
     "--weight",
-    type=click.IntRange(0, 100),
-    default=100,
+    type=click.IntRange(0, FULL),
+    default=FULL,
     help="COLOR's share of new requests in percent; 100 makes it the active color.",
 )
 @click.option("--force", is_flag=True, help="Switch even if COLOR fails its health checks.")

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, settings
 from edgeproxy import compiled
 from edgeproxy.config import Config
 from edgeproxy.control.api import ControlHooks, start_control_server, stop_control_server
-from edgeproxy.control.store import StateStore
 from edgeproxy.switching.board import SwitchBoard
+from edgeproxy.switching.store import StateStore
 from tests.process_fixtures import *  # noqa: F403 - edgeproxy as a subprocess (edge_process)
 from tests.proxy_fixtures import *  # noqa: F403 - real-socket fixtures (edge, backend, tls_files)
 from tests.redis_fixtures import *  # noqa: F403 - a real redis-server (redis_server)

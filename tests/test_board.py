@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from edgeproxy.config import Config
-from edgeproxy.control.store import StateFileError, StateStore
 from edgeproxy.errors import ConfigError, NotFoundError, SwitchError, UnhealthyTarget
 from edgeproxy.switching import state as sw
-from edgeproxy.switching.board import SwitchBoard
+from edgeproxy.switching.board import Change, Check, SwitchBoard, Transition
 from edgeproxy.switching.state import AppState
+from edgeproxy.switching.store import StateFileError, StateStore
 
 MakeConfig = Callable[..., Config]
 
@@ -472,3 +472,44 @@ async def test_a_saved_color_the_config_no_longer_has_is_reported_as_set_aside(
     assert board.set_aside["shop"] == [
         "saved active color 'green' is not in the config (now: active=blue gen=2)"
     ]
+
+
+async def test_every_change_a_verb_or_a_config_reload_takes_the_one_locked_path(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    taken: list[list[str]] = []
+
+    class Recording(SwitchBoard):
+        async def _apply(
+            self, transition: Transition, check: Check | None = None, config: Config | None = None
+        ) -> dict[str, Change]:
+            changes = await super()._apply(transition, check, config)
+            taken.append(sorted(changes))
+            return changes
+
+    board = Recording.load(make_config(shop=("blue", "green"), blog=("a", "b")), store)
+    seen: list[tuple[str, int]] = []
+    board.add_listener(lambda app, old, new: seen.append((app, new.generation)))
+    await board.set("shop", "green", 10)
+    await board.pause("blog")
+    await board.reconfigure(make_config(shop=("blue", "green", "red"), blog=("a", "b")))
+    assert taken == [["shop"], ["blog"], ["shop"]]
+    assert seen == [("shop", 1), ("blog", 1), ("shop", 2)]
+    assert saved(store)["shop"]["colors"] == ["blue", "green", "red"]
+    assert board.config.apps["shop"].colors.keys() == {"blue", "green", "red"}
+
+
+async def test_the_view_shows_every_saved_field_of_the_state_and_what_the_view_adds(
+    make_config: MakeConfig, store: StateStore
+) -> None:
+    board = SwitchBoard.load(make_config(shop=("blue", "green")), store)
+    await board.set("shop", "green", 30)
+    await board.pause("shop")
+    view = board.view("shop")
+    record = sw.record(board.states["shop"])
+    reshaped = {"colors", "draining"}  # per-color details, deadlines as objects
+    assert {k: view[k] for k in record if k not in reshaped} == {
+        k: v for k, v in record.items() if k not in reshaped
+    }
+    assert set(view) == {*record, "app", "weights", "set_aside", "set_aside_copy"}
+    assert set(view["colors"]) == set(record["colors"])

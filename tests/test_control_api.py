@@ -20,9 +20,9 @@ import pytest
 
 from edgeproxy.config import load_config
 from edgeproxy.control.api import BoardHooks, start_control_server
-from edgeproxy.control.store import StateStore
 from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
 from edgeproxy.switching.board import SwitchBoard
+from edgeproxy.switching.store import StateStore
 from switchctl.client import ControlClient, ControlError, ProxyUnreachable
 from tests.conftest import ControlProxy
 

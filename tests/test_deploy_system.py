@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edgeproxy.control.store import StateStore
 from edgeproxy.switching.state import initial
+from edgeproxy.switching.store import StateStore
 from switchctl.client import ControlClient
 from switchctl.deploy.history import History
 from tests import docker_fixtures

@@ -69,11 +69,9 @@ RULES = (
     ),
 )
 
-KNOWN_EXCEPTIONS = {
-    # Issue 15: the state store is moving from control/ into switching/ (helper `sw`);
-    # remove this entry when that lands (the test below fails once it is no longer needed).
-    ("edgeproxy.switching.board", "edgeproxy.control.store"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
+"""Imports allowed against the layers (none: issue 15 moved the state store into
+switching/; the test below fails when an entry is no longer needed)."""
 
 
 def within(name: str, prefix: str) -> bool:

@@ -18,9 +18,9 @@ PROXY = SOURCES / "proxy"
 EXCHANGE_NAMES = frozenset({"ex", "exchange", "cur", "nxt", "late"})
 """What the code calls an exchange when no annotation says so."""
 
-PENDING: frozenset[tuple[str, str]] = frozenset({("edgeproxy/proxy/picker.py", "set_cookie")})
-"""Assignments known to be on their way out: the switch decision (issue 15, item 3)
-returns the cookie to set instead. Remove the entry when that lands."""
+PENDING: frozenset[tuple[str, str]] = frozenset()
+"""Assignments known to be on their way out (none left: the switch decision,
+`switching/decide.py`, returns the cookie to set and the exchange assigns it)."""
 
 
 def exchange_fields(exchange_py: Path) -> set[str]:

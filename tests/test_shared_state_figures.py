@@ -1,12 +1,12 @@
-"""Per-color figures summed over nodes (`switching/nodes.py`): pure, no Redis."""
+"""Per-color figures summed over nodes (`observability/nodes.py`): pure, no Redis."""
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import asdict
 
+from edgeproxy.observability.nodes import Figures
 from edgeproxy.observability.stats import BOUNDS, NBUCKETS, quantile
-from edgeproxy.switching.nodes import Figures
 
 
 def figures(latencies: list[float], errors: int = 0) -> Figures:

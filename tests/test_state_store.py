@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.control.store import CorruptStateFile, StateFileError, StateStore
 from edgeproxy.switching import state as sw
+from edgeproxy.switching.store import CorruptStateFile, StateFileError, StateStore
 
 SHOP = sw.set_color(sw.initial("shop", ("blue", "green"), "blue"), "green", 10, 5.0)
 
@@ -66,3 +66,42 @@ def test_quarantine_moves_the_file_aside_with_a_timestamp(tmp_path: Path) -> Non
     assert moved == tmp_path / "state.json.corrupt-19700101T000000Z"
     assert moved.read_text() == "garbage"
     assert not store.path.exists()
+
+
+def test_a_state_file_written_by_the_code_before_issue_15_loads_and_is_written_back_unchanged(
+    tmp_path: Path,
+) -> None:
+    # Written by main at 09f40e9 (the hand-written record) from these very states.
+    old = Path(__file__).parent / "data" / "state-written-by-09f40e9.json"
+    store = StateStore(tmp_path / "state.json")
+    store.path.write_bytes(old.read_bytes())
+    shop = sw.AppState(
+        app="shop",
+        colors=("blue", "green", "red"),
+        active="green",
+        candidate="red",
+        weight=0,
+        previous="blue",
+        draining={"blue": 1700000100.0},
+        paused=True,
+        generation=5,
+        changed_at=1700000040.0,
+        guard=sw.Guard(reason="error rate 7.1% over 5%", at=1700000030.25),
+    )
+    blog = sw.initial("blog", ("a", "b"), "b", now=1700000000.0, released=False)
+    wiki = sw.AppState(
+        app="wiki",
+        colors=("x", "y"),
+        active="y",
+        candidate="x",
+        weight=35,
+        generation=1,
+        changed_at=1700000050.0,
+    )
+    expected = {"shop": shop, "blog": blog, "wiki": wiki}
+    assert store.load() == expected
+    restored = store.restore()
+    assert restored is not None
+    assert (restored.states, restored.set_aside, restored.problems) == (expected, {}, [])
+    store.save(expected)
+    assert store.path.read_text() == old.read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, fields
 
 import pytest
 from hypothesis import given
@@ -145,6 +145,27 @@ def test_inconsistent_states_cannot_be_built() -> None:
         AppState(app="shop", colors=COLORS, active="pink")
     with pytest.raises(ValueError, match="draining color 'blue'"):
         AppState(app="shop", colors=COLORS, active="blue", draining={"blue": 1.0})
+
+
+def test_a_state_outside_the_bounds_its_fields_declare_cannot_be_built() -> None:
+    for changes, problem in [
+        ({"candidate": "green", "weight": 100}, "weight 100 must be between 0 and 99"),
+        ({"candidate": "green", "weight": -1}, "weight -1 must be between 0 and 99"),
+        ({"generation": -3}, "generation -3 must be at least 0"),
+        ({"colors": ()}, "colors must have at least 1 entries"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            AppState(**{"app": "shop", "colors": COLORS, "active": "blue", **changes})
+
+
+def test_the_saved_record_holds_exactly_the_fields_the_state_declares() -> None:
+    s = sw.guard_trip(sw.set_color(fresh(), "green", 20, 2.0), "slow", 3.0)
+    declared = [f.name for f in fields(AppState) if f.init and f.name != "app"]
+    assert [f.name for f in sw.SAVED] == declared
+    saved = json.loads(sw.to_json({"shop": s}))["apps"]["shop"]
+    assert saved == sw.record(s)
+    assert sorted(saved) == sorted(declared)
+    assert saved["guard"] == {"reason": "slow", "at": 3.0}
 
 
 # --- persistence -------------------------------------------------------------------------------

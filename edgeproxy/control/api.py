@@ -31,7 +31,7 @@ from edgeproxy.control.peercred import Peer, allowed, peer_of
 from edgeproxy.errors import ConfigError, EdgeproxyError, StartupError, TLSConfigError
 from edgeproxy.handover import HandoverError, ProcessInfo
 from edgeproxy.switching.board import SwitchBoard
-from edgeproxy.switching.state import AppState, weights
+from edgeproxy.switching.state import FULL, AppState, Weight, weights
 
 log = logging.getLogger("edgeproxy.control")
 audit_log = logging.getLogger("edgeproxy.audit")
@@ -63,7 +63,7 @@ class ControlHooks(Protocol):
         ...
 
     async def cluster_view(self) -> dict[str, Any]:
-        """{"backend": None} alone; with a shared store, every node (`switching/nodes.py`)."""
+        """{"backend": None} alone; with a shared store, every node (`observability/nodes.py`)."""
         ...
 
     def process_view(self) -> dict[str, Any]:
@@ -149,7 +149,7 @@ class Body(BaseModel):
 
 class SetBody(Body):
     color: str = Field(pattern=COLOR_RE.pattern, description="color to give traffic to")
-    weight: int = Field(default=100, ge=0, le=100, description="its share of new requests")
+    weight: Weight = Field(default=FULL, description="its share of new requests")
     force: bool = Field(default=False, description="switch even if the color is unhealthy")
 
 

@@ -20,13 +20,11 @@ nothing for it.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import math
 from collections import OrderedDict
 
 from edgeproxy.config import RateLimit
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from edgeproxy.networks import Network, in_networks, parse_networks
 
 # Float slack so that requests spaced exactly 1/rate apart are not refused
 # because 0.1 has no exact binary representation.
@@ -85,21 +83,14 @@ class RateLimiter:
             cfg.burst,
             cfg.max_clients,
             config=cfg,
-            exempt=tuple(ipaddress.ip_network(n, strict=False) for n in cfg.exempt),
+            exempt=parse_networks(cfg.exempt),
             secret_header=header.name.lower().encode() if header is not None else None,
             secret=secret if header is not None else None,
         )
 
     def exempt_address(self, ip: str) -> bool:
         """True when `ip` is in an exempt network (asked only after `check` refused)."""
-        nets = self.exempt_nets
-        if not nets:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in n for n in nets)
+        return in_networks(ip, self.exempt_nets)
 
     def exempt_secret(self, presented: list[tuple[bytes, bytes]]) -> bool:
         """True when one of the (lowercase name, value) secret headers a request carried

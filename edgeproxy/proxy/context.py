@@ -20,15 +20,15 @@ from mypy_extensions import trait
 
 from edgeproxy.config import Config, Upstream
 from edgeproxy.fds import connection_budget, nofile_limit
+from edgeproxy.networks import in_networks, parse_networks
 from edgeproxy.policies import compile_route_policies, compile_site_policy
 from edgeproxy.proxy.headers import header_codes, response_codes
 from edgeproxy.proxy.upstream import UpstreamPool
 from edgeproxy.routing.router import Router
+from edgeproxy.switching.decide import Fitness, Picker
 
 log = logging.getLogger("edgeproxy.proxy")
 limits_log = logging.getLogger("edgeproxy.limits")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ADMITTED, OVER_TOTAL, OVER_PER_CLIENT = 0, 1, 2
 """What `ConnectionCaps.admit` answers."""
@@ -176,7 +176,7 @@ class ConnectionCaps:
         self.fd_limit = nofile_limit()
         self.max_total = connection_budget(limits.max_connections, self.fd_limit)
         self.max_per_client = limits.max_connections_per_client
-        self.exempt = _networks(
+        self.exempt = parse_networks(
             limits.max_connections_per_client_exempt + config.forwarding.trusted_proxies
         )
         self.per_client: dict[str, int] = {} if previous is None else previous.per_client
@@ -230,10 +230,6 @@ class ConnectionCaps:
         return why
 
 
-def _networks(cidrs: list[str]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-
 def _address(entry: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """One forwarded address: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:80`."""
     text = entry.strip().decode("latin-1")
@@ -262,21 +258,11 @@ def secret_headers(config: Config) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def in_networks(ip: str, nets: tuple[Network, ...]) -> bool:
-    if not nets or not ip:
-        return False
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(addr in n for n in nets)
-
-
-class ProxyContext:
+class ProxyContext(Fitness):
     """Shared state of the data plane (one per loaded config)."""
 
     def __init__(
-        self, config: Config, *, picker: Any = None, previous: ProxyContext | None = None
+        self, config: Config, *, picker: Picker | None = None, previous: ProxyContext | None = None
     ) -> None:
         """`previous`: the context a config reload replaces. Its pools (and their idle
         keep-alive connections), in-flight tracker, connection set and counters carry
@@ -308,10 +294,7 @@ class ProxyContext:
                 route.policy = compile_route_policies(site.config, route.config, config)
                 if route.upstream is not None:
                     self.pool_for(route.upstream)
-        self.trusted = _networks(config.forwarding.trusted_proxies)
-        self.override_nets = {
-            name: _networks(app.override.allow_from) for name, app in config.apps.items()
-        }
+        self.trusted = parse_networks(config.forwarding.trusted_proxies)
         self.request_id_header = config.forwarding.request_id_header.lower().encode()
         self.override_headers = {
             app.override.header.lower().encode()
@@ -326,8 +309,9 @@ class ProxyContext:
         self.response_codes = response_codes(self.request_id_header)
         self.webroot: Path | None = config.acme.webroot
         self.tracker: Tracker = Tracker() if previous is None else previous.tracker
-        self.picker = picker
-        """Chooses a color per request: `picker.choose(app, ex) -> color` (switching)."""
+        self.picker: Picker = picker if picker is not None else Picker(config, None, self)
+        """The switch decision per request (`Switching` gives it the board's states;
+        without, each app stays on its first color)."""
         self.connections: set[OpenConnection] = set() if previous is None else previous.connections
         self.https_port_suffix: bytes = b"" if previous is None else previous.https_port_suffix
         """`:8443` when the HTTPS listener is not on 443 (for redirects)."""
@@ -367,6 +351,14 @@ class ProxyContext:
                 max_headers=self.limits.max_headers,
             )
         return pool
+
+    def fit(self, app: str, color: str) -> bool:
+        """Whether `color` of `app` has an upstream fit for traffic (asked by the switch
+        decision; with every upstream healthy, `health_ok` is None and this costs nothing)."""
+        ok = self.health_ok
+        if ok is None:
+            return True
+        return any(ok(pool) for pool in self.colors[(app, color)].pools)  # mypyc: a loop
 
     def new_request_id(self) -> bytes:
         # Cheap and unique per process: a random prefix and a counter.

@@ -43,6 +43,7 @@ from edgeproxy.proxy.context import InFlight, ProxyContext
 from edgeproxy.proxy.framing import LAST_CHUNK, LENGTH, NOBODY, UNTIL_CLOSE, chunk
 from edgeproxy.proxy.responses import build_response, redirect
 from edgeproxy.proxy.upstream import ResponseSink, UpstreamConnection, UpstreamPool
+from edgeproxy.switching.decide import HOLD, REFUSE, Decision
 
 if TYPE_CHECKING:
     from edgeproxy.routing.router import RouteEntry
@@ -497,9 +498,10 @@ class Exchange(ResponseSink, InFlight):
                     build_response(status, b"", headers, close=not self.keep_alive)
                 )
                 return
-        picker = ctx.picker
-        if route.app is not None and picker is not None and (info.override or info.cookie):
-            self.override = picker.override(route.app, self, info)
+        decision: Decision | None = None
+        if route.app is not None:
+            decision = self._decide(route.app, info)
+            self.override = decision.override
         limiter = pol.rate_limiter
         if (
             limiter is not None
@@ -524,10 +526,10 @@ class Exchange(ResponseSink, InFlight):
             self.upgrade = False
         self.request_id = info.request_id or ctx.new_request_id()
         self.info = info
-        if route.app is not None:
+        if decision is not None:
             self.app = route.app
-            if not self._pick_color():
-                return  # paused (start() waits) or no upstream (local 503)
+            if not self._follow(decision):
+                return  # paused (start() waits) or refused (local 503)
         else:
             assert route.upstream is not None
             self.pool = ctx.pool_for(route.upstream)
@@ -563,96 +565,41 @@ class Exchange(ResponseSink, InFlight):
                 self.client_ip = ip
                 self.client_ip_b = ip.encode()
 
-    def _pick_color(self) -> bool:
-        """Choose color and upstream; False when paused or nothing can serve."""
+    def _decide(self, app: str, info: h.RequestHead) -> Decision:
+        """Where this request goes: the switch's one decision (`switching/decide.py`)."""
+        return self.client.ctx.picker.decide(
+            app,
+            info.override,
+            info.cookie,
+            self.client_ip,
+            self.client_ip_b,
+            self.headers,
+            self.client.tls,
+        )
+
+    def _follow(self, d: Decision) -> bool:
+        """Act on the switch's decision: take an upstream of its color; False when it
+        holds the request (paused: start() waits) or refuses it (a local 503)."""
+        if d.action == HOLD:
+            return False  # `pool` stays None: start() waits for the resume
+        self.color = d.color
+        if d.action == REFUSE:
+            headers = [(b"retry-after", d.retry_after), *self.error_headers()]
+            body = b"503 Service Unavailable: %s\n" % d.why.encode()
+            self._answer_locally(build_response(503, body, headers, close=not self.keep_alive))
+            return False
         ctx = self.client.ctx
         app = self.app
-        assert app is not None and self.info is not None
-        picker = ctx.picker
-        color = picker.choose(app, self, self.info) if picker is not None else None
-        if color is None:
-            if picker is not None:
-                state = picker.board.states[app]
-                if state.paused:
-                    return False  # `pool` stays None: start() waits for the resume
-                if not state.released:
-                    self._not_released()
-                    return False
-            color = ctx.config.apps[app].first_color
-        self.color = color
-        pool = ctx.colors[(app, color)].pick(ctx.health_ok)
-        if self.override is not None and (pool is None or color != self.override):
-            # A tester asked for a color that cannot serve: say so, never answer
-            # from another color (a smoke check must not pass on the old release).
-            self._refuse_override(color if pool is None else None)
-            return False
-        if pool is None and picker is not None:
-            # A canary with no healthy upstream must not cost its share of
-            # visitors: they go to the active color (never the other way round).
-            active = picker.board.states[app].active
-            if color != active:
-                fallback = ctx.colors[(app, active)].pick(ctx.health_ok)
-                if fallback is not None:
-                    self.color, pool = active, fallback
-        if pool is None:
-            pool = self._when_all_down(app)
-            if pool is None:
-                headers = [(b"retry-after", b"5"), *self.error_headers()]
-                self._answer_locally(
-                    build_response(
-                        503,
-                        b"503 Service Unavailable: no healthy upstream for this app right now\n",
-                        headers,
-                        close=not self.keep_alive,
-                    )
-                )
-                return False
-        self.pool = pool
+        assert app is not None and d.color is not None
+        targets = ctx.colors[(app, d.color)]
+        pool = None if d.panic else targets.pick(ctx.health_ok)
+        self.panic = pool is None
+        self.pool = pool if pool is not None else targets.pick_anyway()
+        self.set_cookie = d.set_cookie
         self.name_color = self.override is not None or app in ctx.color_exposed
         return True
 
-    def _not_released(self) -> None:
-        """`first_release: hold` and no release yet: visitors never meet an unverified
-        color (testers reach one with the override)."""
-        headers = [(b"retry-after", b"30"), *self.error_headers()]
-        self._answer_locally(
-            build_response(
-                503,
-                b"503 Service Unavailable: this site is not released yet; please come back soon\n",
-                headers,
-                close=not self.keep_alive,
-            )
-        )
-
-    def _refuse_override(self, unfit: str | None) -> None:
-        why = (
-            f"{unfit} has no healthy upstream"
-            if unfit is not None
-            else "it is not a color of this app, or it is draining"
-        )
-        assert self.override is not None
-        body = f"503 Service Unavailable: the override asks for {self.override}, but {why}\n"
-        headers = [(b"retry-after", b"5"), *self.error_headers()]
-        self._answer_locally(build_response(503, body.encode(), headers, close=not self.keep_alive))
-
-    def _when_all_down(self, app: str) -> UpstreamPool | None:
-        """Neither the chosen color nor the active one has a fit upstream: panic routing
-        sends the request to the active color's upstreams anyway (`when_all_down: route`,
-        the default), `refuse` answers 503."""
-        ctx = self.client.ctx
-        if ctx.config.apps[app].when_all_down != "route":
-            return None
-        picker = ctx.picker
-        if picker is not None:
-            state = picker.board.states[app]
-            if not state.released:
-                return None  # never panic-route visitors to a color not yet released
-            self.color = state.active
-        assert self.color is not None
-        self.panic = True
-        return ctx.colors[(app, self.color)].pick_anyway()
-
-    # -- running ----------------------------------------------------------------------
+    # -- running ----------------------------------------------------------
     def start(self) -> None:
         """Called by the downstream when this exchange may answer (its turn in the pipeline)."""
         client = self.client
@@ -680,17 +627,14 @@ class Exchange(ResponseSink, InFlight):
             client.spawn(self._connect(), "upstream-connect")
 
     async def _wait_unpaused(self) -> None:
-        ctx = self.client.ctx
-        assert self.app is not None and ctx.picker is not None and self.route is not None
-        ok = await ctx.picker.board.wait_unpaused(
-            self.app, ctx.config.apps[self.app].pause_max_wait
-        )
+        assert self.app is not None and self.info is not None and self.route is not None
+        ok = await self.client.ctx.picker.wait_unpaused(self.app)
         if self.answered():
             return
         if not ok:
             self.fail(503, "app paused for longer than pause_max_wait")
             return
-        if self._pick_color():
+        if self._follow(self._decide(self.app, self.info)):
             self.up_head = self._upstream_head()
         self.start()
 

@@ -133,10 +133,6 @@ class RequestHead:
         """(lowercase name, value) of each rate-limit exemption header the request carried."""
 
 
-RequestInfo = RequestHead
-"""The name `proxy/picker.py` knows the record by."""
-
-
 class ResponseHead:
     """The response head for the client, and how its body is framed (`response_head`)."""
 

@@ -1,9 +1,11 @@
 """The runtime holder of every app's switch state.
 
-The data plane reads `board.states[app]` on every request (a plain dict
-lookup). A change is: validate → compute the new state (pure, `state.py`) →
-check the health of any color whose share grows → persist (fsync'd) → swap the
-`states` dict → notify listeners. If persisting fails, nothing changes.
+The switch decision (`decide.py`) reads `board.states[app]` on every request (a
+plain dict lookup). Every change, a verb or a config reload, takes one path,
+`SwitchBoard._apply`, under one lock: compute the new states (pure, `state.py`:
+each changed app's generation goes up) → check the health of any color whose
+share grows → persist (`store.py`; if that fails, nothing changes) → swap the
+`states` dict → notify listeners.
 
 A drain supervisor task finishes drains: as soon as a draining color has
 nothing in flight, or, at its deadline, after cutting what is left.
@@ -22,10 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgeproxy.config import Config
-from edgeproxy.control.store import CorruptStateFile, StateFileError, StateStore
 from edgeproxy.errors import ConfigError, NotFoundError, SwitchError, UnhealthyTarget
 from edgeproxy.switching import state as sw
 from edgeproxy.switching.state import AppState
+from edgeproxy.switching.store import CorruptStateFile, StateFileError, Store
 
 log = logging.getLogger("edgeproxy.state")
 
@@ -39,6 +41,13 @@ StatsFn = Callable[[str, str], dict[str, Any]]
 """(app, color) → extra per-color figures for the view (requests, error_rate, p99_ms, …)."""
 Listener = Callable[[str, AppState, AppState], None]
 """(app, old, new), called after every change."""
+
+
+class ChangesFrozen(StateFileError):
+    """A change while the board is frozen (a hand-over moves the state to a new
+    process): nothing changed; the message says when to retry."""
+
+    status = 503
 
 
 class StateBackend(Protocol):
@@ -139,6 +148,10 @@ Change = tuple[AppState | None, AppState | None]
 """(old, new) state of an app across a config reload; None where it is not configured."""
 ReloadHealthFn = Callable[[str, str], Awaitable[tuple[bool, list[str]]]]
 """(app, color) → (healthy?, failing checks) under the config being loaded."""
+Transition = Callable[[Mapping[str, AppState], float], dict[str, AppState]]
+"""(every app's state, now) → every app's new state (pure; raises to refuse)."""
+Check = Callable[[dict[str, Change]], Awaitable[None]]
+"""Raises to refuse a change (e.g. a color whose share grows is unhealthy)."""
 
 
 def _grown(old: AppState, new: AppState) -> list[str]:
@@ -160,7 +173,7 @@ class SwitchBoard:
     def __init__(
         self,
         config: Config,
-        store: StateStore,
+        store: Store,
         states: dict[str, AppState],
         *,
         health: HealthFn = no_health_checks,
@@ -187,6 +200,8 @@ class SwitchBoard:
         self._task: asyncio.Task[None] | None = None
         self._replaced: dict[str, AppState] = {}
         self.backend: StateBackend | None = None
+        self.frozen: str | None = None
+        """Why every change is refused now (`freeze`), or None."""
         """The shared store every change must pass first (None: the state file alone)."""
         self.set_aside: dict[str, list[str]] = {}
         """App → what of its saved state could not be used at boot (see `load`)."""
@@ -194,7 +209,7 @@ class SwitchBoard:
         """The copy of the state file as it was when something was set aside."""
 
     @classmethod
-    def load(cls, config: Config, store: StateStore, **kwargs: Any) -> SwitchBoard:
+    def load(cls, config: Config, store: Store, **kwargs: Any) -> SwitchBoard:
         """Restore the saved state app by app; set aside (and report) what cannot be used.
 
         Every app whose saved record is valid keeps its state. What cannot be
@@ -242,9 +257,9 @@ class SwitchBoard:
                 copy = store.keep_copy(now)
         for name, notes in set_aside.items():
             for note in notes:
-                log.error("state file %s: app %s: %s", store.path, name, note)
+                log.error("state file %s: app %s: %s", store.where, name, note)
         if copy is not None and restored is not None:
-            log.error("state file %s: kept a copy as it was at %s", store.path, copy)
+            log.error("state file %s: kept a copy as it was at %s", store.where, copy)
         if saved != states:
             try:
                 store.save(states)
@@ -282,17 +297,9 @@ class SwitchBoard:
             }
         return {
             "app": app,
-            "active": s.active,
-            "candidate": s.candidate,
-            "weight": s.weight,
+            **sw.record(s),  # every saved field, as in the state file; then what the view adds
             "weights": shares,
-            "previous": s.previous,
             "draining": {c: {"deadline": d} for c, d in s.draining.items()},
-            "paused": s.paused,
-            "released": s.released,
-            "generation": s.generation,
-            "changed_at": s.changed_at,
-            "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},
             "set_aside": self.set_aside.get(app, []),
             "set_aside_copy": None if self.set_aside_copy is None else str(self.set_aside_copy),
             "colors": colors,
@@ -339,37 +346,44 @@ class SwitchBoard:
     # --- changes -------------------------------------------------------------------------
 
     async def set(self, app: str, color: str, weight: int, *, force: bool = False) -> AppState:
-        return await self._apply(
+        return await self._change(
             app, "set", lambda s, now: sw.set_color(s, color, weight, now), force
         )
 
     async def promote(self, app: str, *, force: bool = False) -> AppState:
-        return await self._apply(app, "promote", sw.promote, force)
+        return await self._change(app, "promote", sw.promote, force)
 
     async def rollback(self, app: str, *, force: bool = False) -> AppState:
-        return await self._apply(app, "roll back", sw.rollback, force)
+        return await self._change(app, "roll back", sw.rollback, force)
 
     async def drain(self, app: str, color: str, seconds: float | None = None) -> AppState:
         """Drain `color`; cut what is left after `seconds` (default: the app's drain_timeout)."""
         self.get(app)
         if seconds is None:
             seconds = self.config.apps[app].drain_timeout
-        s = await self._apply(
+        s = await self._change(
             app, "drain", lambda s, now: sw.drain(s, color, now + seconds, now), False
         )
         self._wake.set()
         return s
 
     async def finish_drain(self, app: str, color: str) -> AppState:
-        return await self._apply(
+        return await self._change(
             app, "finish draining", lambda s, now: sw.finish_drain(s, color, now), False
         )
 
     async def pause(self, app: str) -> AppState:
-        return await self._apply(app, "pause", sw.pause, False)
+        return await self._change(app, "pause", sw.pause, False)
+
+    def freeze(self, why: str) -> None:
+        """Refuse every change (ChangesFrozen, 503, saying `why`) until `thaw`."""
+        self.frozen = why
+
+    def thaw(self) -> None:
+        self.frozen = None
 
     async def resume(self, app: str) -> AppState:
-        new = await self._apply(app, "resume", sw.resume, False)
+        new = await self._change(app, "resume", sw.resume, False)
         self._release_waiters(app)
         return new
 
@@ -381,7 +395,7 @@ class SwitchBoard:
                 fut.set_result(None)
 
     async def guard_trip(self, app: str, reason: str) -> AppState:
-        return await self._apply(
+        return await self._change(
             app, "trip the guard", lambda s, now: sw.guard_trip(s, reason, now), True
         )
 
@@ -390,81 +404,106 @@ class SwitchBoard:
     ) -> dict[str, Change]:
         """A config reload: fit every app's state to the new apps and colors.
 
-        The same path as a switch, under the same lock: a reload that would drop
-        a color in use (active, candidate, draining) is refused with ConfigError
-        unless forced; a forced one is refused too while a color whose share
-        grows is unhealthy (`health`: verdicts under the new config); then
-        persist → swap → notify. Generations only go up (`state.refit`).
-        Returns the apps whose state changed, with their old and new states.
+        The same path as a switch (`_apply`): a reload that would drop a color in
+        use (active, candidate, draining) is refused with ConfigError unless
+        forced; a forced one is refused too while a color whose share grows is
+        unhealthy (`health`: verdicts under the new config); then persist → swap
+        → notify. Generations only go up (`state.refit`). Returns the apps whose
+        state changed, with their old and new states.
         """
-        async with self._lock:
-            old_states = self.states
+        warnings: list[str] = []
+
+        def fit(states: Mapping[str, AppState], now: float) -> dict[str, AppState]:
             if not force:
-                problems = refusals(config, old_states)
+                problems = refusals(config, states)
                 if problems:
                     raise ConfigError(problems)
-            states, warnings = reconcile(config, old_states, self.clock())
-            changes: dict[str, Change] = {
-                name: (old_states.get(name), states.get(name))
-                for name in {*old_states, *states}
-                if old_states.get(name) is not states.get(name)
-            }
+            new, notes = reconcile(config, states, now)
+            warnings.extend(notes)
+            return new
+
+        async def healthy(changes: dict[str, Change]) -> None:
             for name, (old, new) in sorted(changes.items()):
                 if old is None or new is None:
                     continue
                 for color in _grown(old, new):
                     if health is None:
-                        healthy, failing = self.health(name, color)
+                        ok, failing = self.health(name, color)
                     else:
-                        healthy, failing = await health(name, color)
-                    if not healthy:
+                        ok, failing = await health(name, color)
+                    if not ok:
                         todo = (
                             f"switch it by hand first (`switchctl --app {name} set COLOR "
                             "--force`), then reload"
                         )
                         doing = f"reload the config for {name}"
                         raise ConfigError([_unhealthy(doing, color, failing, todo)])
-            if changes:
-                self.store.check_open()
+
+        changes = await self._apply(fit, healthy, config)
+        for w in warnings:
+            log.warning("%s", w)
+        return changes
+
+    async def _change(
+        self, app: str, verb: str, transition: Callable[[AppState, float], AppState], force: bool
+    ) -> AppState:
+        """One app's transition through `_apply`; unless forced, a color whose share
+        grows must be healthy (UnhealthyTarget names the failing checks)."""
+
+        def step(states: Mapping[str, AppState], now: float) -> dict[str, AppState]:
+            return {**states, app: transition(self.get(app), now)}
+
+        async def healthy(changes: dict[str, Change]) -> None:
+            for old, new in changes.values():
+                if old is not None and new is not None:
+                    self._check_health(verb, old, new)
+
+        await self._apply(step, None if force else healthy)
+        return self.get(app)  # the new state: no other task ran since the swap
+
+    async def _apply(
+        self, transition: Transition, check: Check | None = None, config: Config | None = None
+    ) -> dict[str, Change]:
+        """The one path every change of the switch states takes, under one lock.
+
+        `transition` computes every app's new state from the current ones (pure;
+        it raises to refuse) → `check` may refuse what changed (health) →
+        persist (`store.save`; if it fails, nothing changes) → swap `states` (and
+        `config`, for a reload) → notify the listeners of each app that changed.
+        Returns {app: (old, new)} for the apps whose state changed.
+        """
+        async with self._lock:
+            old_states = self.states
+            states = transition(old_states, self.clock())
+            changes: dict[str, Change] = {
+                name: (old_states.get(name), states.get(name))
+                for name in {*old_states, *states}
+                if old_states.get(name) is not states.get(name)
+            }
+            if check is not None:
+                await check(changes)
+            if changes and self.frozen is not None:
+                raise ChangesFrozen(self.frozen)
             if changes and self.backend is not None:
                 held = await self.backend.commit(
                     {n: (o, s) for n, (o, s) in changes.items() if o is not None and s is not None},
-                    reload=True,
+                    reload=config is not None,
                 )
                 for name, state in held.items():
                     states[name] = state
                     changes[name] = (changes[name][0], state)
             if changes:
                 await asyncio.to_thread(self.store.save, states)
-            self.config = config
+            if config is not None:
+                self.config = config
             self.states = states
             for name, (old, _) in changes.items():
                 if old is not None:
                     self._replaced[name] = old
-        for w in warnings:
-            log.warning("%s", w)
         for name, (old, new) in sorted(changes.items()):
             if old is not None and new is not None:
                 self._notify(name, old, new)
         return changes
-
-    async def _apply(
-        self, app: str, verb: str, transition: Callable[[AppState, float], AppState], force: bool
-    ) -> AppState:
-        async with self._lock:
-            old = self.get(app)
-            new = transition(old, self.clock())
-            if not force:
-                self._check_health(verb, old, new)
-            states = {**self.states, app: new}
-            self.store.check_open()
-            if self.backend is not None:
-                await self.backend.commit({app: (old, new)})
-            await asyncio.to_thread(self.store.save, states)
-            self.states = states
-            self._replaced[app] = old
-        self._notify(app, old, new)
-        return new
 
     async def adopt(self, app: str, new: AppState) -> bool:
         """Apply a state another node committed to the shared store; False if not newer.

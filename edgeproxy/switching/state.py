@@ -23,16 +23,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from dataclasses import Field as DataclassField
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Final, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edgeproxy.errors import EdgeproxyError, InvalidRequest, NotFoundError, SwitchError
 
 STATE_VERSION = 1
+FULL: Final = 100
+"""The weight that makes a color the active one; a candidate has 0 to FULL - 1."""
 _EMPTY: Mapping[str, float] = MappingProxyType({})
+
+Weight = Annotated[int, Field(ge=0, le=FULL)]
+"""A share of new requests asked for (`set COLOR --weight N`, the control API's SetBody)."""
+CandidateWeight = Annotated[int, Field(ge=0, le=FULL - 1)]
+Colors = Annotated[tuple[str, ...], Field(min_length=1)]
+Generation = Annotated[int, Field(ge=0)]
 
 
 class StateFormatError(EdgeproxyError):
@@ -49,24 +59,31 @@ class Guard:
 
 @dataclass(frozen=True, slots=True)
 class AppState:
+    """One app's switch state. Its fields are declared here once: the state file's
+    record (`record`, `from_json`, `restore`), the control API's view (`board.view`)
+    and the per-field checks (`_bounds_problem`) all derive from this declaration.
+    `app` is the key the record is saved under; `plain` is derived."""
+
     app: str
-    colors: tuple[str, ...]
+    colors: Colors
     active: str
     candidate: str | None = None
-    weight: int = 0
+    weight: CandidateWeight = 0
     previous: str | None = None
     draining: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     paused: bool = False
-    generation: int = 0
+    generation: Generation = 0
     changed_at: float = 0.0
     guard: Guard | None = None
     released: bool = True
+    """False only before the first release (`first_release: hold`). Absent in files
+    written before first_release existed: those apps were released."""
     plain: bool = field(init=False, repr=False, compare=False, default=False)
-    """Derived: released, not paused, no candidate. The data plane's fast path reads
-    this one attribute instead of three (`proxy/picker.py`)."""
+    """Derived: released, not paused, no candidate. The switch decision's fast path
+    reads this one attribute instead of three (`switching/decide.py`)."""
 
     def __post_init__(self) -> None:
-        problem = _invariant_problem(self)
+        problem = _bounds_problem(self) or _invariant_problem(self)
         if problem:
             raise ValueError(f"inconsistent switch state for {self.app}: {problem}")
         plain = self.released and not self.paused and self.candidate is None
@@ -94,9 +111,75 @@ class AppState:
         return " ".join(parts)
 
 
+# --- what derives from the declaration ------------------------------------------------------
+
+_HINTS = get_type_hints(AppState, include_extras=True)
+SAVED: Final[tuple[DataclassField[Any], ...]] = tuple(
+    f for f in fields(AppState) if f.init and f.name != "app"
+)
+"""The fields of the state file's record (and of the view), in declaration order."""
+
+
+def _bounds(hint: Any) -> tuple[int | None, int | None, int | None]:
+    """(least, greatest, least length) an `Annotated` declaration allows (None: no bound)."""
+    lo = hi = min_len = None
+    for meta in getattr(hint, "__metadata__", ()):
+        for c in getattr(meta, "metadata", ()):
+            if isinstance(c, annotated_types.Ge):
+                lo = int(c.ge)  # type: ignore[call-overload]
+            elif isinstance(c, annotated_types.Le):
+                hi = int(c.le)  # type: ignore[call-overload]
+            elif isinstance(c, annotated_types.MinLen):
+                min_len = c.min_length
+    return lo, hi, min_len
+
+
+_BOUNDED: Final = {
+    f.name: _bounds(_HINTS[f.name]) for f in SAVED if _bounds(_HINTS[f.name]) != (None,) * 3
+}
+_WEIGHT_LO, _WEIGHT_HI, _ = _bounds(Weight)
+
+
+def bounds_problem(what: str, value: int, lo: int | None, hi: int | None) -> str | None:
+    """`what VALUE must be between LO and HI`, or None when `value` is in bounds."""
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if hi is None:
+            return f"{what} {value} must be at least {lo}"
+        return f"{what} {value} must be between {lo} and {hi}"
+    return None
+
+
+def _bounds_problem(s: AppState) -> str | None:
+    """The first field of `s` outside the bounds its declaration gives."""
+    for name, (lo, hi, min_len) in _BOUNDED.items():
+        value = getattr(s, name)
+        if min_len is not None and len(value) < min_len:
+            return f"{name} must have at least {min_len} entries"
+        if isinstance(value, int):
+            problem = bounds_problem(name, value, lo, hi)
+            if problem:
+                return problem
+    return None
+
+
+def check_weight(weight: object) -> int:
+    """A weight asked for (`set`): an integer within `Weight`'s bounds, 0 to FULL
+    (InvalidRequest otherwise)."""
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int)
+        or bounds_problem("weight", weight, _WEIGHT_LO, _WEIGHT_HI)
+    ):
+        raise InvalidRequest(
+            f"weight: must be between {_WEIGHT_LO} and {_WEIGHT_HI}, got {weight!r}"
+        )
+    return weight
+
+
 def _invariant_problem(s: AppState) -> str | None:
-    if not s.colors or len(set(s.colors)) != len(s.colors):
-        return f"colors {list(s.colors)!r} must be a non-empty list of distinct names"
+    """What breaks the rules between fields (each field's own bounds: `_bounds_problem`)."""
+    if len(set(s.colors)) != len(s.colors):
+        return f"colors {list(s.colors)!r} must be distinct names"
     if s.active not in s.colors:
         return f"active color {s.active!r} is not one of {list(s.colors)}"
     if s.candidate is None:
@@ -104,15 +187,11 @@ def _invariant_problem(s: AppState) -> str | None:
             return "a weight needs a candidate color"
     elif s.candidate not in s.colors or s.candidate == s.active:
         return f"candidate {s.candidate!r} must be a configured color other than the active one"
-    if not 0 <= s.weight <= 99:
-        return f"candidate weight {s.weight} must be 0-99 (100 makes it the active color)"
     if s.previous is not None and (s.previous not in s.colors or s.previous == s.active):
         return f"previous color {s.previous!r} must be a configured color other than the active one"
     for color in s.draining:
         if color not in s.colors or color in (s.active, s.candidate):
             return f"draining color {color!r} must be configured and neither active nor candidate"
-    if s.generation < 0:
-        return "generation cannot be negative"
     if not s.released and (s.candidate is not None or s.previous is not None):
         return "an app never released has no candidate and no previous color"
     return None
@@ -132,7 +211,7 @@ def weights(state: AppState) -> dict[str, int]:
     out = dict.fromkeys(state.colors, 0)
     if not state.released:
         return out
-    out[state.active] = 100 - state.weight
+    out[state.active] = FULL - state.weight
     if state.candidate is not None:
         out[state.candidate] = state.weight
     return out
@@ -157,10 +236,9 @@ def _undrained(state: AppState, *colors: str | None) -> Mapping[str, float]:
 def set_color(state: AppState, color: str, weight: int, now: float) -> AppState:
     """Give `color` `weight` percent: 100 makes it active, less makes it the candidate."""
     _check_color(state, color)
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-        raise InvalidRequest(f"weight: must be between 0 and 100, got {weight!r}")
+    check_weight(weight)
     if not state.released:
-        if weight != 100:
+        if weight != FULL:
             raise SwitchError(
                 f"cannot set {state.app}/{color} to weight {weight}: {state.app} was never "
                 "released, so there is no traffic to split; smoke-test the color with the "
@@ -170,13 +248,13 @@ def set_color(state: AppState, color: str, weight: int, now: float) -> AppState:
             state, now, active=color, released=True, draining=_undrained(state, color), guard=None
         )
     if color == state.active:
-        if weight != 100:
+        if weight != FULL:
             raise SwitchError(
                 f"cannot set {state.app}/{color} to weight {weight}: it is the active color; "
                 "give the candidate a weight instead, or make another color active with weight 100"
             )
         return _next(state, now, candidate=None, weight=0, guard=None)
-    if weight == 100:
+    if weight == FULL:
         return _next(
             state,
             now,
@@ -325,49 +403,60 @@ def refit(state: AppState, colors: tuple[str, ...], fallback: str, now: float) -
 
 # --- persistence ---------------------------------------------------------------------------
 
-
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    colors: list[str] = Field(min_length=1)
-    active: str
-    candidate: str | None = None
-    weight: int = Field(default=0, ge=0, le=99)
-    previous: str | None = None
-    draining: dict[str, float] = {}
-    paused: bool = False
-    generation: int = Field(default=0, ge=0)
-    changed_at: float = 0.0
-    guard: dict[str, Any] | None = None
-    released: bool = True
-    """Absent in files written before first_release existed: those apps were released."""
+_STRICT: Final = ConfigDict(extra="forbid", strict=True)
 
 
-class _File(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+def _default(f: DataclassField[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return Field(default_factory=f.default_factory)
+    return ...  # required
 
-    version: int
-    apps: dict[str, _Record]
+
+_Record: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "_Record",
+    __config__=_STRICT,
+    **{f.name: (_HINTS[f.name], _default(f)) for f in SAVED},
+)
+"""One app's saved record, derived from `AppState`'s declaration (validated as JSON:
+arrays are tuples there, objects mappings or a `Guard`)."""
+_Apps: Any = dict[str, _Record]  # type: ignore[valid-type]  # a model built at import
+_File: type[BaseModel] = create_model(
+    "_File", __config__=_STRICT, version=(int, ...), apps=(_Apps, ...)
+)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    return value
+
+
+def record(state: AppState) -> dict[str, Any]:
+    """The state's saved fields as JSON values (the state file's record, the view's core)."""
+    return {f.name: _json_value(getattr(state, f.name)) for f in SAVED}
+
+
+def _state(name: str, r: BaseModel, **changes: Any) -> AppState:
+    """The AppState of a validated record, with `changes` applied."""
+    values = {f.name: getattr(r, f.name) for f in SAVED}
+    return AppState(app=name, **{**values, **changes})
 
 
 def to_json(states: Mapping[str, AppState]) -> str:
     """The versioned state file: `{"version": 1, "apps": {NAME: {...}}}`."""
-    apps = {}
-    for name, s in sorted(states.items()):
-        apps[name] = {
-            "colors": list(s.colors),
-            "active": s.active,
-            "candidate": s.candidate,
-            "weight": s.weight,
-            "previous": s.previous,
-            "draining": dict(s.draining),
-            "paused": s.paused,
-            "generation": s.generation,
-            "changed_at": s.changed_at,
-            "guard": None if s.guard is None else {"reason": s.guard.reason, "at": s.guard.at},
-            "released": s.released,
-        }
+    apps = {name: record(s) for name, s in sorted(states.items())}
     return json.dumps({"version": STATE_VERSION, "apps": apps}, indent=2, sort_keys=True) + "\n"
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 def from_json(text: str | bytes) -> dict[str, AppState]:
@@ -384,32 +473,14 @@ def from_json(text: str | bytes) -> dict[str, AppState]:
             f"{STATE_VERSION})"
         )
     try:
-        parsed = _File.model_validate(data)
+        parsed = _File.model_validate_json(text)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise StateFormatError(f"{loc}: {first['msg']}") from e
+        raise StateFormatError(_first_error(e)) from e
     out: dict[str, AppState] = {}
-    for name, r in parsed.apps.items():
+    for name, r in parsed.apps.items():  # type: ignore[attr-defined]
         try:
-            guard = None
-            if r.guard is not None:
-                guard = Guard(reason=str(r.guard["reason"]), at=float(r.guard["at"]))
-            out[name] = AppState(
-                app=name,
-                colors=tuple(r.colors),
-                active=r.active,
-                candidate=r.candidate,
-                weight=r.weight,
-                previous=r.previous,
-                draining=r.draining,
-                paused=r.paused,
-                generation=r.generation,
-                changed_at=r.changed_at,
-                guard=guard,
-                released=r.released,
-            )
-        except (ValueError, KeyError, TypeError) as e:
+            out[name] = _state(name, r)
+        except ValueError as e:
             raise StateFormatError(f"apps.{name}: {e}") from e
     return out
 
@@ -485,7 +556,7 @@ def _restore_record(name: str, raw: object) -> tuple[AppState | None, list[str]]
     notes: list[str] = []
     for _ in range(len(_Record.model_fields) + len(data) + 1):
         try:
-            r = _Record.model_validate(data)
+            r = _Record.model_validate_json(json.dumps(data))
             break
         except ValidationError as e:
             bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
@@ -502,14 +573,17 @@ def _restore_record(name: str, raw: object) -> tuple[AppState | None, list[str]]
                 data.pop(key, None)
     else:  # pragma: no cover - each round drops at least one field
         return None, ["the saved record is not usable"]
-    colors = tuple(r.colors)
-    if len(set(colors)) != len(colors) or r.active not in colors:
-        why = f"active color {r.active!r} is not one of its colors {list(colors)}"
+    colors: tuple[str, ...] = r.colors  # type: ignore[attr-defined]
+    active: str = r.active  # type: ignore[attr-defined]
+    if len(set(colors)) != len(colors) or active not in colors:
+        why = f"active color {active!r} is not one of its colors {list(colors)}"
         if len(set(colors)) != len(colors):
             why = f"its colors {list(colors)} repeat a name"
         return None, [f"the saved record is not usable: {why}"]
-    candidate, weight, previous = r.candidate, r.weight, r.previous
-    if candidate is not None and (candidate not in colors or candidate == r.active):
+    candidate: str | None = r.candidate  # type: ignore[attr-defined]
+    weight: int = r.weight  # type: ignore[attr-defined]
+    previous: str | None = r.previous  # type: ignore[attr-defined]
+    if candidate is not None and (candidate not in colors or candidate == active):
         notes.append(
             f"candidate {candidate!r} (weight {weight}) set aside: it is not one of its "
             f"colors {list(colors)} other than the active one"
@@ -518,38 +592,26 @@ def _restore_record(name: str, raw: object) -> tuple[AppState | None, list[str]]
     if candidate is None and weight:
         notes.append(f"weight {weight} set aside: there is no candidate color")
         weight = 0
-    released = r.released
+    released: bool = r.released  # type: ignore[attr-defined]
     if not released and (candidate is not None or previous is not None):
         notes.append("released: false set aside: the app had a candidate or previous color")
         released = True
-    if previous is not None and (previous not in colors or previous == r.active):
+    if previous is not None and (previous not in colors or previous == active):
         notes.append(f"previous color {previous!r} set aside: not one of its other colors")
         previous = None
     draining = {}
-    for color, deadline in r.draining.items():
-        if color in colors and color not in (r.active, candidate):
+    for color, deadline in r.draining.items():  # type: ignore[attr-defined]
+        if color in colors and color not in (active, candidate):
             draining[color] = deadline
         else:
             notes.append(f"draining color {color!r} set aside: not one of its idle colors")
-    guard = None
-    if r.guard is not None:
-        reason, at = r.guard.get("reason"), r.guard.get("at")
-        if isinstance(reason, str) and isinstance(at, int | float) and not isinstance(at, bool):
-            guard = Guard(reason=reason, at=float(at))
-        else:
-            notes.append(f"guard {r.guard!r} set aside: needs a text reason and a time")
-    state = AppState(
-        app=name,
-        colors=colors,
-        active=r.active,
+    state = _state(
+        name,
+        r,
         candidate=candidate,
         weight=weight,
         previous=previous,
         draining=draining,
-        paused=r.paused,
-        generation=r.generation,
-        changed_at=r.changed_at,
-        guard=guard,
         released=released,
     )
     return state, notes

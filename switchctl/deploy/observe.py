@@ -11,8 +11,8 @@ import docker
 import docker.errors
 
 from edgeproxy.config import load_config
-from edgeproxy.control.store import StateFileError, StateStore
 from edgeproxy.errors import ConfigError
+from edgeproxy.switching.store import StateFileError, StateStore
 from switchctl.client import ControlClient, ControlError, ProxyUnreachable
 from switchctl.deploy.config import DeployConfig
 from switchctl.deploy.history import History

@@ -1,8 +1,15 @@
-"""The switch state file: versioned JSON, written atomically, read at boot.
+"""Where the switch state is kept: the `Store` interface, and the state file.
 
-A write is: temp file in the same directory (mode 0600) → write → fsync →
-rename over the old file → fsync the directory. A crash at any point leaves
-either the old file or the new one, never a torn mix.
+`SwitchBoard` (board.py) asks a store for two things: at boot, what was saved
+(`restore`, or nothing yet), and on every change, to keep the new states
+(`save`, called from a worker thread under the board's lock, before the change
+takes effect: if it raises, nothing changes). `keep_copy` and `quarantine`
+keep a bad saved state for inspection. `StateFile` is the single-node store.
+
+The state file is versioned JSON (`state.to_json`), written atomically: temp
+file in the same directory (mode 0600) → write → fsync → rename over the old
+file → fsync the directory. A crash at any point leaves either the old file or
+the new one, never a torn mix.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from edgeproxy.errors import EdgeproxyError
 from edgeproxy.switching.state import (
@@ -24,6 +32,8 @@ from edgeproxy.switching.state import (
     restore,
     to_json,
 )
+
+_T = TypeVar("_T")
 
 
 class StateFileError(EdgeproxyError):
@@ -36,44 +46,67 @@ class CorruptStateFile(StateFileError):
     """The state file exists but cannot be read or parsed; the message says why."""
 
 
+class Store(Protocol):
+    """What the board needs of a place that keeps switch states."""
+
+    @property
+    def where(self) -> str:
+        """Where the states are kept, for messages (a path, a URL)."""
+        ...
+
+    def restore(self) -> Restored | None:
+        """What was saved, read app by app (`state.restore`); None when nothing was yet.
+
+        Raises CorruptStateFile when what was saved cannot be read at all."""
+        ...
+
+    def save(self, states: Mapping[str, AppState]) -> None:
+        """Keep `states` (every app's); raise StateFileError, keeping the old ones, on failure."""
+        ...
+
+    def keep_copy(self, now: float | None = None) -> Path | None:
+        """Keep a copy of what was saved, as it is now, in a file; the copy, or None."""
+        ...
+
+    def quarantine(self, now: float | None = None) -> Path | None:
+        """Move unreadable saved states aside into a file; the file, or None."""
+        ...
+
+
 class StateStore:
+    """The state file: the single-node `Store` (and what `switchctl deploy` reads)."""
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
 
-    def check_open(self) -> None:
-        """Raise when no change may be made now (a hand-over freezes the store);
-        called before a change is committed anywhere, the shared store included."""
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     def load(self) -> dict[str, AppState] | None:
         """The saved states, or None when there is no state file yet."""
-        raw = self._read()
-        if raw is None:
-            return None
-        try:
-            return from_json(raw)
-        except StateFormatError as e:
-            raise CorruptStateFile(f"{self.path}: {e}") from e
+        return self._read(from_json)
 
     def restore(self) -> Restored | None:
         """Read the file app by app (`state.restore`), or None when there is no file yet.
 
         Raises CorruptStateFile only when it cannot be read or holds no `apps` object.
         """
-        raw = self._read()
-        if raw is None:
-            return None
-        try:
-            return restore(raw)
-        except StateFormatError as e:
-            raise CorruptStateFile(f"{self.path}: {e}") from e
+        return self._read(restore)
 
-    def _read(self) -> bytes | None:
+    def _read(self, parse: Callable[[bytes], _T]) -> _T | None:
+        """`parse(the file's bytes)`, or None when there is no file; CorruptStateFile when
+        it cannot be read or parsed."""
         try:
-            return self.path.read_bytes()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as e:
             raise CorruptStateFile(f"cannot read {self.path}: {e.strerror}") from e
+        try:
+            return parse(raw)
+        except StateFormatError as e:
+            raise CorruptStateFile(f"{self.path}: {e}") from e
 
     def save(self, states: Mapping[str, AppState]) -> None:
         """Replace the file atomically; raise StateFileError (old file intact) on failure."""
