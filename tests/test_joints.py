@@ -1,0 +1,366 @@
+"""The seams between HTTP/2, the hand-over, the shared switch state and the one change path.
+
+Each feature has its own tests; these keep connections (HTTP/1.1 over TLS and
+HTTP/2) open across what another feature does — a hand-over to a new process,
+a config reload, a switch and a drain, a change made through another node
+sharing Redis — and check that the next request on them still works. Real
+`edgeproxy serve` processes, a real redis-server, real TLS clients.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from switchctl.client import ControlClient, ControlError
+from tests.h2_fixtures import H2Client, h2_edge_config
+from tests.process_fixtures import EdgeProcess
+from tests.proxy_fixtures import Backend, site
+from tests.redis_fixtures import RedisServer
+from tests.test_handover import GRACE, HOST, REPO, Site, free_port, switch_state
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_goaway(client: H2Client, timeout: float = 15.0) -> None:
+    """Read (streams stay open) until the server's GOAWAY has arrived."""
+    deadline = time.monotonic() + timeout
+    while client.goaway_code is None and not client.closed:
+        assert time.monotonic() < deadline, "no GOAWAY"
+        client.read(0.2)
+
+
+def config_path(proc: EdgeProcess) -> Path:
+    args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+    return Path(args[args.index("--config") + 1])
+
+
+class KeepAliveTLS:
+    """One HTTP/1.1 keep-alive connection over TLS, never reopened."""
+
+    def __init__(self, port: int, ca: Path, host: str = "a.test") -> None:
+        self.host = host
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        ctx = ssl.create_default_context(cafile=str(ca))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = ctx.wrap_socket(raw, server_hostname=host)
+        self.conn.sock = self.sock
+
+    def get(self, path: str = "/") -> tuple[int, bytes]:
+        assert self.conn.sock is self.sock, "the connection was reopened"
+        self.conn.request("GET", path, headers={"Host": self.host})
+        r = self.conn.getresponse()
+        body = r.read()
+        assert not r.will_close, "the proxy closed the keep-alive connection"
+        return r.status, body
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --- 1. HTTP/2 across a hand-over ----------------------------------------------------------
+
+
+@dataclass
+class Handover:
+    site: Site
+    colors: dict[str, Backend]
+
+
+@pytest.fixture
+def handover(
+    tmp_path: Path, backend: Callable[[str], Backend], tls_files: dict[str, Path]
+) -> Iterator[Callable[..., Handover]]:
+    """`handover(**extra_conf)`: test_handover's site (blue, green, red; TLS for example.test),
+    with the backends at hand (to release a slow request)."""
+    made: list[Site] = []
+
+    def make(**extra: Any) -> Handover:
+        colors = {c: backend(c) for c in ("blue", "green", "red")}
+        conf: dict[str, Any] = {
+            "listen": {"http": f"127.0.0.1:{free_port()}", "https": f"127.0.0.1:{free_port()}"},
+            "control": {"socket": str(tmp_path / "ctl.sock")},
+            "state_file": str(tmp_path / "state.json"),
+            "access_log": {"enabled": False},
+            "shutdown_grace": GRACE,
+            "tls": {
+                "certificates": [{"cert": str(tls_files["cert"]), "key": str(tls_files["key"])}]
+            },
+            "apps": {
+                "shop": {
+                    "colors": {c: {"upstreams": [b.url]} for c, b in colors.items()},
+                    "health": {"enabled": False},
+                }
+            },
+            "sites": [site("shop", (HOST,))],
+            **extra,
+        }
+        path = tmp_path / "edgeproxy.yml"
+        path.write_text(yaml.safe_dump(conf))
+        s = Site(tmp_path, conf, path, tls_files["ca"])
+        made.append(s)
+        return Handover(s, colors)
+
+    yield make
+    for s in made:
+        s.stop_all()
+
+
+def test_an_h2_stream_in_flight_at_a_hand_over_ends_200_on_the_old_process_and_new_connections_reach_the_new(
+    handover: Callable[..., Handover],
+) -> None:
+    h = handover()
+    s, blue = h.site, h.colors["blue"]
+    old = s.start(REPO, takeover=False)
+    s.wait_serving(old)
+    c = H2Client(s.https_port, s.ca, sni=HOST)
+    try:
+        assert c.alpn == "h2"
+        first = c.get("/", authority=HOST)
+        assert (first.status, first.body) == (200, b"blue\n")
+        slow = c.request("/slow", authority=HOST)
+        wait_for(lambda: any(r.path == "/slow" for r in blue.seen), "the slow stream upstream")
+
+        new = s.start(REPO, takeover=True)
+        assert s.wait_serving(new)["took_over"]["from_pid"] == old.pid
+        read_goaway(c)
+        assert c.goaway_code == 0, "GOAWAY with NO_ERROR"
+        assert c.goaway_last is not None and c.goaway_last >= slow
+        # A new connection while the old process still serves the slow stream.
+        with H2Client(s.https_port, s.ca, sni=HOST) as fresh:
+            r = fresh.get("/", authority=HOST)
+            assert (r.status, r.body) == (200, b"blue\n")
+            assert old.popen.poll() is None, "the old process still holds the slow stream"
+
+            blue.release_slow()
+            (done,) = c.wait(slow)
+            assert (done.status, done.body, done.reset) == (200, b"blue slow done\n", None)
+            assert c.resets == {}
+            c.read_until_closed()
+            c.close()  # (the server's TLS close waits for the client's own close)
+            wait_for(lambda: old.popen.poll() is not None, f"the old process to exit: {old.text()}")
+            assert old.popen.returncode == 0, old.text()
+            # The fresh connection outlived the old process: the new one had accepted it.
+            again = fresh.get("/", authority=HOST)
+            assert (again.status, again.body) == (200, b"blue\n")
+            assert fresh.goaway_code is None and fresh.resets == {}
+        assert s.control._json("GET", "/v1/process")["pid"] == new.pid
+    finally:
+        c.close()
+
+
+# --- 2. A change while a hand-over freezes the board, with the state in Redis ------------------
+
+# A new process that holds the hand-over open (the board stays frozen) until told to give up.
+HOLD_THEN_REFUSE = """
+import asyncio, sys
+from pathlib import Path
+from edgeproxy.handover import Taker
+
+async def main():
+    taker = await Taker.connect(Path(sys.argv[1]))
+    print("holding", taker.id, flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    taker.refuse("the test let go")
+
+asyncio.run(main())
+"""
+
+
+def test_a_change_during_a_hand_over_is_refused_503_writes_nothing_to_redis_and_the_new_process_serves_the_last_commit(
+    handover: Callable[..., Handover],
+    redis_server: Callable[[], RedisServer],
+    request: pytest.FixtureRequest,
+) -> None:
+    store = redis_server()
+    h = handover(state_backend=store.url, node={"id": "edge-a", "heartbeat_seconds": 0.2})
+    s = h.site
+    old = s.start(REPO, takeover=False)
+    s.wait_serving(old)
+    ctl = s.control
+    committed = ctl.set("shop", "green", 100)
+    r = redis.Redis(port=store.port, decode_responses=True)
+    request.addfinalizer(r.close)
+    key = "edgeproxy:app:shop"
+    assert int(r.hget(key, "generation") or -1) == committed["generation"]
+    stored = r.hgetall(key)
+
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_THEN_REFUSE, s.conf["control"]["socket"]],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as holder:  # fmt: skip
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            line = holder.stdout.readline().decode()
+            assert line.startswith("holding"), holder.stderr.read() if holder.stderr else line
+            with pytest.raises(ControlError) as refused:
+                ctl.set("shop", "red", 100)
+            assert refused.value.status == 503
+            message = refused.value.message
+            assert "retry" in message and "nothing was changed" in message, message
+            with pytest.raises(ControlError) as also:
+                ctl.drain("shop", "blue")
+            assert also.value.status == 503
+            # Nothing half-written: Redis holds the last commit, the node serves it.
+            assert r.hgetall(key) == stored
+            assert switch_state(ctl)["generation"] == committed["generation"]
+            holder.stdin.write(b"go\n")
+            holder.stdin.flush()
+            assert holder.wait(15) == 0
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+
+    # The hand-over that then happens: the new process serves the latest committed state.
+    wait_for(lambda: "keeps serving" in old.text(), "the old process to thaw")
+    new = s.start(REPO, takeover=True)
+    assert s.wait_serving(new)["took_over"]["from_pid"] == old.pid
+    after = switch_state(ctl)
+    assert (after["active"], after["generation"]) == ("green", committed["generation"])
+    assert int(r.hget(key, "generation") or -1) == committed["generation"]
+    with H2Client(s.https_port, s.ca, sni=HOST) as c:
+        got = c.get("/", authority=HOST)
+        assert (got.status, got.body) == (200, b"green\n")
+    # And the board is open again in the new process: the next change commits to Redis.
+    moved = ctl.set("shop", "red", 100)
+    assert moved["generation"] == committed["generation"] + 1
+    assert int(r.hget(key, "generation") or -1) == moved["generation"]
+
+
+# --- 3. An HTTP/2 connection across a config reload, a switch and a drain --------------------
+
+
+def shop(blue: Backend, green: Backend, **conf: Any) -> dict[str, Any]:
+    colors = {"blue": {"upstreams": [blue.url]}, "green": {"upstreams": [green.url]}}
+    return {"shop": {"colors": colors, "health": {"enabled": False}, **conf}}
+
+
+@dataclass
+class OneEdge:
+    proc: EdgeProcess
+    control: ControlClient
+    blue: Backend
+
+
+@pytest.fixture
+def one_edge(
+    edge_process: Callable[..., EdgeProcess],
+    backend: Callable[[str], Backend],
+    tls_files: dict[str, Path],
+) -> OneEdge:
+    """An `edgeproxy serve` with HTTP/2 on TLS: app shop, blue active, green ready."""
+    blue, green = backend("blue"), backend("green")
+    proc = edge_process(h2_edge_config(tls_files, apps=shop(blue, green), sites=[site("shop")]))
+    return OneEdge(proc, ControlClient(str(proc.control_socket)), blue)
+
+
+def test_the_next_h2_stream_after_a_config_reload_is_answered_200_on_the_same_connection(
+    one_edge: OneEdge, tls_files: dict[str, Path]
+) -> None:
+    proc, ctl = one_edge.proc, one_edge.control
+    path = config_path(proc)
+    with H2Client(proc.https_port, tls_files["ca"]) as c:
+        assert c.alpn == "h2"
+        assert c.get("/").status == 200
+        for i in range(4):
+            # Each reload really changes the sites (a new host): the router is rebuilt.
+            written = yaml.safe_load(path.read_text())
+            written["sites"][0]["hosts"].append(f"r{i}.test")
+            path.write_text(yaml.safe_dump(written))
+            if i % 2 == 0:
+                assert ctl.reload_config()["ok"] is True
+            else:
+                proc.popen.send_signal(signal.SIGHUP)
+                wait_for(lambda i=i: proc.log().count("config reloaded") > i, "the SIGHUP reload")
+            r = c.get("/")
+            assert (r.status, r.body, r.reset) == (200, b"blue\n", None), r
+        assert c.goaway_code is None and c.resets == {}
+
+
+def test_after_a_switch_and_a_drain_the_next_h2_stream_on_the_same_connection_goes_to_green(
+    one_edge: OneEdge, tls_files: dict[str, Path]
+) -> None:
+    proc, ctl, blue = one_edge.proc, one_edge.control, one_edge.blue
+    with H2Client(proc.https_port, tls_files["ca"]) as c:
+        assert c.get("/").body == b"blue\n"
+        slow = c.request("/slow")  # on blue, in flight across the switch and the drain
+        wait_for(lambda: any(r.path == "/slow" for r in blue.seen), "the slow stream upstream")
+        assert ctl.set("shop", "green", 100)["active"] == "green"
+        assert c.get("/").body == b"green\n"
+        view = ctl.drain("shop", "blue", timeout=30)
+        assert "blue" in view["draining"]
+        r = c.get("/")
+        assert (r.status, r.body) == (200, b"green\n")
+        blue.release_slow()
+        (done,) = c.wait(slow)
+        assert (done.status, done.body) == (200, b"blue slow done\n")
+        wait_for(lambda: "blue" not in ctl.app("shop")["draining"], "blue's drain to end")
+        r = c.get("/")
+        assert (r.status, r.body) == (200, b"green\n")
+        assert c.goaway_code is None and c.resets == {}
+
+
+# --- 4. Open connections across a change made through another node sharing Redis -------------
+
+
+def test_a_set_through_another_node_moves_the_next_request_of_open_h11_tls_and_h2_connections(
+    edge_process: Callable[..., EdgeProcess],
+    backend: Callable[[str], Backend],
+    tls_files: dict[str, Path],
+    redis_server: Callable[[], RedisServer],
+) -> None:
+    store = redis_server()
+    blue, green = backend("blue"), backend("green")
+
+    def node(n: int) -> EdgeProcess:
+        ident = {"id": f"edge-{n}", "heartbeat_seconds": 0.2, "resync_seconds": 0.3}
+        return edge_process(
+            h2_edge_config(
+                tls_files,
+                state_backend=store.url,
+                node=ident,
+                apps=shop(blue, green),
+                sites=[site("shop")],
+            )
+        )
+
+    here, there = node(0), node(1)
+    h1 = KeepAliveTLS(here.https_port, tls_files["ca"])
+    h2c = H2Client(here.https_port, tls_files["ca"])
+    try:
+        assert h1.get() == (200, b"blue\n")
+        assert h2c.get().body == b"blue\n"
+        moved = ControlClient(str(there.control_socket)).set("shop", "green", 100)
+        ctl_here = ControlClient(str(here.control_socket))
+        wait_for(
+            lambda: ctl_here.app("shop")["generation"] == moved["generation"],
+            "the change to reach the other node",
+        )
+        assert h1.get() == (200, b"green\n")
+        r = h2c.get()
+        assert (r.status, r.body) == (200, b"green\n")
+        assert h2c.goaway_code is None and h2c.resets == {}
+    finally:
+        h1.close()
+        h2c.close()
