@@ -10,6 +10,7 @@ sharing Redis — and check that the next request on them still works. Real
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import socket
 import ssl
@@ -364,3 +365,48 @@ def test_a_set_through_another_node_moves_the_next_request_of_open_h11_tls_and_h
     finally:
         h1.close()
         h2c.close()
+
+
+# --- 5. The node's heartbeat across a hand-over ------------------------------------------------
+
+
+def test_across_a_hand_over_the_node_stays_listed_in_redis_under_the_new_process(
+    handover: Callable[..., Handover],
+    redis_server: Callable[[], RedisServer],
+    request: pytest.FixtureRequest,
+) -> None:
+    store = redis_server()
+    # Beats far apart: what the old process writes (or deletes) as it leaves stays visible.
+    h = handover(state_backend=store.url, node={"id": "edge-a", "heartbeat_seconds": 20})
+    s, blue = h.site, h.colors["blue"]
+    r = redis.Redis(port=store.port, decode_responses=True)
+    request.addfinalizer(r.close)
+
+    def listed() -> dict[str, Any] | None:
+        raw = r.get("edgeproxy:node:edge-a")
+        return None if raw is None else dict(json.loads(raw))
+
+    old = s.start(REPO, takeover=False)
+    s.wait_serving(old)
+    wait_for(lambda: (listed() or {}).get("pid") == old.pid, "the first heartbeat")
+    with H2Client(s.https_port, s.ca, sni=HOST) as c:
+        slow = c.request("/slow", authority=HOST)  # keeps the old process stepping back
+        wait_for(lambda: any(q.path == "/slow" for q in blue.seen), "the slow stream upstream")
+        new = s.start(REPO, takeover=True)
+        s.wait_serving(new)
+        wait_for(lambda: (listed() or {}).get("pid") == new.pid, "the new process's heartbeat")
+        # A change while the old process steps back: both adopt it; only the new one beats.
+        gen = s.control.set("shop", "green", 100)["generation"]
+        wait_for(lambda: f"gen={gen}" in old.text(), "the old process to adopt the change")
+        time.sleep(0.5)
+        node = listed()
+        assert node is not None and node["pid"] == new.pid, "the old process beat as the node"
+        assert node["generations"] == {"shop": gen}
+        blue.release_slow()
+        assert c.wait(slow)[0].status == 200
+        c.read_until_closed()
+    assert old.popen.wait(15) == 0, old.text()
+    # The old process left; the node it was is still here, served by the new process.
+    node = listed()
+    assert node is not None, "the old process deleted the node's key as it exited"
+    assert node["pid"] == new.pid
