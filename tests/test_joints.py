@@ -410,3 +410,36 @@ def test_across_a_hand_over_the_node_stays_listed_in_redis_under_the_new_process
     node = listed()
     assert node is not None, "the old process deleted the node's key as it exited"
     assert node["pid"] == new.pid
+
+
+def test_a_hand_over_to_a_config_with_a_new_color_keeps_the_node_and_redis_on_one_state(
+    handover: Callable[..., Handover],
+    redis_server: Callable[[], RedisServer],
+    request: pytest.FixtureRequest,
+) -> None:
+    store = redis_server()
+    h = handover(state_backend=store.url, node={"id": "edge-a", "heartbeat_seconds": 0.2})
+    s = h.site
+    r = redis.Redis(port=store.port, decode_responses=True)
+    request.addfinalizer(r.close)
+    old = s.start(REPO, takeover=False)
+    s.wait_serving(old)
+    s.control.set("shop", "green", 100)
+    # The new process's config has a fourth color (the red backend under another name).
+    conf = yaml.safe_load(s.path.read_text())
+    conf["apps"]["shop"]["colors"]["purple"] = conf["apps"]["shop"]["colors"]["red"]
+    upgraded = s.tmp / "upgraded.yml"
+    upgraded.write_text(yaml.safe_dump(conf))
+    new = s.start(REPO, takeover=True, config=upgraded)
+    s.wait_serving(new)
+    view = s.control.app("shop")
+    assert "purple" in view["colors"] and view["active"] == "green"
+    stored = r.hgetall("edgeproxy:app:shop")
+    assert int(stored["generation"]) == view["generation"], (stored, view)
+    assert "purple" in json.loads(stored["state"])["apps"]["shop"]["colors"], stored
+    # The next change commits (no conflict with what Redis holds) and serves.
+    moved = s.control.set("shop", "purple", 100)
+    assert moved["generation"] == view["generation"] + 1
+    with H2Client(s.https_port, s.ca, sni=HOST) as c:
+        got = c.get("/", authority=HOST)
+        assert (got.status, got.body) == (200, b"red\n")
