@@ -171,6 +171,25 @@ def test_an_h2_stream_in_flight_at_a_hand_over_ends_200_on_the_old_process_and_n
         c.close()
 
 
+@pytest.fixture
+def shared_handover(
+    handover: Callable[..., Handover],
+    redis_server: Callable[[], RedisServer],
+    request: pytest.FixtureRequest,
+) -> Callable[[float], tuple[Handover, redis.Redis]]:
+    """`shared_handover(heartbeat_seconds)`: the hand-over site as node edge-a of a real
+    redis-server, and a client of that server (to see what it holds)."""
+
+    def make(heartbeat: float) -> tuple[Handover, redis.Redis]:
+        store = redis_server()
+        node = {"id": "edge-a", "heartbeat_seconds": heartbeat}
+        r = redis.Redis(port=store.port, decode_responses=True)
+        request.addfinalizer(r.close)
+        return handover(state_backend=store.url, node=node), r
+
+    return make
+
+
 # --- 2. A change while a hand-over freezes the board, with the state in Redis ------------------
 
 # A new process that holds the hand-over open (the board stays frozen) until told to give up.
@@ -190,19 +209,14 @@ asyncio.run(main())
 
 
 def test_a_change_during_a_hand_over_is_refused_503_writes_nothing_to_redis_and_the_new_process_serves_the_last_commit(
-    handover: Callable[..., Handover],
-    redis_server: Callable[[], RedisServer],
-    request: pytest.FixtureRequest,
+    shared_handover: Callable[[float], tuple[Handover, redis.Redis]],
 ) -> None:
-    store = redis_server()
-    h = handover(state_backend=store.url, node={"id": "edge-a", "heartbeat_seconds": 0.2})
+    h, r = shared_handover(0.2)
     s = h.site
     old = s.start(REPO, takeover=False)
     s.wait_serving(old)
     ctl = s.control
     committed = ctl.set("shop", "green", 100)
-    r = redis.Redis(port=store.port, decode_responses=True)
-    request.addfinalizer(r.close)
     key = "edgeproxy:app:shop"
     assert int(r.hget(key, "generation") or -1) == committed["generation"]
     stored = r.hgetall(key)
@@ -371,16 +385,11 @@ def test_a_set_through_another_node_moves_the_next_request_of_open_h11_tls_and_h
 
 
 def test_across_a_hand_over_the_node_stays_listed_in_redis_under_the_new_process(
-    handover: Callable[..., Handover],
-    redis_server: Callable[[], RedisServer],
-    request: pytest.FixtureRequest,
+    shared_handover: Callable[[float], tuple[Handover, redis.Redis]],
 ) -> None:
-    store = redis_server()
     # Beats far apart: what the old process writes (or deletes) as it leaves stays visible.
-    h = handover(state_backend=store.url, node={"id": "edge-a", "heartbeat_seconds": 20})
+    h, r = shared_handover(20)
     s, blue = h.site, h.colors["blue"]
-    r = redis.Redis(port=store.port, decode_responses=True)
-    request.addfinalizer(r.close)
 
     def listed() -> dict[str, Any] | None:
         raw = r.get("edgeproxy:node:edge-a")
@@ -413,15 +422,10 @@ def test_across_a_hand_over_the_node_stays_listed_in_redis_under_the_new_process
 
 
 def test_a_hand_over_to_a_config_with_a_new_color_keeps_the_node_and_redis_on_one_state(
-    handover: Callable[..., Handover],
-    redis_server: Callable[[], RedisServer],
-    request: pytest.FixtureRequest,
+    shared_handover: Callable[[float], tuple[Handover, redis.Redis]],
 ) -> None:
-    store = redis_server()
-    h = handover(state_backend=store.url, node={"id": "edge-a", "heartbeat_seconds": 0.2})
+    h, r = shared_handover(0.2)
     s = h.site
-    r = redis.Redis(port=store.port, decode_responses=True)
-    request.addfinalizer(r.close)
     old = s.start(REPO, takeover=False)
     s.wait_serving(old)
     s.control.set("shop", "green", 100)
