@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+import trustme
 import yaml
 
 from switchctl.client import ControlClient, ControlError
@@ -447,3 +448,32 @@ def test_a_hand_over_to_a_config_with_a_new_color_keeps_the_node_and_redis_on_on
     with H2Client(s.https_port, s.ca, sni=HOST) as c:
         got = c.get("/", authority=HOST)
         assert (got.status, got.body) == (200, b"red\n")
+
+
+# --- 6. Open TLS connections across a certificate swap -----------------------------------------
+
+
+def test_after_a_certificate_swap_the_next_request_of_open_h2_and_h11_tls_connections_is_served(
+    one_edge: OneEdge, tls_files: dict[str, Path], tls_ca: trustme.CA
+) -> None:
+    proc, ctl = one_edge.proc, one_edge.control
+    h1 = KeepAliveTLS(proc.https_port, tls_files["ca"])
+    h2c = H2Client(proc.https_port, tls_files["ca"])
+    try:
+        before = h2c.sock.getpeercert(binary_form=True)
+        assert h1.get() == (200, b"blue\n") and h2c.get().body == b"blue\n"
+        leaf = tls_ca.issue_cert("example.test", "*.example.test", "a.test", "127.0.0.1")
+        tls_files["cert"].write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        tls_files["key"].write_bytes(leaf.private_key_pem.bytes())
+        ctl.reload_certs()
+        with H2Client(proc.https_port, tls_files["ca"]) as fresh:
+            swapped = fresh.sock.getpeercert(binary_form=True)
+            assert swapped is not None and swapped != before, "the new certificate serves"
+            assert fresh.get().body == b"blue\n"
+        assert h1.get() == (200, b"blue\n")
+        r = h2c.get()
+        assert (r.status, r.body) == (200, b"blue\n")
+        assert h2c.goaway_code is None and h2c.resets == {}
+    finally:
+        h1.close()
+        h2c.close()
