@@ -26,6 +26,7 @@ import pytest
 import redis
 import trustme
 import yaml
+from websockets.sync.client import connect
 
 from switchctl.client import ControlClient, ControlError
 from tests.h2_fixtures import H2Client, h2_edge_config
@@ -340,12 +341,21 @@ def test_after_a_switch_and_a_drain_the_next_h2_stream_on_the_same_connection_go
 # --- 4. Open connections across a change made through another node sharing Redis -------------
 
 
-def test_a_set_through_another_node_moves_the_next_request_of_open_h11_tls_and_h2_connections(
+@dataclass
+class TwoNodes:
+    here: EdgeProcess
+    there: EdgeProcess
+    blue: Backend
+
+
+@pytest.fixture
+def two_nodes(
     edge_process: Callable[..., EdgeProcess],
     backend: Callable[[str], Backend],
     tls_files: dict[str, Path],
     redis_server: Callable[[], RedisServer],
-) -> None:
+) -> TwoNodes:
+    """Two `edgeproxy serve` nodes (HTTP/2 on TLS) sharing a real redis-server."""
     store = redis_server()
     blue, green = backend("blue"), backend("green")
 
@@ -361,7 +371,13 @@ def test_a_set_through_another_node_moves_the_next_request_of_open_h11_tls_and_h
             )
         )
 
-    here, there = node(0), node(1)
+    return TwoNodes(node(0), node(1), blue)
+
+
+def test_a_set_through_another_node_moves_the_next_request_of_open_h11_tls_and_h2_connections(
+    two_nodes: TwoNodes, tls_files: dict[str, Path]
+) -> None:
+    here, there = two_nodes.here, two_nodes.there
     h1 = KeepAliveTLS(here.https_port, tls_files["ca"])
     h2c = H2Client(here.https_port, tls_files["ca"])
     try:
@@ -380,6 +396,45 @@ def test_a_set_through_another_node_moves_the_next_request_of_open_h11_tls_and_h
     finally:
         h1.close()
         h2c.close()
+
+
+def test_a_drain_through_another_node_waits_for_a_websocket_here_while_h2_streams_move_to_green(
+    two_nodes: TwoNodes, tls_files: dict[str, Path]
+) -> None:
+    here, there = two_nodes.here, two_nodes.there
+    ctl_here, ctl_there = (ControlClient(str(n.control_socket)) for n in (here, there))
+    raw = socket.create_connection(("127.0.0.1", here.http_port), timeout=10)
+    with (
+        connect(f"ws://a.test:{here.http_port}/ws", sock=raw) as ws,
+        H2Client(here.https_port, tls_files["ca"]) as c,
+    ):
+        ws.send("m1")
+        assert ws.recv(timeout=5) == "blue: m1"
+        assert c.get().body == b"blue\n"
+        ctl_there.set("shop", "green", 100)
+        drained = ctl_there.drain("shop", "blue", timeout=60)
+        wait_for(
+            lambda: ctl_here.app("shop")["generation"] == drained["generation"],
+            "the drain to reach this node",
+        )
+        r = c.get()
+        assert (r.status, r.body) == (200, b"green\n")
+        wait_for(
+            lambda: ctl_there.app("shop")["colors"]["blue"].get("tunnels") == 1,
+            f"the other node to count this node's tunnel: {ctl_there.app('shop')['colors']}",
+        )
+        time.sleep(1.0)  # the other node has nothing of blue open: not enough to end it
+        for ctl in (ctl_here, ctl_there):
+            assert "blue" in ctl.app("shop")["draining"]
+        ws.send("m2")
+        assert ws.recv(timeout=5) == "blue: m2"
+    wait_for(
+        lambda: all(not ctl.app("shop")["draining"] for ctl in (ctl_here, ctl_there)),
+        "the drain to end on both nodes once the WebSocket closed",
+    )
+    r2 = H2Client(here.https_port, tls_files["ca"])
+    with r2:
+        assert r2.get().body == b"green\n"
 
 
 # --- 5. The node's heartbeat across a hand-over ------------------------------------------------
