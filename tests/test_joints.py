@@ -9,6 +9,7 @@ sharing Redis — and check that the next request on them still works. Real
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -210,6 +211,30 @@ asyncio.run(main())
 """
 
 
+@contextlib.contextmanager
+def held_hand_over(s: Site) -> Iterator[None]:
+    """A hand-over held open (the running process's board frozen) until the block ends;
+    then the would-be new process refuses and the running one keeps serving, thawed."""
+    running = s.procs[-1]
+    thawed = running.text().count("keeps serving")
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_THEN_REFUSE, s.conf["control"]["socket"]],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as holder:  # fmt: skip
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            line = holder.stdout.readline().decode()
+            assert line.startswith("holding"), holder.stderr.read() if holder.stderr else line
+            yield
+            holder.stdin.write(b"go\n")
+            holder.stdin.flush()
+            assert holder.wait(15) == 0
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+    wait_for(lambda: running.text().count("keeps serving") > thawed, "the running one to thaw")
+
+
 def test_a_change_during_a_hand_over_is_refused_503_writes_nothing_to_redis_and_the_new_process_serves_the_last_commit(
     shared_handover: Callable[[float], tuple[Handover, redis.Redis]],
 ) -> None:
@@ -223,34 +248,20 @@ def test_a_change_during_a_hand_over_is_refused_503_writes_nothing_to_redis_and_
     assert int(r.hget(key, "generation") or -1) == committed["generation"]
     stored = r.hgetall(key)
 
-    with subprocess.Popen(
-        [sys.executable, "-c", HOLD_THEN_REFUSE, s.conf["control"]["socket"]],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    ) as holder:  # fmt: skip
-        try:
-            assert holder.stdout is not None and holder.stdin is not None
-            line = holder.stdout.readline().decode()
-            assert line.startswith("holding"), holder.stderr.read() if holder.stderr else line
-            with pytest.raises(ControlError) as refused:
-                ctl.set("shop", "red", 100)
-            assert refused.value.status == 503
-            message = refused.value.message
-            assert "retry" in message and "nothing was changed" in message, message
-            with pytest.raises(ControlError) as also:
-                ctl.drain("shop", "blue")
-            assert also.value.status == 503
-            # Nothing half-written: Redis holds the last commit, the node serves it.
-            assert r.hgetall(key) == stored
-            assert switch_state(ctl)["generation"] == committed["generation"]
-            holder.stdin.write(b"go\n")
-            holder.stdin.flush()
-            assert holder.wait(15) == 0
-        finally:
-            if holder.poll() is None:
-                holder.kill()
+    with held_hand_over(s):
+        with pytest.raises(ControlError) as refused:
+            ctl.set("shop", "red", 100)
+        assert refused.value.status == 503
+        message = refused.value.message
+        assert "retry" in message and "nothing was changed" in message, message
+        with pytest.raises(ControlError) as also:
+            ctl.drain("shop", "blue")
+        assert also.value.status == 503
+        # Nothing half-written: Redis holds the last commit, the node serves it.
+        assert r.hgetall(key) == stored
+        assert switch_state(ctl)["generation"] == committed["generation"]
 
     # The hand-over that then happens: the new process serves the latest committed state.
-    wait_for(lambda: "keeps serving" in old.text(), "the old process to thaw")
     new = s.start(REPO, takeover=True)
     assert s.wait_serving(new)["took_over"]["from_pid"] == old.pid
     after = switch_state(ctl)
@@ -263,6 +274,37 @@ def test_a_change_during_a_hand_over_is_refused_503_writes_nothing_to_redis_and_
     moved = ctl.set("shop", "red", 100)
     assert moved["generation"] == committed["generation"] + 1
     assert int(r.hget(key, "generation") or -1) == moved["generation"]
+
+
+def test_a_reload_that_changes_the_switch_state_during_a_hand_over_is_refused_503_and_changes_nothing(
+    handover: Callable[..., Handover],
+) -> None:
+    h = handover()
+    s = h.site
+    old = s.start(REPO, takeover=False)
+    s.wait_serving(old)
+    ctl = s.control
+    before = ctl.app("shop")
+    conf = yaml.safe_load(s.path.read_text())
+    conf["apps"]["shop"]["colors"]["purple"] = conf["apps"]["shop"]["colors"]["red"]
+    conf["sites"][0]["hosts"].append("purple.example.test")
+    s.path.write_text(yaml.safe_dump(conf))
+    with H2Client(s.https_port, s.ca, sni=HOST) as c:
+        with held_hand_over(s):
+            with pytest.raises(ControlError) as refused:
+                ctl.reload_config()
+            assert refused.value.status == 503, refused.value
+            assert "retry" in refused.value.message, refused.value.message
+            assert ctl.app("shop") == before
+            got = c.get("/", authority="purple.example.test")
+            assert got.status == 404, "the new config's host is not served: nothing changed"
+            assert c.get("/", authority=HOST).status == 200
+        # Once the hand-over is over, the same reload goes through on the same connection.
+        assert ctl.reload_config()["ok"] is True
+        assert "purple" in ctl.app("shop")["colors"]
+        got = c.get("/", authority="purple.example.test")
+        assert (got.status, got.body) == (200, b"blue\n")
+        assert c.goaway_code is None and c.resets == {}
 
 
 # --- 3. An HTTP/2 connection across a config reload, a switch and a drain --------------------
