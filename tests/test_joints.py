@@ -34,7 +34,7 @@ from tests.h2_fixtures import H2Client, h2_edge_config
 from tests.process_fixtures import EdgeProcess
 from tests.proxy_fixtures import Backend, site
 from tests.redis_fixtures import RedisServer
-from tests.test_handover import GRACE, HOST, REPO, Site, free_port, switch_state
+from tests.test_handover import GRACE, HOST, REPO, Proc, Site, free_port, switch_state
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +91,12 @@ class Handover:
     site: Site
     colors: dict[str, Backend]
 
+    def first(self) -> Proc:
+        """Start the first process (no hand-over) and wait until it serves."""
+        proc = self.site.start(REPO, takeover=False)
+        self.site.wait_serving(proc)
+        return proc
+
 
 @pytest.fixture
 def handover(
@@ -136,8 +142,7 @@ def test_an_h2_stream_in_flight_at_a_hand_over_ends_200_on_the_old_process_and_n
 ) -> None:
     h = handover()
     s, blue = h.site, h.colors["blue"]
-    old = s.start(REPO, takeover=False)
-    s.wait_serving(old)
+    old = h.first()
     c = H2Client(s.https_port, s.ca, sni=HOST)
     try:
         assert c.alpn == "h2"
@@ -240,8 +245,7 @@ def test_a_change_during_a_hand_over_is_refused_503_writes_nothing_to_redis_and_
 ) -> None:
     h, r = shared_handover(0.2)
     s = h.site
-    old = s.start(REPO, takeover=False)
-    s.wait_serving(old)
+    old = h.first()
     ctl = s.control
     committed = ctl.set("shop", "green", 100)
     key = "edgeproxy:app:shop"
@@ -281,8 +285,7 @@ def test_a_reload_that_changes_the_switch_state_during_a_hand_over_is_refused_50
 ) -> None:
     h = handover()
     s = h.site
-    old = s.start(REPO, takeover=False)
-    s.wait_serving(old)
+    h.first()
     ctl = s.control
     before = ctl.app("shop")
     conf = yaml.safe_load(s.path.read_text())
@@ -493,8 +496,7 @@ def test_across_a_hand_over_the_node_stays_listed_in_redis_under_the_new_process
         raw = r.get("edgeproxy:node:edge-a")
         return None if raw is None else dict(json.loads(raw))
 
-    old = s.start(REPO, takeover=False)
-    s.wait_serving(old)
+    old = h.first()
     wait_for(lambda: (listed() or {}).get("pid") == old.pid, "the first heartbeat")
     with H2Client(s.https_port, s.ca, sni=HOST) as c:
         slow = c.request("/slow", authority=HOST)  # keeps the old process stepping back
@@ -524,8 +526,7 @@ def test_a_hand_over_to_a_config_with_a_new_color_keeps_the_node_and_redis_on_on
 ) -> None:
     h, r = shared_handover(0.2)
     s = h.site
-    old = s.start(REPO, takeover=False)
-    s.wait_serving(old)
+    h.first()
     s.control.set("shop", "green", 100)
     # The new process's config has a fourth color (the red backend under another name).
     conf = yaml.safe_load(s.path.read_text())
