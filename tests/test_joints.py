@@ -575,3 +575,38 @@ def test_after_a_certificate_swap_the_next_request_of_open_h2_and_h11_tls_connec
     finally:
         h1.close()
         h2c.close()
+
+
+# --- 7. The canary guard across a reload made while a hand-over held the board frozen ----------
+
+
+def test_a_reload_during_a_held_hand_over_leaves_no_canary_guard_judging_through_a_later_freeze(
+    handover: Callable[..., Handover],
+) -> None:
+    h = handover()
+    s = h.site
+    # Green fails every request (nothing listens there); its guard judges after 5 requests.
+    s.conf["apps"]["shop"]["colors"]["green"] = {"upstreams": [f"http://127.0.0.1:{free_port()}"]}
+    s.conf["apps"]["shop"]["canary_guard"] = {"min_requests": 5, "window_seconds": 5}
+    s.path.write_text(yaml.safe_dump(s.conf))
+    old = h.first()
+    ctl = s.control
+    with held_hand_over(s):
+        s.conf["sites"][0]["hosts"].append("more.example.test")  # no switch change
+        s.path.write_text(yaml.safe_dump(s.conf))
+        assert ctl.reload_config()["ok"] is True
+    ctl.set("shop", "green", 10)
+    with held_hand_over(s):
+        mark = len(old.text())
+        conn = http.client.HTTPConnection("127.0.0.1", s.http_port, timeout=10)
+        for _ in range(10):  # forced onto green (a tester's override): 5xx each
+            conn.request("GET", "/", headers={"Host": HOST, "X-Edgeproxy-Color": "green"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status in (502, 503), resp.status
+        conn.close()
+        time.sleep(1.5)  # several guard periods
+        during = old.text()[mark:]
+        assert "canary guard" not in during, during
+    # Thawed, the one guard backs green out.
+    wait_for(lambda: ctl.app("shop")["weight"] == 0, "the guard to back green out")
