@@ -96,6 +96,8 @@ class ServerHooks:
 
     def step_back(self, handover_id: str, to_pid: int) -> None:
         self.server.step_back(handover_id, to_pid)
+        if self.obs.switching.nodes is not None:
+            self.obs.switching.nodes.hand_over()  # the new process beats as this node now
 
     def inflight(self) -> Counts:
         return self.server.inflight_all()

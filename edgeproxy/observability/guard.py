@@ -68,6 +68,8 @@ class CanaryGuard:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        if self.task is not None:
+            return  # already judging (a reload during a hand-over started it; thaw starts it)
         self.board.add_listener(self.on_switch)
         self.task = asyncio.get_running_loop().create_task(self._run(), name="canary-guard")
 

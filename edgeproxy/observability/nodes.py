@@ -5,7 +5,8 @@ and right after each change it applies: its id, address, version, the
 generation it serves per app, whether it is stale, and its per-color
 counters (requests, 5xx, in flight, and the canary guard's window as a
 sparse latency histogram). The key expires after three missed beats, so a
-node that stops or dies leaves the list on its own; a clean stop deletes it.
+node that stops or dies leaves the list on its own; a clean stop deletes it
+(not after a hand-over: the new process beats under the same id).
 
 Reading the keys of the other nodes on each beat gives the summed figures
 that the deploy gates (`colors.*.requests`, `errors_5xx`, `p99_ms` in the
@@ -101,6 +102,8 @@ class NodeRegistry:
         """Node id → the other nodes' last heartbeat records, read on every beat."""
         self._beat_now = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.handed_over = False
+        """A new process took over as this node (edgeproxy/handover.py): the key is its own."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -110,14 +113,25 @@ class NodeRegistry:
             self._run(), name="edgeproxy.nodes.heartbeat"
         )
 
+    def hand_over(self) -> None:
+        """A new process serves as this node now and beats under its id: stop beating
+        here (the old process's figures would overwrite the new one's) and leave the key
+        to it when this process exits."""
+        self.handed_over = True
+        if self._task is not None:
+            self._task.cancel()
+
     async def stop(self) -> None:
-        """Leave: stop beating and delete this node's key (the others drop it at once)."""
+        """Leave: stop beating and delete this node's key (the others drop it at once),
+        unless a new process took over as this node."""
         self.board.remove_listener(self._changed)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.handed_over:
+            return
         with contextlib.suppress(*StoreErrors):
             await self.shared.redis.delete(node_key(self.shared.node_id))
 
