@@ -24,7 +24,8 @@ from edgeproxy.config import Config
 from edgeproxy.errors import SwitchError
 from edgeproxy.observability.metrics import Metrics
 from edgeproxy.observability.stats import Summary
-from edgeproxy.switching.board import SwitchBoard
+from edgeproxy.switching.board import ChangesFrozen, SwitchBoard
+from edgeproxy.switching.shared import StoreUnavailable
 from edgeproxy.switching.state import AppState, weights
 
 log = logging.getLogger("edgeproxy.guard")
@@ -113,6 +114,9 @@ class CanaryGuard:
                 await self.board.guard_trip(app, reason)
             except SwitchError as e:  # the switch moved on meanwhile
                 log.info("canary guard for %s: %s", app, e)
+                continue
+            except (ChangesFrozen, StoreUnavailable) as e:  # a hand-over; the shared store down
+                log.warning("canary guard for %s: cannot trip now (%s): %s", app, e, reason)
                 continue
             self.trips[app] += 1
             log.warning("canary guard: %s: weight of %s set to 0: %s", app, candidate, reason)
