@@ -117,6 +117,7 @@ class H2Connection(StreamOwner):
         "streams",
         "timer",
         "tls",
+        "to_pump",
         "transport",
     )
 
@@ -134,6 +135,8 @@ class H2Connection(StreamOwner):
         """The highest stream id processed (the last_stream_id of our GOAWAY)."""
         self.streams: dict[int, H2Stream] = {}
         self.flush_scheduled = False
+        self.to_pump: list[H2Stream] = []
+        """Streams whose small response bodies go out at the next flush."""
         self.reading_paused = False
         self.last_write = 0.0
         """When the socket last took bytes (or had none to take)."""
@@ -258,6 +261,7 @@ class H2Connection(StreamOwner):
         for stream in list(self.streams.values()):
             stream.client_gone()
         self.streams.clear()
+        self.to_pump.clear()
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -364,7 +368,17 @@ class H2Connection(StreamOwner):
             # Coalesced per loop iteration, as on HTTP/1.1: one send(), one TLS record.
             self.loop.call_soon(self.flush)
 
+    def queue_pump(self, stream: H2Stream) -> None:
+        self.to_pump.append(stream)
+        self.schedule_flush()
+
     def flush(self) -> None:
+        if self.to_pump:
+            self.flush_scheduled = True  # what these pumps queue goes out below
+            queued, self.to_pump = self.to_pump, []
+            for stream in queued:
+                stream.pump_queued = False
+                stream.pump()
         self.flush_scheduled = False
         self.unflushed = 0
         data = self.conn.data_to_send()

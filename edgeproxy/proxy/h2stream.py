@@ -46,6 +46,8 @@ log = logging.getLogger("edgeproxy.h2")
 
 STREAM_BUFFER: Final = 65536
 """Response bytes held per stream beyond the client's window before its upstream pauses."""
+SMALL_BODY: Final = 16384
+"""Response body bytes (one default-sized DATA frame) held until the connection's flush."""
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -288,6 +290,10 @@ class StreamOwner:
     def stream_done(self, stream: H2Stream) -> None:
         raise NotImplementedError
 
+    def queue_pump(self, stream: H2Stream) -> None:
+        """Pump `stream` at the next flush (this loop iteration)."""
+        raise NotImplementedError
+
 
 class H2Stream(Downstream):
     """One stream of an HTTP/2 connection: the `Downstream` of its `Exchange`."""
@@ -304,6 +310,7 @@ class H2Stream(Downstream):
         "hold",
         "last_progress",
         "owner",
+        "pump_queued",
         "rejected",
         "req_ended",
         "resp_ended",
@@ -347,6 +354,8 @@ class H2Stream(Downstream):
         self.end_pending = False
         self.resp_ended = False
         self.last_progress = loop.time()
+        self.pump_queued = False
+        """A small body waits for the connection's flush to be sent (see `send_body`)."""
         self.up_paused = False
         self.abort_code = ErrorCodes.INTERNAL_ERROR
         # -- end
@@ -492,7 +501,15 @@ class H2Stream(Downstream):
             return
         self.send_buf.append(data)
         self.send_bytes += len(data)
-        self.pump()
+        if self.send_bytes <= SMALL_BODY:
+            # Sent at the flush: the end of the response (send_end), which mostly
+            # follows in the same iteration, then rides on its last DATA frame
+            # (END_STREAM) instead of an empty DATA frame of its own.
+            if not self.pump_queued:
+                self.pump_queued = True
+                self.owner.queue_pump(self)
+        else:
+            self.pump()
         # Checked per upstream read: an upstream attached after the connection's
         # socket filled up was not there to be paused then.
         if self.send_bytes > STREAM_BUFFER or self.owner.writing_paused:
@@ -502,7 +519,8 @@ class H2Stream(Downstream):
         if self.gone or self.resp_ended:
             return
         self.end_pending = True
-        self.pump()
+        if not self.pump_queued:
+            self.pump()
 
     def cork(self) -> None:
         pass  # frames are flushed once per loop iteration anyway (H2Connection.flush)
@@ -534,7 +552,13 @@ class H2Stream(Downstream):
                 else:
                     buf[0] = chunk[n:]
                     chunk = chunk[:n]
-                conn.send_data(self.sid, chunk)
+                if not buf and self.end_pending:
+                    # The last DATA frame carries END_STREAM.
+                    self.end_pending = False
+                    self.resp_ended = True
+                    conn.send_data(self.sid, chunk, end_stream=True)
+                else:
+                    conn.send_data(self.sid, chunk)
                 owner.unflushed += n
                 self.send_bytes -= n
                 sent = True
