@@ -33,6 +33,7 @@ HOT_PATH = (
     "edgeproxy.proxy.alpn",
     "edgeproxy.proxy.h2conn",
     "edgeproxy.proxy.h2guard",
+    "edgeproxy.proxy.h2hpack",
     "edgeproxy.proxy.h2stream",
     "edgeproxy.proxy.headers",
     "edgeproxy.proxy.responses",

@@ -252,6 +252,11 @@ def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None
         (b"upgrade", b"websocket"),
         (b"te", b"gzip"),  # §8.2.2 TE other than trailers
         (b"x-bad", b"a\r\nb"),  # §8.2.1 CR/LF in a value
+        (b"x-bad", b"a\x00b"),  # §8.2.1 NUL in a value
+        (b"x-bad", b" lead"),  # §8.2.1 whitespace around a value
+        (b"x-bad", b"trail\t"),
+        (b"x:colon", b"1"),  # §8.2.1 a colon in a regular name
+        (b"x bad", b"1"),  # §8.2.1 a space in a name
     ],
 )
 def test_8_2_a_malformed_field_makes_the_request_malformed(h2edge, field) -> None:
@@ -289,8 +294,26 @@ def test_8_2_3_cookie_crumbs_are_joined_for_the_http11_upstream(h2edge) -> None:
         [(b":method", b"GET"), (b"x-a", b"1"), (b":path", b"/"), (b":scheme", b"https")],
         [*BASE, (b":status", b"200")],  # a response pseudo-header in a request
         [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"")],
+        [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"a.test")],  # no :scheme
+        [*BASE, (b":protocol", b"websocket")],  # :protocol without CONNECT (RFC 8441 §4)
+        [(b":method", b"CONNECT"), (b":authority", b"a.test"), (b":path", b"/")],  # §8.5
+        [*BASE, (b"host", b"a.test"), (b"host", b"a.test")],  # §8.3.1 more than one Host
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")],  # no authority, no Host
     ],
-    ids=["no-path", "no-method", "duplicate", "unknown", "after-regular", "status", "empty-path"],
+    ids=[
+        "no-path",
+        "no-method",
+        "duplicate",
+        "unknown",
+        "after-regular",
+        "status",
+        "empty-path",
+        "no-scheme",
+        "protocol-without-connect",
+        "connect-with-path",
+        "two-hosts",
+        "no-authority",
+    ],
 )
 def test_8_3_pseudo_header_rules_are_enforced(h2edge, fields) -> None:
     _e, back, _ = h2edge
@@ -299,6 +322,34 @@ def test_8_3_pseudo_header_rules_are_enforced(h2edge, fields) -> None:
         c.read_until_closed(timeout=3)
         assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
         assert back.seen == []
+
+
+def post_with_trailers(c: H2Client, trailers: list[tuple[bytes, bytes]]) -> None:
+    """POST /echo with a 3-byte body, then a trailer block ending the stream."""
+    head = [(b":method", b"POST"), *BASE[1:3], (b":path", b"/echo"), (b"content-length", b"3")]
+    c.send_frames(
+        [
+            HeadersFrame(1, block(head), flags=["END_HEADERS"]),
+            DataFrame(1, b"abc"),
+            HeadersFrame(1, block(trailers), flags=["END_HEADERS", "END_STREAM"]),
+        ]
+    )
+
+
+def test_8_1_a_pseudo_header_in_request_trailers_makes_the_request_malformed(h2edge) -> None:
+    with client(h2edge, validate=False) as c:
+        post_with_trailers(c, [(b":path", b"/x")])
+        assert connection_error(c) == PROTOCOL_ERROR
+
+
+def test_8_1_well_formed_request_trailers_are_accepted(h2edge) -> None:
+    with client(h2edge, validate=False) as c:
+        post_with_trailers(c, [(b"x-sum", b"1")])
+        deadline = time.monotonic() + 5
+        while 1 not in c.ended and not c.closed and time.monotonic() < deadline:
+            c.read(1.0)
+        assert c.responses[1].status == 200 and c.responses[1].body == b"abc"
+        assert c.goaway_code is None
 
 
 def test_8_3_1_authority_is_the_host_upstream(h2edge) -> None:
