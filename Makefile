@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # A venv needs python3-venv; compiling the hot path (mypyc) needs a C compiler and Python's headers.
 BASE_PACKAGES := python3-venv gcc libc6-dev python3-dev
-APT_PACKAGES := $(BASE_PACKAGES) docker.io docker-compose busybox-static nginx-light haproxy wrk nghttp2-client pebble certbot slowhttptest iproute2 redis-server
+APT_PACKAGES := $(BASE_PACKAGES) docker.io docker-compose busybox-static nginx-light haproxy wrk nghttp2-client pebble certbot slowhttptest iproute2 redis-server chromium
 ONCE ?=
 # PURE=1: run the hot path from its Python sources instead of compiling it (edgeproxy/compiled.py).
 PURE ?=
