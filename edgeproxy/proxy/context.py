@@ -364,6 +364,14 @@ class ProxyContext(Fitness):
         # Cheap and unique per process: a random prefix and a counter.
         return self._rid_prefix + b"%x" % next(self._rid_counter)
 
+    def newest(self) -> ProxyContext:
+        """The context in force now: this one, or the last a config reload put after it
+        (a connection accepted before a reload, handshake done after it, takes that)."""
+        ctx = self
+        while ctx.replaced_by is not None:
+            ctx = ctx.replaced_by
+        return ctx
+
     def is_trusted(self, ip: str) -> bool:
         return in_networks(ip, self.trusted)
 

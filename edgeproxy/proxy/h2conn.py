@@ -170,10 +170,7 @@ class H2Connection(StreamOwner):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_ip = peer[0]
-        ctx = self.ctx
-        while ctx.replaced_by is not None:
-            ctx = ctx.replaced_by
-        self.ctx = ctx
+        self.ctx = ctx = self.ctx.newest()
         self.peer_ip_b = self.peer_ip.encode()
         self.peer_trusted = ctx.is_trusted(self.peer_ip)
         ssl_obj = transport.get_extra_info("ssl_object")
