@@ -238,13 +238,15 @@ def _huffman_tables() -> tuple[bytes, bytes]:
     return bytes(table), bytes(ends)
 
 
-HUFFMAN_STEPS, HUFFMAN_ENDS = _huffman_tables()
+_TABLES: Final = _huffman_tables()
+HUFFMAN_STEPS: Final = _TABLES[0]
+HUFFMAN_ENDS: Final = _TABLES[1]
 
 
 def huffman_decode(data: bytes, start: int, stop: int) -> bytes:
     """The Huffman-coded string data[start:stop] decoded (§5.2)."""
     steps = HUFFMAN_STEPS
-    out = bytearray()
+    out: list[int] = []  # a native append in mypyc (bytearray.append is a method call)
     state = 0
     for i in range(start, stop):
         at = (state << 10) | (data[i] << 2)
