@@ -238,14 +238,22 @@ def _huffman_tables() -> tuple[bytes, bytes]:
     return bytes(table), bytes(ends)
 
 
-_TABLES: Final = _huffman_tables()
-HUFFMAN_STEPS: Final = _TABLES[0]
-HUFFMAN_ENDS: Final = _TABLES[1]
+_HUFFMAN_TABLES: Final[list[bytes]] = []
+"""Built on the first Huffman-coded string, not at import: about 40 ms (compiled) that
+would delay the first answer after a (re)start, HTTP/1.1 included."""
+
+
+def huffman_tables() -> list[bytes]:
+    """[steps, ends] of `_huffman_tables()`, built once."""
+    if not _HUFFMAN_TABLES:
+        _HUFFMAN_TABLES.extend(_huffman_tables())
+    return _HUFFMAN_TABLES
 
 
 def huffman_decode(data: bytes, start: int, stop: int) -> bytes:
     """The Huffman-coded string data[start:stop] decoded (§5.2)."""
-    steps = HUFFMAN_STEPS
+    tables = huffman_tables()
+    steps = tables[0]
     out: list[int] = []  # a native append in mypyc (bytearray.append is a method call)
     state = 0
     for i in range(start, stop):
@@ -258,7 +266,7 @@ def huffman_decode(data: bytes, start: int, stop: int) -> bytes:
             if count == 2:
                 out.append(steps[at + 3])
         state = steps[at]
-    flaw = HUFFMAN_ENDS[state]
+    flaw = tables[1][state]
     if flaw == 1:
         raise HPACKDecodeError("Huffman padding that is not the EOS code's 1 bits")
     if flaw == 2:
