@@ -566,7 +566,7 @@ def response_head(
             origin=info.origin if info is not None else None,
             accept_encoding=info.accept_encoding if info is not None else None,
         )
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"-")]
+    lines: list[bytes] = []
     has_length = False
     chunked = False
     upgrade_value = b""
@@ -576,7 +576,7 @@ def response_head(
         if code is None:
             code = codes.get(name.lower(), R_PASS)
         if code <= R_FORWARD_MAX:
-            parts += (name, b": ", value, b"\r\n")
+            lines.append(b"%s: %s\r\n" % (name, value))
             if code == R_LENGTH:
                 has_length = True
             elif code == R_REQUEST_ID:
@@ -585,19 +585,27 @@ def response_head(
             chunked = value.strip().lower().endswith(b"chunked")
         elif code == R_UPGRADE:
             upgrade_value = value
-    parts += (b"date: ", http_date(), b"\r\nserver: edgeproxy\r\n")
-    if not rid_seen:
-        parts += (request_id_header, b": ", request_id, b"\r\n")
+    # After Date and Server: the request id, a sticky cookie, the color (in this order).
+    ours = b"" if rid_seen else b"%s: %s\r\n" % (request_id_header, request_id)
     if set_cookie is not None:
-        parts += (b"set-cookie: ", set_cookie, b"\r\n")
+        ours += b"set-cookie: %s\r\n" % set_cookie
     if show_color is not None:
         # Which color served a tester's request (smoke checks fail without it), or any
         # request of an app with expose_color (staging).
-        parts += (b"x-edgeproxy-color: ", show_color.encode(), b"\r\n")
+        ours += b"x-edgeproxy-color: %s\r\n" % show_color.encode()
     if status == 101:
-        parts += (b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n")
         return ResponseHead(
-            b"".join(parts), NOBODY, encoder, until_close=False, keep_alive=keep_alive
+            _head(
+                status,
+                reason,
+                lines,
+                ours,
+                b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade_value,
+            ),
+            NOBODY,
+            encoder,
+            until_close=False,
+            keep_alive=keep_alive,
         )
     if method == b"HEAD" or status in (204, 304):
         mode = NOBODY
@@ -611,20 +619,35 @@ def response_head(
         mode = UNTIL_CLOSE
     if framed is None:
         framed = has_length or chunked
-    if mode in (CHUNKED, RECHUNK):
-        parts.append(b"transfer-encoding: chunked\r\n")
     keep = keep_alive and mode != UNTIL_CLOSE and not closing
     if not keep:
-        parts.append(b"connection: close\r\n")
+        framing = b"connection: close\r\n"
     elif version == "1.0":
-        parts.append(b"connection: keep-alive\r\n")
-    parts.append(b"\r\n")
+        framing = b"connection: keep-alive\r\n"
+    else:
+        framing = b""
+    if mode in (CHUNKED, RECHUNK):
+        framing = b"transfer-encoding: chunked\r\n" + framing
     return ResponseHead(
-        b"".join(parts),
+        _head(status, reason, lines, ours, framing),
         mode,
         encoder,
         until_close=not framed and mode != NOBODY,
         keep_alive=keep,
+    )
+
+
+def _head(status: int, reason: bytes, lines: list[bytes], ours: bytes, tail: bytes) -> bytes:
+    """The response head: status line, the upstream's forwarded `lines`, Date and
+    Server, `ours` (edgeproxy's own headers), `tail`, the blank line. One bytes %
+    of bytes only: compiled, one allocation and a copy per piece."""
+    return b"HTTP/1.1 %d %s\r\n%sdate: %s\r\nserver: edgeproxy\r\n%s%s\r\n" % (
+        status,
+        reason or b"-",
+        b"".join(lines),
+        http_date(),
+        ours,
+        tail,
     )
 
 
