@@ -7,7 +7,14 @@ from bisect import bisect_left
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeproxy.observability.stats import BOUNDS, NBUCKETS, PROM_BOUNDS, Window, quantile
+from edgeproxy.observability.stats import (
+    BOUNDS,
+    NBUCKETS,
+    PROM_BOUNDS,
+    Window,
+    bucket,
+    quantile,
+)
 
 
 def fill(latencies: list[float]) -> list[int]:
@@ -20,6 +27,12 @@ def fill(latencies: list[float]) -> list[int]:
 def test_the_prometheus_bounds_are_fine_bucket_bounds() -> None:
     assert set(PROM_BOUNDS) <= set(BOUNDS)
     assert sorted(BOUNDS) == BOUNDS
+
+
+@given(st.one_of(st.floats(-1.0, 1000.0), st.sampled_from(BOUNDS)))
+def test_a_latency_falls_in_the_bucket_bisect_would_choose(seconds: float) -> None:
+    assert bucket(seconds) == bisect_left(BOUNDS, seconds)
+    assert bucket(seconds) < NBUCKETS
 
 
 @given(st.lists(st.floats(0.0002, 100.0), min_size=1, max_size=300))

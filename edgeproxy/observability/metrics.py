@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgeproxy.config import Config
 from edgeproxy.health.monitor import HealthMonitor, UpstreamHealth
-from edgeproxy.observability.stats import BOUNDS, PROM_BOUNDS, PROM_INDEX, ColorStats, Summary
+from edgeproxy.observability.stats import (
+    PROM_BOUNDS,
+    PROM_INDEX,
+    ColorStats,
+    Summary,
+    bucket,
+)
 from edgeproxy.proxy.context import OVER_PER_CLIENT, OVER_TOTAL, ProxyContext
 from edgeproxy.proxy.h2conn import H2Connection
 from edgeproxy.switching.board import SwitchBoard
@@ -139,13 +144,17 @@ class Metrics:
         if s is None:
             s = self._add((ex.app, ex.color))
         status = ex.status
-        s.codes[status // 100 if status < 600 else 0] += 1
+        # `x[k] = x[k] + 1`, not `x[k] += 1`: compiled, a native int add, not a generic one.
+        codes = s.codes
+        k = status // 100 if status < 600 else 0
+        codes[k] = codes[k] + 1
         if ex.in_tunnel():
             return  # a WebSocket's lifetime is not a latency
         t = ex.finished_at
         d = t - ex.started_at if ex.started_at else 0.0
-        i = bisect_left(BOUNDS, d)
-        s.hist[i] += 1
+        i = bucket(d)
+        hist = s.hist
+        hist[i] = hist[i] + 1
         s.sum += d
         err = status >= 500 or (ex.error is not None and status != 499)
         if err:
@@ -155,7 +164,8 @@ class Metrics:
             w.rotate(t)
         b = w.cur
         b.requests += 1
-        b.hist[i] += 1
+        hist = b.hist
+        hist[i] = hist[i] + 1
         if err:
             b.errors += 1
 

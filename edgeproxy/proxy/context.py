@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -258,6 +257,25 @@ def secret_headers(config: Config) -> frozenset[bytes]:
     return frozenset(names)
 
 
+class RequestIds:
+    """Request ids, cheap and unique per process: a random prefix and a counter.
+
+    One object, handed on by each config reload to the next context (so ids never
+    repeat); a native counter attribute, not `next()` of an iterator (a generic
+    call once compiled).
+    """
+
+    __slots__ = ("count", "prefix")
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(6).hex().encode() + b"-"
+        self.count = 0
+
+    def new(self) -> bytes:
+        self.count += 1
+        return self.prefix + b"%x" % self.count
+
+
 class ProxyContext(Fitness):
     """Shared state of the data plane (one per loaded config)."""
 
@@ -315,12 +333,7 @@ class ProxyContext(Fitness):
         self.connections: set[OpenConnection] = set() if previous is None else previous.connections
         self.https_port_suffix: bytes = b"" if previous is None else previous.https_port_suffix
         """`:8443` when the HTTPS listener is not on 443 (for redirects)."""
-        self._rid_prefix: bytes = (
-            os.urandom(6).hex().encode() + b"-" if previous is None else previous._rid_prefix
-        )
-        self._rid_counter: Iterator[int] = (
-            itertools.count(1) if previous is None else previous._rid_counter
-        )
+        self.request_ids: RequestIds = RequestIds() if previous is None else previous.request_ids
         self.exchange_observers: list[Callable[[Any], None]] = []
         """Called with every finished `Exchange` (metrics, passive health, access log).
         Typed `Any` here: this module does not import the exchange (no import circle)."""
@@ -361,8 +374,7 @@ class ProxyContext(Fitness):
         return any(ok(pool) for pool in self.colors[(app, color)].pools)  # mypyc: a loop
 
     def new_request_id(self) -> bytes:
-        # Cheap and unique per process: a random prefix and a counter.
-        return self._rid_prefix + b"%x" % next(self._rid_counter)
+        return self.request_ids.new()
 
     def newest(self) -> ProxyContext:
         """The context in force now: this one, or the last a config reload put after it

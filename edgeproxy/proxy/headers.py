@@ -116,7 +116,8 @@ class RequestHead:
         """Transfer-Encoding: chunked (re-framed chunk by chunk upstream)."""
         self.expect_continue = False
         self.fwd: list[bytes] = []
-        """Pieces of the request headers to forward as they are: (name, ": ", value, CRLF) each."""
+        """The request header lines to forward as they are: `name: value` CRLF each
+        (one bytes per header: the upstream head joins a few pieces, not four per header)."""
         self.request_id: bytes | None = None
         self.websocket = False
         self.upgrade_value = b""
@@ -345,6 +346,7 @@ def validate_request(
     """
     info = RequestHead(target)
     host: bytes | None = None
+    host_name = b"host"
     host_at = -1
     te: bytes | None = None
     fwd = info.fwd
@@ -353,15 +355,16 @@ def validate_request(
         if code is None:
             code = codes.get(name.lower(), PASS)
         if code == PASS:
-            fwd += (name, b": ", value, b"\r\n")
+            fwd.append(b"%s: %s\r\n" % (name, value))
             continue
         if code <= FORWARD_MAX:
-            fwd += (name, b": ", value, b"\r\n")
+            fwd.append(b"%s: %s\r\n" % (name, value))
             if code == HOST:
                 if host is not None:
                     raise ClientProtocolError(400, "more than one Host header")
                 host = value
-                host_at = len(fwd) - 2
+                host_name = name
+                host_at = len(fwd) - 1
             elif code == CONTENT_LENGTH:
                 # llhttp has already refused duplicates and non-digits.
                 info.content_length = int(value)
@@ -437,10 +440,11 @@ def validate_request(
         host = host[: n - 1]
     if host is not sent_host:
         # The upstream gets the Host we routed on (absolute-form, or `name:` normalised).
+        line = b"%s: %s\r\n" % (host_name, host)
         if host_at < 0:
-            fwd += (b"host", b": ", host, b"\r\n")
+            fwd.append(line)
         else:
-            fwd[host_at] = host
+            fwd[host_at] = line
     if target.find(b"#") != -1:  # faster than `b"#" in target` (which tries an int first)
         raise ClientProtocolError(400, "fragment in request target")
     info.host = host.lower()
@@ -484,45 +488,45 @@ def upstream_head(
     `peer_b` is the connection's peer address, `client_ip_b` the client's (the
     peer's, or the one a trusted proxy forwarded).
     """
-    parts = [method, b" ", route.upstream_target(info.target), b" HTTP/1.1\r\n"]
     tokens = info.connection_tokens - _STANDARD_TOKENS if info.connection_tokens else None
     if tokens:
         # Rare: the client named extra hop-by-hop headers in Connection. `fwd`
-        # holds (name, ": ", value, CRLF) for each header to forward.
-        fwd = info.fwd
-        for i in range(0, len(fwd), 4):
-            if fwd[i].lower() not in tokens:
-                parts += fwd[i : i + 4]
+        # holds one `name: value` CRLF line per header to forward (a name has no colon).
+        fwd = b"".join(line for line in info.fwd if line[: line.find(b":")].lower() not in tokens)
     else:
-        parts += info.fwd
+        fwd = b"".join(info.fwd)
     if peer_trusted:
         xff = info.xff + b", " + peer_b if info.xff else peer_b
         proto = info.xf_proto or scheme
     else:
         xff = peer_b
         proto = scheme
-    parts += (
-        b"x-forwarded-for: ",
-        xff,
-        b"\r\nx-real-ip: ",
-        client_ip_b,
-        b"\r\nx-forwarded-proto: ",
-        proto,
-        b"\r\nx-forwarded-host: ",
-        info.host,
-        b"\r\nx-forwarded-port: ",
-        local_port_b,
-        b"\r\n",
-    )
-    parts += (request_id_header, b": ", request_id, b"\r\n")
-    if color is not None:
-        parts += (b"x-edgeproxy-color: ", color.encode(), b"\r\n")
     if upgrade:
-        parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade_value, b"\r\n")
+        tail = b"connection: upgrade\r\nupgrade: %s\r\n\r\n" % info.upgrade_value
     elif info.chunked:
-        parts.append(b"transfer-encoding: chunked\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        tail = b"transfer-encoding: chunked\r\n\r\n"
+    else:
+        tail = b"\r\n"
+    if color is not None:
+        tail = b"x-edgeproxy-color: %s\r\n%s" % (color.encode(), tail)
+    # One bytes % (...) of bytes only: compiled, it is one allocation and a copy each.
+    return (
+        b"%s %s HTTP/1.1\r\n%sx-forwarded-for: %s\r\nx-real-ip: %s\r\nx-forwarded-proto: %s"
+        b"\r\nx-forwarded-host: %s\r\nx-forwarded-port: %s\r\n%s: %s\r\n%s"
+        % (
+            method,
+            route.upstream_target(info.target),
+            fwd,
+            xff,
+            client_ip_b,
+            proto,
+            info.host,
+            local_port_b,
+            request_id_header,
+            request_id,
+            tail,
+        )
+    )
 
 
 def response_head(
@@ -562,7 +566,7 @@ def response_head(
             origin=info.origin if info is not None else None,
             accept_encoding=info.accept_encoding if info is not None else None,
         )
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"-")]
+    lines: list[bytes] = []
     has_length = False
     chunked = False
     upgrade_value = b""
@@ -572,7 +576,7 @@ def response_head(
         if code is None:
             code = codes.get(name.lower(), R_PASS)
         if code <= R_FORWARD_MAX:
-            parts += (name, b": ", value, b"\r\n")
+            lines.append(b"%s: %s\r\n" % (name, value))
             if code == R_LENGTH:
                 has_length = True
             elif code == R_REQUEST_ID:
@@ -581,19 +585,27 @@ def response_head(
             chunked = value.strip().lower().endswith(b"chunked")
         elif code == R_UPGRADE:
             upgrade_value = value
-    parts += (b"date: ", http_date(), b"\r\nserver: edgeproxy\r\n")
-    if not rid_seen:
-        parts += (request_id_header, b": ", request_id, b"\r\n")
+    # After Date and Server: the request id, a sticky cookie, the color (in this order).
+    ours = b"" if rid_seen else b"%s: %s\r\n" % (request_id_header, request_id)
     if set_cookie is not None:
-        parts += (b"set-cookie: ", set_cookie, b"\r\n")
+        ours += b"set-cookie: %s\r\n" % set_cookie
     if show_color is not None:
         # Which color served a tester's request (smoke checks fail without it), or any
         # request of an app with expose_color (staging).
-        parts += (b"x-edgeproxy-color: ", show_color.encode(), b"\r\n")
+        ours += b"x-edgeproxy-color: %s\r\n" % show_color.encode()
     if status == 101:
-        parts += (b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n")
         return ResponseHead(
-            b"".join(parts), NOBODY, encoder, until_close=False, keep_alive=keep_alive
+            _head(
+                status,
+                reason,
+                lines,
+                ours,
+                b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade_value,
+            ),
+            NOBODY,
+            encoder,
+            until_close=False,
+            keep_alive=keep_alive,
         )
     if method == b"HEAD" or status in (204, 304):
         mode = NOBODY
@@ -607,20 +619,35 @@ def response_head(
         mode = UNTIL_CLOSE
     if framed is None:
         framed = has_length or chunked
-    if mode in (CHUNKED, RECHUNK):
-        parts.append(b"transfer-encoding: chunked\r\n")
     keep = keep_alive and mode != UNTIL_CLOSE and not closing
     if not keep:
-        parts.append(b"connection: close\r\n")
+        framing = b"connection: close\r\n"
     elif version == "1.0":
-        parts.append(b"connection: keep-alive\r\n")
-    parts.append(b"\r\n")
+        framing = b"connection: keep-alive\r\n"
+    else:
+        framing = b""
+    if mode in (CHUNKED, RECHUNK):
+        framing = b"transfer-encoding: chunked\r\n" + framing
     return ResponseHead(
-        b"".join(parts),
+        _head(status, reason, lines, ours, framing),
         mode,
         encoder,
         until_close=not framed and mode != NOBODY,
         keep_alive=keep,
+    )
+
+
+def _head(status: int, reason: bytes, lines: list[bytes], ours: bytes, tail: bytes) -> bytes:
+    """The response head: status line, the upstream's forwarded `lines`, Date and
+    Server, `ours` (edgeproxy's own headers), `tail`, the blank line. One bytes %
+    of bytes only: compiled, one allocation and a copy per piece."""
+    return b"HTTP/1.1 %d %s\r\n%sdate: %s\r\nserver: edgeproxy\r\n%s%s\r\n" % (
+        status,
+        reason or b"-",
+        b"".join(lines),
+        http_date(),
+        ours,
+        tail,
     )
 
 

@@ -7,9 +7,9 @@ coalesced for the same reason; docs/architecture.md, hot-path notes).
 
 from __future__ import annotations
 
-import time
 from email.utils import formatdate
 from http import HTTPStatus
+from time import time as wall_clock
 from typing import Final
 
 Header = tuple[bytes, bytes]
@@ -23,16 +23,28 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
-_date_cache: tuple[int, bytes] = (0, b"")
+class _DateCache:
+    """The Date header value and the second it was formatted for. A native object
+    held in a Final: compiled, reading it takes no module dict lookup."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+
+_DATE: Final = _DateCache()
 
 
 def http_date() -> bytes:
     """The Date header value, formatted at most once per second (hot path)."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True).encode())
-    return _date_cache[1]
+    cache = _DATE
+    now = int(wall_clock())
+    if cache.second != now:
+        cache.value = formatdate(now, usegmt=True).encode()
+        cache.second = now
+    return cache.value
 
 
 ERROR_BODIES: Final[dict[int, bytes]] = {
