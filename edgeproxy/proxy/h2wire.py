@@ -39,13 +39,10 @@ Per stream, only `WireStream` (windows and which side ended it) is kept here.
 
 from __future__ import annotations
 
-from typing import Final, NoReturn, cast
-
-from hpack import Decoder
-from hpack.exceptions import HPACKError, OversizedHeaderListError
+from typing import Final, NoReturn
 
 from edgeproxy.proxy.h2guard import FRAME_TOO_LARGE, OK, WHY, FrameGuard
-from edgeproxy.proxy.h2hpack import StaticEncoder
+from edgeproxy.proxy.h2hpack import Decoder, HeaderListTooLarge, HPACKDecodeError, StaticEncoder
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -217,9 +214,8 @@ class H2Wire:
         self.connection_window = connection_window
         self.header_list_size = header_list_size
         self.encoder = StaticEncoder()
-        self.decoder = Decoder()
         # In force from the first frame, not only once the client acknowledges our SETTINGS.
-        self.decoder.max_header_list_size = header_list_size
+        self.decoder = Decoder(header_list_size)
         self.out = bytearray()
         self.inbuf = b""
         """The start of a frame split across reads (or of the preface)."""
@@ -562,10 +558,10 @@ class H2Wire:
     def _header_block(self, sid: int, block: bytes, ended: bool, self_dep: bool) -> None:
         try:
             # Decoded whatever becomes of the stream: the HPACK state is the connection's.
-            fields = cast(list[tuple[bytes, bytes]], self.decoder.decode(block, raw=True))
-        except OversizedHeaderListError:
+            fields = self.decoder.decode(block)
+        except HeaderListTooLarge:
             self._fail(ENHANCE_YOUR_CALM, "header list over SETTINGS_MAX_HEADER_LIST_SIZE")
-        except HPACKError as e:
+        except HPACKDecodeError as e:
             self._fail(COMPRESSION_ERROR, f"HPACK: {e}")
         ws = self.streams.get(sid)
         if ws is not None:
