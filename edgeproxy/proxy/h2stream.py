@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
@@ -92,11 +91,13 @@ class MalformedRequest(Exception):
     PROTOCOL_ERROR for that stream only (§8.1.1, §5.4.2)."""
 
 
-_NAME: Final = re.compile(rb":?[!-9;-@\[-~]+")
-"""A field name RFC 9113 §8.2.1 allows: no byte in 0x00-0x20, 0x41-0x5a (uppercase)
-or 0x7f-0xff, and no colon but a pseudo-header's leading one."""
-_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
-"""What a field value must not hold (§8.2.1): NUL, CR, LF, leading or trailing SP/HTAB."""
+_NAME_BYTES: Final = bytes(b for b in range(0x21, 0x7F) if not 0x41 <= b <= 0x5A and b != 0x3A)
+"""The bytes of a field name RFC 9113 §8.2.1 allows: none in 0x00-0x20, 0x41-0x5a
+(uppercase) or 0x7f-0xff, and no colon but a pseudo-header's leading one."""
+_VALUE_BYTES: Final = bytes(b for b in range(256) if b not in (0x00, 0x0A, 0x0D))
+"""What a field value may hold (§8.2.1): anything but NUL, CR and LF (and no leading
+or trailing SP/HTAB, checked apart). Checked with `bytes.translate`, which deletes
+the allowed bytes in C: a regular expression match cost 3 % of an HTTP/2 request."""
 CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 )
@@ -106,9 +107,13 @@ REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":pat
 
 def check_field(name: bytes, value: bytes) -> None:
     """§8.2.1 and §8.2.2 for one field of a request or its trailers."""
-    if _NAME.fullmatch(name) is None:
+    if (not name or name.translate(None, _NAME_BYTES)) and (
+        len(name) < 2 or name[0] != 0x3A or name[1:].translate(None, _NAME_BYTES)
+    ):
         raise MalformedRequest(f"malformed field name {name!r}")
-    if value and _BAD_VALUE.search(value) is not None:
+    if value and (
+        value.translate(None, _VALUE_BYTES) or value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)
+    ):
         raise MalformedRequest(f"malformed value of field {name!r}")
     if name in CONNECTION_SPECIFIC:
         raise MalformedRequest(f"connection-specific field {name!r}")
