@@ -109,12 +109,14 @@ def check_field(name: bytes, value: bytes) -> None:
     """§8.2.1 and §8.2.2 for one field of a request or its trailers."""
     if name not in _good_names:
         _check_name(name, value)
-    # §8.2.1: no NUL, CR or LF in a value, no SP/HTAB around it (memchr for each:
-    # a regular expression, or bytes.translate, cost 3 % of an HTTP/2 request).
+    # §8.2.1: no NUL, CR or LF in a value, no SP/HTAB around it. A memchr for each
+    # (a regular expression, or bytes.translate, cost 3 % of an HTTP/2 request). By
+    # int: `b"\r" in value` first tries b"\r" as an int, and raises and clears a
+    # TypeError (2 µs).
     if value and (
-        b"\r" in value
-        or b"\n" in value
-        or b"\x00" in value
+        0x0D in value
+        or 0x0A in value
+        or 0x00 in value
         or value[0] in (0x20, 0x09)
         or value[-1] in (0x20, 0x09)
     ):
