@@ -35,6 +35,7 @@ HOT_PATH = (
     "edgeproxy.proxy.h2guard",
     "edgeproxy.proxy.h2hpack",
     "edgeproxy.proxy.h2stream",
+    "edgeproxy.proxy.h2wire",
     "edgeproxy.proxy.headers",
     "edgeproxy.proxy.responses",
     "edgeproxy.proxy.tunnel",

@@ -1,9 +1,10 @@
 """RFC 9113 conformance of the HTTP/2 listener, section by section.
 
 Raw frames from the `h2` library (and hyperframe) as the client, over a real
-TLS connection to a real edgeproxy and a real HTTP/1.1 backend. Where the RFC
-allows a stream error to be treated as a connection error (§5.4.1), edgeproxy
-ends the connection: the tests accept the GOAWAY code the RFC names.
+TLS connection to a real edgeproxy and a real HTTP/1.1 backend. A stream
+error (§5.4.2: a malformed request, DATA on a closed stream, a stream window
+overflow) resets that stream alone and the connection goes on; a connection
+error (§5.4.1) ends it with GOAWAY and the code the RFC names.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import h2.events
 import hpack
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import DataFrame, HeadersFrame, WindowUpdateFrame
+from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 
-from tests.h2_fixtures import H2Client, h2_edge_config, site
+from tests.h2_fixtures import H2Client, H2Response, h2_edge_config, site
 from tests.proxy_fixtures import Backend, Edge
 
 PROTOCOL_ERROR = int(ErrorCodes.PROTOCOL_ERROR)
@@ -62,6 +63,35 @@ BASE: list[tuple[bytes, bytes]] = [
 def connection_error(c: H2Client) -> int | None:
     c.read_until_closed()
     return c.goaway_code
+
+
+def stream_error(c: H2Client, sid: int, timeout: float = 5.0) -> int | None:
+    """The code of the RST_STREAM the server sent for `sid` (None if none came)."""
+    deadline = time.monotonic() + timeout
+    while sid not in c.resets and not c.closed and time.monotonic() < deadline:
+        c.read(0.5)
+    return c.resets.get(sid)
+
+
+def sibling_completes(c: H2Client, sid: int) -> None:
+    """Stream `sid` (sent by hand beside a bad one) is answered; the connection is open."""
+    deadline = time.monotonic() + 5
+    while sid not in c.ended and not c.closed and time.monotonic() < deadline:
+        c.read(0.5)
+    assert c.responses[sid].status == 200, c.responses.get(sid)
+    assert c.goaway_code is None and not c.closed
+
+
+def bad_and_good(c: H2Client, bad: list[tuple[bytes, bytes]]) -> None:
+    """HEADERS of a request with `bad` fields on stream 1, a good GET / on stream 3."""
+    enc = hpack.Encoder()
+    c.responses[3] = H2Response()
+    c.send_frames(
+        [
+            HeadersFrame(1, bytes(enc.encode(bad)), flags=["END_HEADERS", "END_STREAM"]),
+            HeadersFrame(3, bytes(enc.encode(BASE)), flags=["END_HEADERS", "END_STREAM"]),
+        ]
+    )
 
 
 # -- §3.4 preface, §6.5 SETTINGS, §6.7 PING -------------------------------------------
@@ -179,6 +209,46 @@ def test_5_1_data_after_end_stream_is_refused(h2edge) -> None:
         assert c.goaway_code is None and not c.closed
 
 
+def test_5_1_data_after_the_stream_is_over_both_ways_is_refused_as_stream_closed(h2edge) -> None:
+    with client(h2edge) as c:
+        sid = c.request("/")
+        c.wait(sid)
+        c.send_frames([DataFrame(sid, b"late")])
+        assert stream_error(c, sid) == int(ErrorCodes.STREAM_CLOSED)
+        assert c.get("/").status == 200
+
+
+def test_5_1_headers_on_a_stream_that_is_over_is_a_stream_closed_connection_error(h2edge) -> None:
+    with client(h2edge) as c:
+        sid = c.request("/")
+        c.wait(sid)
+        c.send_frames([HeadersFrame(sid, block(BASE), flags=["END_HEADERS", "END_STREAM"])])
+        assert connection_error(c) == int(ErrorCodes.STREAM_CLOSED)
+
+
+def test_8_1_1_a_malformed_request_resets_its_stream_while_a_sibling_completes(h2edge) -> None:
+    _e, back, _ = h2edge
+    with client(h2edge, validate=False) as c:
+        bad_and_good(c, [*BASE[:3]])  # no :path
+        assert stream_error(c, 1) == PROTOCOL_ERROR
+        sibling_completes(c, 3)
+        assert [r.path for r in back.seen] == ["/"]
+
+
+def test_6_5_settings_with_a_bad_value_are_connection_errors(h2edge) -> None:
+    for settings, code in [
+        ({0x2: 2}, ErrorCodes.PROTOCOL_ERROR),  # ENABLE_PUSH not 0 or 1
+        ({0x4: 2**31}, ErrorCodes.FLOW_CONTROL_ERROR),  # INITIAL_WINDOW_SIZE too large
+        ({0x5: 100}, ErrorCodes.PROTOCOL_ERROR),  # MAX_FRAME_SIZE below 16384
+    ]:
+        with client(h2edge) as c:
+            c.read(0.5)
+            frame = SettingsFrame(0)
+            frame.settings = settings
+            c.send_frames([frame])
+            assert connection_error(c) == int(code), settings
+
+
 def test_5_1_many_streams_on_one_connection_each_get_their_own_answer(h2edge) -> None:
     with client(h2edge) as c:
         sids = [c.request(f"/status/{200 + i}") for i in range(20)]
@@ -189,14 +259,20 @@ def test_5_1_many_streams_on_one_connection_each_get_their_own_answer(h2edge) ->
 # -- §6.9 flow control ---------------------------------------------------------------------
 
 
+def stalled_at_1000(c: H2Client) -> int:
+    """A 5000-byte response on a client whose windows let 1000 bytes out: its stream id."""
+    c.auto_ack = False
+    sid = c.request("/big?n=5000")
+    for _ in range(6):
+        c.read(0.5)
+    assert len(c.responses[sid].body) == 1000
+    assert sid not in c.ended
+    return sid
+
+
 def test_6_9_the_server_sends_no_more_than_the_clients_stream_window(h2edge) -> None:
     with client(h2edge, settings={0x4: 1000}) as c:
-        c.auto_ack = False
-        sid = c.request("/big?n=5000")
-        for _ in range(10):
-            c.read(0.5)
-        assert len(c.responses[sid].body) == 1000
-        assert sid not in c.ended
+        sid = stalled_at_1000(c)
         c.conn.increment_flow_control_window(4000, stream_id=sid)
         c.flush()
         c.auto_ack = True
@@ -214,6 +290,49 @@ def test_6_9_1_a_window_beyond_2_31_minus_1_is_a_flow_control_error(h2edge) -> N
     with client(h2edge) as c:
         c.send_frames([WindowUpdateFrame(0, window_increment=2**31 - 1)])
         assert connection_error(c) == int(ErrorCodes.FLOW_CONTROL_ERROR)
+
+
+def test_6_9_1_a_stream_window_beyond_2_31_minus_1_resets_that_stream_only(h2edge) -> None:
+    with client(h2edge, settings={0x4: 0}) as c:
+        sid = c.request("/big?n=10000000")  # held: the client's stream window is 0
+        c.read(0.5)
+        big = WindowUpdateFrame(sid, window_increment=2**31 - 1)
+        c.send_frames([big, big])
+        assert stream_error(c, sid) == int(ErrorCodes.FLOW_CONTROL_ERROR)
+        assert c.goaway_code is None and not c.closed
+
+
+def test_6_9_a_client_sending_past_the_stream_window_is_a_flow_control_error(h2edge) -> None:
+    with client(h2edge) as c:
+        # /slow never reads its body: once the upstream's socket is full, the server
+        # stops acknowledging and the stream's window stays shut.
+        sid = c.request("/slow", method="POST", end=False)
+        chunk = b"x" * 16384
+        shut_since = None
+        deadline = time.monotonic() + 60
+        while shut_since is None or time.monotonic() - shut_since < 1.0:
+            assert time.monotonic() < deadline, "the window never shut"
+            window = min(c.conn.local_flow_control_window(sid), 16384)
+            if window > 0:
+                shut_since = None
+                c.conn.send_data(sid, chunk[:window])
+                c.flush()
+            else:
+                shut_since = shut_since or time.monotonic()
+                c.read(0.2)
+        c.send_frames([DataFrame(sid, b"over")])
+        assert connection_error(c) == int(ErrorCodes.FLOW_CONTROL_ERROR)
+
+
+def test_6_9_2_a_larger_initial_window_lets_a_stalled_response_go_on(h2edge) -> None:
+    with client(h2edge, settings={0x4: 1000}) as c:
+        sid = stalled_at_1000(c)
+        # §6.9.2: the change applies to the stream already open, by the difference.
+        c.conn.update_settings({0x4: 65535})
+        c.flush()
+        c.auto_ack = True
+        (r,) = c.wait(sid)
+        assert len(r.body) == 5000
 
 
 def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None:
@@ -262,10 +381,11 @@ def test_6_9_a_request_body_larger_than_the_window_arrives_whole(h2edge) -> None
 def test_8_2_a_malformed_field_makes_the_request_malformed(h2edge, field) -> None:
     _e, back, _ = h2edge
     with client(h2edge, validate=False) as c:
-        c.send_frames([HeadersFrame(1, block([*BASE, field]), flags=["END_HEADERS", "END_STREAM"])])
-        c.read_until_closed(timeout=3)
-        assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
-        assert back.seen == []
+        bad_and_good(c, [*BASE, field])
+        # §8.1.1: a stream error; the request next to it is answered.
+        assert stream_error(c, 1) == PROTOCOL_ERROR
+        sibling_completes(c, 3)
+        assert len(back.seen) == 1
 
 
 def test_8_2_2_te_trailers_is_allowed(h2edge) -> None:
@@ -318,10 +438,10 @@ def test_8_2_3_cookie_crumbs_are_joined_for_the_http11_upstream(h2edge) -> None:
 def test_8_3_pseudo_header_rules_are_enforced(h2edge, fields) -> None:
     _e, back, _ = h2edge
     with client(h2edge, validate=False) as c:
-        c.send_frames([HeadersFrame(1, block(fields), flags=["END_HEADERS", "END_STREAM"])])
-        c.read_until_closed(timeout=3)
-        assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
-        assert back.seen == []
+        bad_and_good(c, fields)
+        assert stream_error(c, 1) == PROTOCOL_ERROR
+        sibling_completes(c, 3)
+        assert len(back.seen) == 1
 
 
 def post_with_trailers(c: H2Client, trailers: list[tuple[bytes, bytes]]) -> None:
@@ -339,7 +459,8 @@ def post_with_trailers(c: H2Client, trailers: list[tuple[bytes, bytes]]) -> None
 def test_8_1_a_pseudo_header_in_request_trailers_makes_the_request_malformed(h2edge) -> None:
     with client(h2edge, validate=False) as c:
         post_with_trailers(c, [(b":path", b"/x")])
-        assert connection_error(c) == PROTOCOL_ERROR
+        assert stream_error(c, 1) == PROTOCOL_ERROR
+        assert c.goaway_code is None and not c.closed
 
 
 def test_8_1_well_formed_request_trailers_are_accepted(h2edge) -> None:
@@ -362,13 +483,14 @@ def test_8_3_1_authority_is_the_host_upstream(h2edge) -> None:
 def test_8_3_1_a_host_field_other_than_authority_makes_the_request_malformed(h2edge) -> None:
     _e, back, _ = h2edge
     with client(h2edge, validate=False) as c:
-        fields = [*BASE, (b"host", b"other.test")]
-        c.send_frames([HeadersFrame(1, block(fields), flags=["END_HEADERS", "END_STREAM"])])
-        assert connection_error(c) == PROTOCOL_ERROR
-        assert back.seen == []
+        bad_and_good(c, [*BASE, (b"host", b"other.test")])
+        assert stream_error(c, 1) == PROTOCOL_ERROR
+        sibling_completes(c, 3)
+        assert len(back.seen) == 1
 
 
-def test_8_1_1_content_length_that_disagrees_with_the_body_is_malformed(h2edge) -> None:
+@pytest.mark.parametrize("body", [b"abc", b"x" * 11], ids=["less", "more"])
+def test_8_1_1_content_length_that_disagrees_with_the_body_is_malformed(h2edge, body) -> None:
     _e, _back, _ = h2edge
     with client(h2edge, validate=False) as c:
         fields = [*BASE[:3], (b":path", b"/echo"), (b"content-length", b"10")]
@@ -376,11 +498,11 @@ def test_8_1_1_content_length_that_disagrees_with_the_body_is_malformed(h2edge) 
         c.send_frames(
             [
                 HeadersFrame(1, block(fields), flags=["END_HEADERS"]),
-                DataFrame(1, b"abc", flags=["END_STREAM"]),
+                DataFrame(1, body, flags=["END_STREAM"]),
             ]
         )
-        c.read_until_closed(timeout=3)
-        assert c.goaway_code == PROTOCOL_ERROR or c.resets.get(1) == PROTOCOL_ERROR
+        assert stream_error(c, 1) == PROTOCOL_ERROR
+        assert c.goaway_code is None and not c.closed
 
 
 def test_8_1_a_head_response_has_headers_and_no_data(h2edge) -> None:

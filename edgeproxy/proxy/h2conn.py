@@ -1,20 +1,20 @@
-"""HTTP/2 to clients: one asyncio Protocol per connection, on the `h2` library.
+"""HTTP/2 to clients: one asyncio Protocol per connection, on our own wire codec.
 
-Chosen by ALPN on the TLS listener (`edgeproxy/proxy/alpn.py`). The `h2`
-library is sans-IO: it holds the connection and stream state machines, HPACK
-decoding and flow-control windows. Request heads are validated by
-`h2stream.request_head` and `check_trailers` (RFC 9113 §8.2: uppercase names,
-connection-specific fields; §8.3 pseudo-header rules; a malformed request ends
-the connection with PROTOCOL_ERROR, which §5.4.1 allows for any stream error)
-and response heads HPACK-encoded by `h2hpack.StaticEncoder`, both compiled with
-the hot path: the library's own validation and encoder were a third of an
-HTTP/2 request's CPU. This class does the I/O around it and what the library
-leaves to a server:
+Chosen by ALPN on the TLS listener (`edgeproxy/proxy/alpn.py`). The frames,
+stream states, windows and HPACK are `h2wire.H2Wire`'s (sans-IO, compiled with
+the hot path), which calls this class back once per event (`WireSink`).
+Request heads are validated by `h2stream.request_head` and `check_trailers`
+(RFC 9113 §8.2: uppercase names, connection-specific fields; §8.3
+pseudo-header rules); a malformed request is a stream error: RST_STREAM
+PROTOCOL_ERROR for it alone, the connection and its other streams go on.
+This class does the I/O around the wire and what a server adds to it:
 
-- caps per connection (`h2guard.FrameGuard`): rapid reset, SETTINGS/PING/
-  PRIORITY and empty-DATA floods, header blocks across CONTINUATION frames;
-  the decoded header list is capped by HPACK (`MAX_HEADER_LIST_SIZE`);
-- at most `MAX_CONCURRENT_STREAMS` streams (advertised; the library refuses more);
+- caps per connection (`h2guard.FrameGuard`, fed by the wire frame by frame):
+  rapid reset, SETTINGS/PING/PRIORITY and empty-DATA floods, header blocks
+  across CONTINUATION frames; the decoded header list is capped by HPACK
+  (`MAX_HEADER_LIST_SIZE`);
+- at most `MAX_CONCURRENT_STREAMS` streams (advertised; the wire refuses more
+  with RST_STREAM REFUSED_STREAM);
 - bounded memory: a stream's request body is acknowledged (its window
   reopened) only as its upstream takes it; its response is held up to
   `STREAM_BUFFER` bytes beyond what the client's window lets out, then its
@@ -23,9 +23,10 @@ leaves to a server:
 - a send timeout per stream (window closed, no progress for `timeouts.send`:
   RST_STREAM) and per connection (nothing written for `timeouts.send` while
   there is output: GOAWAY and close);
-- graceful stop (`shutdown()`): GOAWAY with the last stream processed; streams
-  up to it finish, later ones are refused (REFUSED_STREAM: the client retries
-  them elsewhere), then the connection closes.
+- graceful stop (`shutdown()`, or the client's own GOAWAY NO_ERROR): GOAWAY
+  with the last stream processed; streams up to it finish, later ones are
+  refused (REFUSED_STREAM: the client retries them elsewhere), then the
+  connection closes.
 
 Each stream becomes one exchange through `edgeproxy/proxy/h2stream.py`.
 """
@@ -36,24 +37,23 @@ import asyncio
 import logging
 from typing import Any, Final, cast
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-import hpack.hpack
-from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
-
 from edgeproxy.proxy.context import ADMITTED, ProxyContext
-from edgeproxy.proxy.h2guard import FRAME_TOO_LARGE, WHY, FrameGuard
-from edgeproxy.proxy.h2hpack import StaticEncoder
+from edgeproxy.proxy.h2guard import FrameGuard
 from edgeproxy.proxy.h2stream import (
     H2Stream,
     MalformedRequest,
     StreamOwner,
     check_trailers,
     request_head,
+)
+from edgeproxy.proxy.h2wire import (
+    ENHANCE_YOUR_CALM,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    H2Error,
+    H2Wire,
+    WireStream,
 )
 
 log = logging.getLogger("edgeproxy.h2")
@@ -72,33 +72,6 @@ HEADER_LIST_OVERHEAD: Final = 32
 """HPACK counts 32 bytes per header beyond its name and value (RFC 7541 §4.1)."""
 
 
-class _Silent:
-    """A logger that drops debug records without looking at its level."""
-
-    def debug(self, *args: object, **kwargs: object) -> None:
-        pass
-
-
-# The HPACK codec logs at debug level per integer and per header (27 calls a request,
-# each through Logger.isEnabledFor: 5 % of the CPU of an HTTP/2 request, measured
-# with cProfile under h2load). Its debug output is of no use here.
-hpack.hpack.log = _Silent()  # type: ignore[assignment]
-
-
-def _h2_config() -> h2.config.H2Configuration:
-    return h2.config.H2Configuration(
-        client_side=False,
-        header_encoding=None,
-        # Validated (§8.2, §8.3) and normalised (cookies) by h2stream.request_head and
-        # check_trailers in one compiled pass: the library's generator chain cost a
-        # tenth of an HTTP/2 request's CPU.
-        validate_inbound_headers=False,
-        normalize_inbound_headers=False,
-        validate_outbound_headers=False,  # we build them: lowercase, no connection fields
-        normalize_outbound_headers=False,
-    )
-
-
 class H2Connection(StreamOwner):
     """An asyncio protocol for one HTTP/2 client connection (duck-typed like ClientConnection)."""
 
@@ -108,8 +81,6 @@ class H2Connection(StreamOwner):
         "ctx",
         "flush_scheduled",
         "goaway_sent",
-        "guard",
-        "last_stream",
         "last_write",
         "loop",
         "reading_paused",
@@ -122,7 +93,7 @@ class H2Connection(StreamOwner):
     )
 
     def __init__(self, ctx: ProxyContext, *, local_port: int) -> None:
-        super().__init__(h2.connection.H2Connection(config=_h2_config()), local_port)
+        super().__init__(local_port)
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.never_index = frozenset({ctx.request_id_header, b"set-cookie"})
@@ -131,8 +102,6 @@ class H2Connection(StreamOwner):
         self.admitted = False
         self.closing = False
         self.goaway_sent = False
-        self.last_stream = 0
-        """The highest stream id processed (the last_stream_id of our GOAWAY)."""
         self.streams: dict[int, H2Stream] = {}
         self.flush_scheduled = False
         self.to_pump: list[H2Stream] = []
@@ -143,26 +112,20 @@ class H2Connection(StreamOwner):
         self.started = 0.0
         self.timer: asyncio.TimerHandle | None = None
         limits = ctx.limits
-        self.guard = FrameGuard(
+        guard = FrameGuard(
             max_resets=MAX_RESETS_PER_SECOND,
             max_control=MAX_CONTROL_PER_SECOND,
             max_empty_data=MAX_EMPTY_DATA_PER_SECOND,
             max_header_block=limits.max_header_bytes,
         )
-        conn = self.conn
-        conn.encoder = StaticEncoder()  # type: ignore[assignment]  # duck-typed: see h2hpack
-        header_list = limits.max_header_bytes + HEADER_LIST_OVERHEAD * limits.max_headers
-        conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
+        self.wire = H2Wire(
+            self,
+            guard,
+            max_streams=MAX_CONCURRENT_STREAMS,
+            header_list_size=limits.max_header_bytes + HEADER_LIST_OVERHEAD * limits.max_headers,
+            stream_window=STREAM_WINDOW,
+            connection_window=CONNECTION_WINDOW,
         )
-        # In force from the first frame, not only once the client acknowledges our SETTINGS.
-        conn.decoder.max_header_list_size = header_list
 
     # -- asyncio.Protocol -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -183,9 +146,9 @@ class H2Connection(StreamOwner):
         if ctx.caps.admit(self.peer_ip, len(ctx.connections), now) != ADMITTED:
             # Over a connection cap: GOAWAY, closed at once (h2 clients retry later).
             self.closing = True
-            self.conn.initiate_connection()
-            self.conn.close_connection(ErrorCodes.REFUSED_STREAM, additional_data=b"too many")
-            self.transport.write(self.conn.data_to_send())
+            self.wire.start()
+            self.wire.goaway(REFUSED_STREAM)
+            self.transport.write(self.wire.data_to_send())
             self.transport.close()
             return
         self.admitted = True
@@ -194,8 +157,7 @@ class H2Connection(StreamOwner):
         ctx.h2_accepted += 1
         self.transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.started = self.last_write = now
-        self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.wire.start()
         self.flush()
         self._arm_timer()
 
@@ -216,29 +178,15 @@ class H2Connection(StreamOwner):
     def data_received(self, data: bytes) -> None:
         if self.closing and self.transport is None:
             return
-        why = self.guard.feed(data, self.loop.time())
-        if why:
-            if why == FRAME_TOO_LARGE:
-                log.info("HTTP/2 connection from %s: %s", self.peer_ip, WHY[why])
-                self._send_goaway(ErrorCodes.FRAME_SIZE_ERROR)
-                self._end_connection()
+        try:
+            self.wire.receive(data, self.loop.time())
+        except H2Error as e:
+            if e.code == ENHANCE_YOUR_CALM:
+                log.warning(
+                    "HTTP/2 connection from %s: %s; GOAWAY ENHANCE_YOUR_CALM", self.peer_ip, e.why
+                )
             else:
-                self._calm_down(WHY[why])
-            return
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            # The library has queued GOAWAY with the right code (PROTOCOL_ERROR,
-            # FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM for an HPACK bomb, ...).
-            log.info("HTTP/2 connection from %s ended: %s", self.peer_ip, e)
-            self._end_connection()
-            return
-        try:
-            for event in events:
-                self._event(event)
-        except MalformedRequest as e:
-            log.info("HTTP/2 connection from %s ended: malformed request: %s", self.peer_ip, e)
-            self._send_goaway(ErrorCodes.PROTOCOL_ERROR)
+                log.info("HTTP/2 connection from %s ended: %s", self.peer_ip, e.why)
             self._end_connection()
             return
         self.schedule_flush()
@@ -278,70 +226,72 @@ class H2Connection(StreamOwner):
                 stream.pump()
             stream.maybe_resume_upstream()
 
-    # -- events ----------------------------------------------------------------
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id) if event.stream_id is not None else None
-            size = event.flow_controlled_length or 0
-            if stream is None:
-                if size and event.stream_id is not None:
-                    self.conn.acknowledge_received_data(size, event.stream_id)
-                return
-            stream.on_data(event.data or b"", size)
-            if event.stream_ended is not None:
-                stream.on_end()
-        elif isinstance(event, h2.events.RequestReceived):
-            self._request(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id or 0)
-            if stream is not None:
-                stream.on_end()
-        elif isinstance(event, h2.events.WindowUpdated):
-            if not event.stream_id:
-                for stream in list(self.streams.values()):
-                    stream.pump()
-            else:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    stream.pump()
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id or 0, None)
-            if stream is not None:
-                stream.client_gone()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-                for stream in list(self.streams.values()):
-                    stream.pump()
-        elif isinstance(event, h2.events.TrailersReceived):
-            # Request trailers are not forwarded (HTTP/1.1 upstreams rarely take them),
-            # but malformed ones end the connection as a malformed head does.
-            check_trailers(event.headers or [])
-            stream = self.streams.get(event.stream_id or 0)
-            if stream is not None and event.stream_ended is not None:
-                stream.on_end()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client said GOAWAY. The library sends nothing after that (its
-            # state machine is closed), so streams still in flight cannot be
-            # answered: they end as the client's (499), and the connection closes.
-            self.closing = True
-            self.goaway_sent = True
-            for stream in list(self.streams.values()):
-                stream.client_gone()
-            self.streams.clear()
-            self._close_transport()
-
-    def _request(self, event: h2.events.RequestReceived) -> None:
-        sid = event.stream_id or 0
+    # -- events from the wire (WireSink) ----------------------------------------------
+    def on_request(self, ws: WireStream, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        sid = ws.sid
         if self.goaway_sent or self.closing:
             # After our GOAWAY: refused, never processed (the client may retry it).
-            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self.wire.reset(sid, REFUSED_STREAM)
             return
-        ends_stream = event.stream_ended is not None
-        head = request_head(event.headers or [], ends_stream=ends_stream)  # MalformedRequest
-        self.last_stream = sid
-        stream = H2Stream(self, sid)
+        try:
+            head = request_head(fields, ends_stream=end)
+        except MalformedRequest as e:
+            log.info("HTTP/2 stream %d from %s: malformed request: %s", sid, self.peer_ip, e)
+            self.wire.reset(sid, PROTOCOL_ERROR)
+            return
+        stream = H2Stream(self, ws)
         self.streams[sid] = stream
-        stream.begin(head, ends_stream)
+        stream.begin(head, end)
+
+    def on_data(self, sid: int, data: bytes, flow_len: int, end: bool) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            self.wire.ack_connection(flow_len)
+            return
+        stream.on_data(data, flow_len)
+        if end:
+            stream.on_end()
+
+    def on_trailers(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
+        # Request trailers are not forwarded (HTTP/1.1 upstreams rarely take them),
+        # but malformed ones make the request malformed as a malformed head does.
+        try:
+            check_trailers(fields)
+        except MalformedRequest as e:
+            log.info("HTTP/2 stream %d from %s: malformed trailers: %s", sid, self.peer_ip, e)
+            self.on_reset(sid, PROTOCOL_ERROR)
+            self.wire.reset(sid, PROTOCOL_ERROR)
+            return
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.on_end()
+
+    def on_window(self, sid: int) -> None:
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is not None:
+                stream.pump()
+        else:
+            self.on_initial_window_changed()
+
+    def on_initial_window_changed(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.pump()
+
+    def on_reset(self, sid: int, code: int) -> None:
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            stream.client_gone()
+
+    def on_goaway(self, code: int) -> None:
+        """The client's GOAWAY: it opens no more streams. NO_ERROR: the streams in
+        flight are answered, then the connection closes (as `shutdown()`); an error
+        code: they end as the client's (499) and the connection closes now."""
+        if code == NO_ERROR:
+            self.shutdown()
+            return
+        log.info("HTTP/2 connection from %s: GOAWAY from the client, code %d", self.peer_ip, code)
+        self._end_connection()
 
     # -- used by streams ----------------------------------------------------------
     def stream_done(self, stream: H2Stream) -> None:
@@ -352,11 +302,8 @@ class H2Connection(StreamOwner):
                 self._send_graceful_goaway()
             self._close_transport()
 
-    def reset_stream(self, stream: H2Stream, code: ErrorCodes) -> None:
-        try:
-            self.conn.reset_stream(stream.sid, code)
-        except h2.exceptions.StreamClosedError:
-            pass
+    def reset_stream(self, stream: H2Stream, code: int) -> None:
+        self.wire.reset(stream.sid, code)
         self.schedule_flush()
 
     def schedule_flush(self) -> None:
@@ -378,7 +325,7 @@ class H2Connection(StreamOwner):
                 stream.pump()
         self.flush_scheduled = False
         self.unflushed = 0
-        data = self.conn.data_to_send()
+        data = self.wire.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
             if not self.writing_paused:
@@ -409,28 +356,12 @@ class H2Connection(StreamOwner):
             self.transport.resume_reading()
 
     # -- ending -----------------------------------------------------------------------
-    def _calm_down(self, why: str) -> None:
-        log.warning("HTTP/2 connection from %s: %s; GOAWAY ENHANCE_YOUR_CALM", self.peer_ip, why)
-        self._send_goaway(ErrorCodes.ENHANCE_YOUR_CALM)
-        self._end_connection()
-
-    def _send_goaway(self, code: ErrorCodes) -> None:
-        """GOAWAY that ends the connection now (the library's state goes CLOSED)."""
-        self.goaway_sent = True
-        try:
-            self.conn.close_connection(code, last_stream_id=self.last_stream)
-        except h2.exceptions.ProtocolError:
-            pass
-
     def _send_graceful_goaway(self) -> None:
-        """GOAWAY NO_ERROR while streams go on: written past the library, whose state
-        machine would refuse every frame after its own GOAWAY (the streams up to
-        `last_stream` must still be answered, their windows still updated)."""
+        """GOAWAY NO_ERROR while streams go on: those up to the last one processed are
+        still answered, their windows still updated; newer ones are refused."""
         self.goaway_sent = True
+        self.wire.goaway(NO_ERROR)
         self.flush()
-        frame = GoAwayFrame(0, last_stream_id=self.last_stream, error_code=0)
-        if self.transport is not None:
-            self.transport.write(frame.serialize())
 
     def _end_connection(self) -> None:
         """An error ends the connection: GOAWAY out (queued by now), streams cut, closed."""
@@ -493,7 +424,9 @@ class H2Connection(StreamOwner):
             stream.check_send_timeout(now, t.send)
         if not self.streams:
             idle = now - max(self.last_write, self.started)
-            limit = t.client_idle if self.last_stream else self.ctx.limits.client_header_timeout
+            limit = (
+                t.client_idle if self.wire.last_stream else self.ctx.limits.client_header_timeout
+            )
             if idle >= limit and not self.closing:
                 self.shutdown()
         self.schedule_flush()

@@ -1,7 +1,7 @@
 """What an HTTP/2 client may send per second, counted on the raw frames.
 
-`FrameGuard` reads the 9-byte frame headers of the client's bytes before the
-`h2` library parses them (it skips payloads, so it costs a few operations per
+`FrameGuard.frame()` is called by `h2wire.H2Wire` with each 9-byte frame
+header as it is read, before the frame is acted on (a few operations per
 frame, not per byte), and refuses a connection that:
 
 - resets more than `max_resets` streams a second (rapid reset, CVE-2023-44487:
@@ -14,21 +14,17 @@ frame, not per byte), and refuses a connection that:
   `max_header_block` bytes (the CONTINUATION flood, CVE-2024-27316 and kin:
   servers buffered CONTINUATION frames until END_HEADERS, without bound).
 
-A refused connection gets GOAWAY ENHANCE_YOUR_CALM (the caller sends it) and
-none of the offending bytes reach the HTTP/2 state machine.
+A refused connection gets GOAWAY ENHANCE_YOUR_CALM (the wire sends it) and
+the offending frame is not acted on.
 
-It also refuses a frame longer than `max_frame` (SETTINGS_MAX_FRAME_SIZE) as
-soon as its header arrives: the `h2` library checks the length only once the
-whole frame is in, so a client announcing 16 MiB frames could make it buffer
-16 MiB per connection first (FRAME_SIZE_ERROR, RFC 9113 §4.2).
+It also refuses a frame longer than `max_frame` (our SETTINGS_MAX_FRAME_SIZE)
+as soon as its header arrives, so a client announcing 16 MiB frames cannot
+make the wire buffer them (FRAME_SIZE_ERROR, RFC 9113 §4.2).
 """
 
 from __future__ import annotations
 
 from typing import Final
-
-PREFACE_LEN: Final = 24
-"""`PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n`: skipped, the h2 library checks it."""
 
 DATA: Final = 0
 HEADERS: Final = 1
@@ -58,21 +54,18 @@ WHY: Final = {
 
 
 class FrameGuard:
-    """Counts frames by kind per one-second window; `feed()` says when a cap is passed."""
+    """Counts frames by kind per one-second window; `frame()` says when a cap is passed."""
 
     __slots__ = (
         "block",
         "control",
         "empty_data",
-        "head",
         "max_control",
         "max_empty_data",
         "max_frame",
         "max_header_block",
         "max_resets",
-        "preface_left",
         "resets",
-        "skip",
         "window_start",
     )
 
@@ -90,57 +83,20 @@ class FrameGuard:
         self.max_control = max_control
         self.max_empty_data = max_empty_data
         self.max_header_block = max_header_block
-        self.preface_left = PREFACE_LEN
-        self.head = b""
-        """A frame header split across reads (fewer than 9 bytes)."""
-        self.skip = 0
-        """Payload bytes of the current frame still to come."""
         self.block = 0
         self.window_start = 0.0
         self.resets = 0
         self.control = 0
         self.empty_data = 0
 
-    def feed(self, data: bytes, now: float) -> int:
-        """Account for `data` (the next bytes from the client); OK or the cap it passed."""
+    def tick(self, now: float) -> None:
+        """Start a new one-second window if the current one is over."""
         if now - self.window_start >= 1.0:
             self.window_start = now
             self.resets = self.control = self.empty_data = 0
-        pos = 0
-        n = len(data)
-        if self.preface_left:
-            used = min(self.preface_left, n)
-            self.preface_left -= used
-            pos = used
-        if self.skip:
-            used = min(self.skip, n - pos)
-            self.skip -= used
-            pos += used
-        if self.head:
-            # Only ever the tail of a header split by a read: rare, so a copy is fine.
-            data = self.head + data[pos:]
-            n = len(data)
-            pos = 0
-            self.head = b""
-        while pos < n:
-            if n - pos < 9:
-                self.head = data[pos:]
-                return OK
-            length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
-            kind = data[pos + 3]
-            flags = data[pos + 4]
-            pos += 9
-            why = self._frame(kind, flags, length)
-            if why != OK:
-                return why
-            left = n - pos
-            if length > left:
-                self.skip = length - left
-                return OK
-            pos += length
-        return OK
 
-    def _frame(self, kind: int, flags: int, length: int) -> int:
+    def frame(self, kind: int, flags: int, length: int) -> int:
+        """Account for one frame header, as it is read; OK or the cap it passed."""
         if length > self.max_frame:
             return FRAME_TOO_LARGE
         if kind == DATA:
