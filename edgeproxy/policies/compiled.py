@@ -101,10 +101,13 @@ class RoutePolicy:
                 elif n == b"etag":
                     etag_at = len(out)
                 elif n == b"cache-control":
-                    no_transform = no_transform or b"no-transform" in value.lower()
+                    no_transform = no_transform or value.lower().find(b"no-transform") != -1
                 elif n == b"vary":
                     lv = value.lower()
-                    vary_has_ae = vary_has_ae or b"accept-encoding" in lv or lv.strip() == b"*"
+                    # find(), not `in`: a bytes needle is first tried as an int (a TypeError raised and cleared)
+                    vary_has_ae = (
+                        vary_has_ae or lv.find(b"accept-encoding") != -1 or lv.strip() == b"*"
+                    )
             out.append((name, value))
         out.extend(self.response_headers)
         if self.cors is not None:
