@@ -21,7 +21,7 @@ from edgeproxy.errors import ConfigError, StartupError, TLSConfigError
 from edgeproxy.fds import raise_nofile_limit
 from edgeproxy.handover import Counts, HandoverError, ProcessInfo, Taker, file_sha256
 from edgeproxy.listeners import Bound, bind_listeners
-from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer
+from edgeproxy.memory import TRIM_INTERVAL, heap_trimmer, settle_gc
 from edgeproxy.policies import policy_problems
 from edgeproxy.proxy.alpn import AlpnChooser
 from edgeproxy.proxy.client import ClientConnection
@@ -114,6 +114,7 @@ class Server:
         trim = heap_trimmer()
         if trim is not None:
             self.spawn(self._trim_heap(trim), "heap-trim")
+        settle_gc()
 
     def _raise_fd_limit(self) -> None:
         """Soft RLIMIT_NOFILE up to the hard limit, then the connection caps it allows, logged."""
