@@ -155,7 +155,7 @@ class Switching:
             await self.shared.start()  # catch up with the store before any listener accepts
             self.nodes = NodeRegistry(self.shared, config)
             board.inflight = self.nodes.summed_inflight(ctx.tracker.counts)
-            self.nodes.start()
+            await self.nodes.start()
         board.start()
         for app, state in board.states.items():
             log.info("app %s: %s", app, state.summary())

@@ -107,8 +107,15 @@ class NodeRegistry:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Listed before the first request is accepted: `switchctl set --wait-nodes` waits
+        only for the nodes it finds in the store, so a node that served before its first
+        heartbeat could be left out of the wait and still serve the old state."""
         self.board.add_listener(self._changed)
+        try:
+            await self.beat()
+        except StoreErrors as e:
+            self.shared.lost(e)  # serves its last state; the heartbeat task retries
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="edgeproxy.nodes.heartbeat"
         )
