@@ -52,3 +52,44 @@ def test_a_smaller_header_table_size_is_signalled_before_the_next_block() -> Non
 @pytest.mark.parametrize(("value", "bits"), [(0, 5), (30, 5), (31, 5), (1337, 5), (16383, 7)])
 def test_integers_follow_rfc_7541_5_1(value: int, bits: int) -> None:
     assert integer(value, bits, 0) == bytes(hpack.hpack.encode_integer(value, bits))
+
+
+HTTP1_HEAD = (
+    b"HTTP/1.1 404 Not Found\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\n"
+    b"Connection: keep-alive\r\n"  # hop-by-hop: not sent over HTTP/2
+    b"X-Request-Id:  0123456789abcdef \r\n"
+    b"Set-Cookie: sid=secret\r\n"
+    b"x-long: " + b"v" * 300 + b"\r\n"
+    b"Keep-Alive: timeout=5\r\n"
+    b"\r\n"
+    b"body bytes"
+)
+NEVER = frozenset({b"x-request-id", b"set-cookie"})
+HOP = frozenset({b"connection", b"keep-alive"})
+
+
+def test_a_response_head_encoded_from_its_http1_lines_is_the_block_of_its_fields() -> None:
+    enc, dec = StaticEncoder(), hpack.Decoder()
+    end = HTTP1_HEAD.find(b"\r\n\r\n")
+    for _ in range(3):  # the second and third come from the line cache
+        fields = dec.decode(enc.encode_head(HTTP1_HEAD, end, HOP, NEVER), raw=True)
+        assert [(bytes(n), bytes(v)) for n, v in fields] == [
+            (b":status", b"404"),
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"x-request-id", b"0123456789abcdef"),
+            (b"set-cookie", b"sid=secret"),
+            (b"x-long", b"v" * 300),
+        ]
+        marked = {bytes(f[0]) for f in fields if isinstance(f, NeverIndexedHeaderTuple)}
+        assert marked == {b"x-request-id", b"set-cookie"}
+    assert len(dec.header_table.dynamic_entries) == 0
+
+
+def test_a_table_size_change_is_signalled_before_a_head_encoded_from_http1_lines() -> None:
+    enc, dec = StaticEncoder(), hpack.Decoder()
+    enc.header_table_size = 0
+    dec.max_allowed_table_size = 0
+    block = enc.encode_head(HTTP1_HEAD, HTTP1_HEAD.find(b"\r\n\r\n"), HOP, NEVER)
+    assert block[0] == 0x20  # a dynamic table size update to 0 first (RFC 7541 §6.3)
+    assert dict(dec.decode(block))[":status"] == "404"

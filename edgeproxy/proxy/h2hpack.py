@@ -61,6 +61,9 @@ def _static_tables() -> tuple[dict[tuple[bytes, bytes], int], dict[bytes, int]]:
 STATIC_FIELDS, STATIC_NAMES = _static_tables()
 
 _cache: dict[tuple[bytes, bytes], bytes] = {}
+_line_cache: dict[bytes, bytes] = {}
+"""`StaticEncoder.encode_head`'s: a head line (or a status code) to its encoding
+(b"" for a line left out)."""
 
 
 def integer(value: int, prefix_bits: int, first: int) -> bytes:
@@ -122,8 +125,7 @@ class StaticEncoder:
             self.size_changes.append(value)
             self.table_size = value
 
-    def encode(self, headers: list[Any]) -> bytes:
-        """The header block of `headers` ((name, value) byte tuples, pseudo-headers first)."""
+    def _start_block(self) -> list[bytes]:
         parts: list[bytes] = []
         if self.size_changes:
             # §4.2: the smallest size since the last block, then the final one.
@@ -132,6 +134,52 @@ class StaticEncoder:
                 parts.append(integer(smallest, 5, 0x20))
             parts.append(integer(self.table_size, 5, 0x20))
             self.size_changes = []
+        return parts
+
+    def encode_head(
+        self, data: bytes, end: int, skip: frozenset[bytes], never_index: frozenset[bytes]
+    ) -> bytes:
+        """The header block of an HTTP/1.1 response head edgeproxy built itself
+        (`data[:end]`: status line, then `name: value` lines): `:status`, then each
+        field with its name lowercased and its value stripped, in order; fields named
+        in `skip` (hop-by-hop) left out, those in `never_index` sent as never-indexed
+        literals. Each line's encoding is cached by the line itself, so a repeated
+        field costs one lookup: no split into name and value, no tuple per field."""
+        parts = self._start_block()
+        cache = _line_cache
+        status = data[9:12]
+        block = cache.get(status)
+        if block is None:
+            block = encode_field(b":status", status, never_indexed=False)
+            cache[status] = block
+        parts.append(block)
+        pos = data.find(b"\r\n", 0, end)
+        while pos != -1:
+            start = pos + 2
+            pos = data.find(b"\r\n", start, end)
+            line = data[start:end] if pos == -1 else data[start:pos]
+            block = cache.get(line)
+            if block is None:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name in never_index:
+                    parts.append(encode_field(name, value.strip(), never_indexed=True))
+                    continue  # never cached: a value new each time, or a secret
+                block = (
+                    b""
+                    if not name or name in skip
+                    else encode_field(name, value.strip(), never_indexed=False)
+                )
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[line] = block
+            if block:
+                parts.append(block)
+        return b"".join(parts)
+
+    def encode(self, headers: list[Any]) -> bytes:
+        """The header block of `headers` ((name, value) byte tuples, pseudo-headers first)."""
+        parts = self._start_block()
         cache = _cache
         for header in headers:
             name: bytes = header[0]

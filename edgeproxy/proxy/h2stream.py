@@ -533,8 +533,20 @@ class H2Stream(Downstream):
     def send_head(self, head: ResponseHead) -> None:
         if self.gone:
             return
-        _, fields, _ = parse_head(head.data, self.owner.never_index)
-        self._send_headers(fields, end=head.mode == NOBODY)
+        owner = self.owner
+        wire = owner.wire
+        ws = self.ws
+        nobody = head.mode == NOBODY
+        if not (ws.closed or ws.local_closed):  # encoding takes a pending table size update
+            data = head.data
+            end = data.find(b"\r\n\r\n")
+            block = wire.encoder.encode_head(
+                data, len(data) if end < 0 else end, HOP_BY_HOP, owner.never_index
+            )
+            wire.send_block(ws, block, nobody)
+        if nobody:
+            self.resp_ended = True
+        owner.schedule_flush()
 
     def _send_headers(self, fields: Fields, *, end: bool) -> None:
         self.owner.wire.send_headers(self.ws, fields, end)

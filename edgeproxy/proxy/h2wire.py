@@ -282,7 +282,12 @@ class H2Wire:
         """A response header block; CONTINUATION frames past the client's max frame size."""
         if ws.closed or ws.local_closed:
             return
-        block = self.encoder.encode(fields)
+        self.send_block(ws, self.encoder.encode(fields), end)
+
+    def send_block(self, ws: WireStream, block: bytes, end: bool) -> None:
+        """A response header block already HPACK-encoded by `self.encoder`."""
+        if ws.closed or ws.local_closed:
+            return
         flags = END_STREAM if end else 0
         size = self.peer_max_frame
         n = len(block)
