@@ -114,7 +114,6 @@ class Server:
         trim = heap_trimmer()
         if trim is not None:
             self.spawn(self._trim_heap(trim), "heap-trim")
-        settle_gc()
 
     def _raise_fd_limit(self) -> None:
         """Soft RLIMIT_NOFILE up to the hard limit, then the connection caps it allows, logged."""
@@ -343,6 +342,9 @@ class Server:
                 await self.start()
         else:
             await self.start()
+        # The process's setting, so here and not in start(): a test runs many servers
+        # in one interpreter, whose garbage and heap are not a server's to collect or freeze.
+        settle_gc()
         handover = self.info.handover
         serving(self.info.pid, None if handover is None else str(handover["id"]))
         self.install_signal_handlers()
