@@ -1,6 +1,6 @@
 """HPACK encoding of HTTP/2 response heads without the dynamic table, cached per field.
 
-The `h2` library encodes each response head with `hpack.Encoder`: per field a
+The `hpack` library's `Encoder` (what the `h2` library used) costs per field a
 search of the static and dynamic tables, a Huffman coding of the literals and
 an insertion into the dynamic table, all pure Python (a fifth of an HTTP/2
 request's CPU, measured with cProfile under h2load). Response heads repeat
@@ -10,9 +10,11 @@ only the static table (RFC 7541 Appendix A) and literals *without indexing*
 (§6.2.2), as nginx's encoder does. Such an encoding depends on no connection
 state, so the bytes of a field are computed once and reused (a bounded cache
 shared by all connections), and a header block is a join of cached pieces.
+`encode_head` does it straight from the HTTP/1.1 head the exchange built,
+its cache keyed by the line itself; `encode` takes a field list.
 
-Fields the caller marks never-indexed (`hpack.NeverIndexedHeaderTuple`: the
-request id, Set-Cookie) are sent as never-indexed literals (§6.2.3), not
+Fields the caller marks never-indexed (`hpack.NeverIndexedHeaderTuple`, or
+named in `encode_head`'s `never_index`: the request id, Set-Cookie) are sent as never-indexed literals (§6.2.3), not
 Huffman-coded and never cached. Changes of the client's
 SETTINGS_HEADER_TABLE_SIZE are signalled at the start of the next block
 (§4.2, §6.3) as a dynamic table is still ours to size, though it stays empty.
@@ -25,7 +27,7 @@ Request heads are decoded by `Decoder`, a full RFC 7541 decoder with its
 dynamic table, compiled with the hot path: an indexed field (what a browser's
 or h2load's request heads are made of after the first) costs a byte read, a
 bounds check and an append of the table's own tuple; Huffman literals are
-decoded a byte at a time through a state table generated at import from the
+decoded a byte at a time through a state table generated on first use from the
 code table (256 states, the tree's internal nodes). Any error is an
 `HPACKDecodeError` (a COMPRESSION_ERROR, RFC 9113 §4.3) except a header list
 over the limit, `HeaderListTooLarge`, raised once the whole block has been
@@ -105,8 +107,9 @@ def encode_field(name: bytes, value: bytes, *, never_indexed: bool) -> bytes:
 
 
 class StaticEncoder:
-    """Stands in for the `h2` connection's `hpack.Encoder` (its `encode()` and
-    `header_table_size`, the two things the library uses)."""
+    """An HTTP/2 connection's response-head encoder (`H2Wire.encoder`): `encode_head`
+    for the heads the exchange builds, `encode` for a field list (local answers);
+    `header_table_size` is the client's SETTINGS_HEADER_TABLE_SIZE, set by the wire."""
 
     __slots__ = ("size_changes", "table_size")
 
@@ -120,7 +123,7 @@ class StaticEncoder:
 
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
-        # The client's SETTINGS_HEADER_TABLE_SIZE (the library sets it on a change).
+        # The client's SETTINGS_HEADER_TABLE_SIZE (the wire sets it on a change).
         if value != self.table_size:
             self.size_changes.append(value)
             self.table_size = value

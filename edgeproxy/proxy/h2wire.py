@@ -41,26 +41,29 @@ from __future__ import annotations
 
 from typing import Final, NoReturn
 
-from edgeproxy.proxy.h2guard import FRAME_TOO_LARGE, OK, WHY, FrameGuard
+from edgeproxy.proxy.h2guard import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_STREAM,
+    FRAME_TOO_LARGE,
+    HEADERS,
+    OK,
+    PING,
+    PRIORITY,
+    RST_STREAM,
+    SETTINGS,
+    WHY,
+    FrameGuard,
+)
 from edgeproxy.proxy.h2hpack import Decoder, HeaderListTooLarge, HPACKDecodeError, StaticEncoder
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-# Frame types (RFC 9113 §6).
-DATA: Final = 0x0
-HEADERS: Final = 0x1
-PRIORITY: Final = 0x2
-RST_STREAM: Final = 0x3
-SETTINGS: Final = 0x4
+# Frame types (RFC 9113 §6) and flags beyond those the guard counts (h2guard.py).
 PUSH_PROMISE: Final = 0x5
-PING: Final = 0x6
 GOAWAY: Final = 0x7
 WINDOW_UPDATE: Final = 0x8
-CONTINUATION: Final = 0x9
-
-# Flags.
-END_STREAM: Final = 0x1
-ACK: Final = 0x1
 END_HEADERS: Final = 0x4
 PADDED: Final = 0x8
 PRIORITY_FLAG: Final = 0x20
