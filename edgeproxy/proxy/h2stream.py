@@ -26,8 +26,6 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
-from hpack import NeverIndexedHeaderTuple
-
 from edgeproxy.errors import ClientProtocolError
 from edgeproxy.proxy.exchange import REQ_BODY, Downstream, Exchange
 from edgeproxy.proxy.framing import NOBODY
@@ -236,39 +234,6 @@ def request_head(fields: list[tuple[bytes, bytes]], *, ends_stream: bool) -> Req
     return RequestHead(method, target or b"", headers, length)
 
 
-Fields = list[Any]
-"""HTTP/2 response fields: (name, value) tuples and hpack's NeverIndexedHeaderTuple. Not
-`list[tuple[bytes, bytes]]`: compiled, mypyc unboxes a fixed-length tuple and boxes it
-again as a plain one, and the never-indexed mark would be lost."""
-
-
-def parse_head(
-    data: bytes, never_index: frozenset[bytes] = frozenset()
-) -> tuple[int, Fields, bytes]:
-    """(status, HTTP/2 fields, body) of an HTTP/1.1 response edgeproxy built itself
-    (`responses.build_response`, `headers.response_head`): names lowercased,
-    hop-by-hop fields dropped. Fields named in `never_index` are sent as HPACK
-    never-indexed literals: a value new in every response (the request id) would
-    only churn the dynamic table, whose lookups the HPACK encoder makes by a linear
-    scan (a full table made a third of the encoding cost, measured), and a
-    Set-Cookie value is a secret (RFC 7541 §7.1.3)."""
-    end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[:end]
-    body = b"" if end < 0 else data[end + 4 :]
-    lines = head.split(b"\r\n")
-    status = int(lines[0][9:12])
-    fields: Fields = [(b":status", lines[0][9:12])]
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name and name not in HOP_BY_HOP:
-            if name in never_index:
-                fields.append(NeverIndexedHeaderTuple(name, value.strip()))
-            else:
-                fields.append((name, value.strip()))
-    return status, fields, body
-
-
 class StreamOwner(WireSink):
     """What a stream needs of its HTTP/2 connection (`H2Connection`, proxy/h2conn.py)."""
 
@@ -294,7 +259,7 @@ class StreamOwner(WireSink):
     def __init__(self, local_port: int) -> None:
         self.local_port_b = str(local_port).encode()
         self.never_index: frozenset[bytes] = frozenset()
-        """Response fields sent as HPACK never-indexed literals (see `parse_head`)."""
+        """Response fields sent as HPACK never-indexed literals (see `_send_head`)."""
         self.peer_ip = ""
         self.peer_ip_b = b""
         self.peer_trusted = False
@@ -522,10 +487,11 @@ class H2Stream(Downstream):
     def send_local(self, data: bytes) -> None:
         if self.gone:
             return
-        _, fields, body = parse_head(data, self.owner.never_index)
+        end = data.find(b"\r\n\r\n")
+        body = b"" if end < 0 else data[end + 4 :]
         ex = self.exchange
         head_only = ex is not None and ex.method == b"HEAD"
-        self._send_headers(fields, end=head_only or not body)
+        self._send_head(data, end, end_stream=head_only or not body)
         if not head_only and body:
             self.send_body(body)
             self.send_end()
@@ -533,26 +499,25 @@ class H2Stream(Downstream):
     def send_head(self, head: ResponseHead) -> None:
         if self.gone:
             return
+        data = head.data
+        self._send_head(data, data.find(b"\r\n\r\n"), end_stream=head.mode == NOBODY)
+
+    def _send_head(self, data: bytes, end: int, *, end_stream: bool) -> None:
+        """HEADERS for the HTTP/1.1 head edgeproxy built (`data[:end]`, all of it if
+        `end` < 0): names lowercased, hop-by-hop fields dropped, those in `never_index`
+        as HPACK never-indexed literals (the request id: a value new every time;
+        Set-Cookie: a secret, RFC 7541 §7.1.3)."""
         owner = self.owner
         wire = owner.wire
         ws = self.ws
-        nobody = head.mode == NOBODY
         if not (ws.closed or ws.local_closed):  # encoding takes a pending table size update
-            data = head.data
-            end = data.find(b"\r\n\r\n")
             block = wire.encoder.encode_head(
                 data, len(data) if end < 0 else end, HOP_BY_HOP, owner.never_index
             )
-            wire.send_block(ws, block, nobody)
-        if nobody:
+            wire.send_block(ws, block, end_stream)
+        if end_stream:
             self.resp_ended = True
         owner.schedule_flush()
-
-    def _send_headers(self, fields: Fields, *, end: bool) -> None:
-        self.owner.wire.send_headers(self.ws, fields, end)
-        if end:
-            self.resp_ended = True
-        self.owner.schedule_flush()
 
     def send_body(self, data: bytes) -> None:
         if self.gone or self.resp_ended:

@@ -281,14 +281,9 @@ class H2Wire:
             return ws.send_window
         return self.send_window
 
-    def send_headers(self, ws: WireStream, fields: list[object], end: bool) -> None:
-        """A response header block; CONTINUATION frames past the client's max frame size."""
-        if ws.closed or ws.local_closed:
-            return
-        self.send_block(ws, self.encoder.encode(fields), end)
-
     def send_block(self, ws: WireStream, block: bytes, end: bool) -> None:
-        """A response header block already HPACK-encoded by `self.encoder`."""
+        """A response header block already HPACK-encoded by `self.encoder`; CONTINUATION
+        frames past the client's max frame size."""
         if ws.closed or ws.local_closed:
             return
         flags = END_STREAM if end else 0
